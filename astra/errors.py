@@ -1,0 +1,13 @@
+"""User-facing errors. The CLI prints these as one clear line instead of a traceback."""
+
+
+class AstraError(Exception):
+    """Bad input from the user (files, actions, configs, checkpoints): the message says what and where."""
+
+
+class CheckpointError(AstraError):
+    """A checkpoint does not match the model: names the missing, unexpected or mis-shaped keys."""
+
+
+class DataError(AstraError):
+    """A dataset file is corrupt, truncated or inconsistent: names the file and the row."""

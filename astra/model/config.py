@@ -1,0 +1,195 @@
+"""Typed configuration of the Astra flow transformer, with named presets.
+
+One config describes the whole denoiser: the Wan2.1 backbone, the Mixture of Action Experts, the
+FramePack-style history packing and the freeze policy. Presets are looked up by name
+(`AstraConfig.from_preset("wan2.1-t2v-1.3b")`); every field can be overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class HistoryBudget:
+    """How many latent frames of history are kept at each compression scale.
+
+    Token order in the packed sequence (oldest first): [4x | 2x | 1x] history, then the target chunk.
+    The first frame of the video always stays at full resolution (it anchors the scene); the
+    `full` newest frames are also kept at full resolution; the next `compressed_2x` older frames go
+    through a (2,4,4) patch embedder and the next `compressed_4x` through a (4,8,8) one (sizes are for
+    the Wan (1,2,2) patch: the compressed embedders use patch * (2,2,2) and patch * (4,4,4)).
+    Frames older than all of that are dropped (the first frame excepted).
+    """
+
+    keep_first: bool = True
+    full: int = 2
+    compressed_2x: int = 2
+    compressed_4x: int = 16
+
+
+@dataclass(frozen=True)
+class AstraConfig:
+    # --- Wan2.1 flow-transformer backbone -------------------------------------------------------
+    in_channels: int = 16
+    out_channels: int = 16
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    freq_dim: int = 256  # sinusoidal timestep embedding width
+    text_len: int = 512
+    text_dim: int = 4096  # 0 = no text cross-attention at all (the small presets)
+    eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_max_positions: int = 1024
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+
+    # --- Mixture of Action Experts ----------------------------------------------------------------
+    modalities: tuple[str, ...] = ("camera7", "camera12", "robot7", "keyboard_mouse", "vehicle7")
+    action_space_dim: int = 24  # shared action space; +1 history bit is appended before the router
+    num_experts: int = 4
+    top_k: int = 1
+    expert_hidden_dim: int = 32
+    expert_routing: str = "learned"  # "learned" (softmax router, top-k) or "fixed" (expert chosen by modality)
+    fixed_expert_of_modality: tuple[tuple[str, int], ...] = ()  # used when expert_routing == "fixed"
+    inject_actions: bool = True  # add the action embedding inside every block
+    act_adapter: bool = True  # identity-initialised Linear(dim, dim) after each self-attention
+
+    # --- Attention and timesteps --------------------------------------------------------------------
+    attention: str = "block_causal"  # "block_causal" (native) or "bidirectional" (authors' checkpoint)
+    per_frame_timesteps: bool = True  # False: every token shares the target's timestep (authors' checkpoint)
+    history_embedder_1x: bool = False  # True: full-resolution history has its own patch embedder (authors')
+
+    # --- History packing and streaming ---------------------------------------------------------------
+    history: HistoryBudget = field(default_factory=HistoryBudget)
+    chunk_frames: int = 2  # latent frames generated per autoregressive step
+    kv_cache_chunks: int = 8  # rolling window of cached history chunks (the first frame is always kept)
+
+    # --- Freeze policy ------------------------------------------------------------------------------
+    # Parameter-name prefixes (module paths) that train; everything else is frozen.
+    # None = train everything (a small model trained from scratch).
+    trainable: tuple[str, ...] | None = (
+        "blocks.*.self_attn",
+        "blocks.*.act_adapter",
+        "blocks.*.action_experts",
+        "action_projectors",
+        "history_embedders",
+    )
+
+    # --- Latent space / pixels (informational; used by rollout and data code) -------------------------
+    vae: str = "wan2.1"  # name of the VAE preset this denoiser's latents come from
+    resolution: tuple[int, int] = (480, 832)  # (height, width) in pixels
+    fps: int = 16
+
+    # --- helpers ----------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def rope_split(self) -> tuple[int, int, int]:
+        """(time, height, width) widths of the head dimension: 44/42/42 for head_dim 128, as in Wan."""
+        d = self.head_dim
+        hw = 2 * (d // 6)
+        return d - 2 * hw, hw, hw
+
+    def replace(self, **changes: Any) -> "AstraConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AstraConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown AstraConfig field(s): {', '.join(unknown)}")
+        data = dict(data)
+        if isinstance(data.get("history"), dict):
+            data["history"] = HistoryBudget(**data["history"])
+        for key in ("patch_size", "resolution", "modalities"):
+            if key in data and data[key] is not None:
+                data[key] = tuple(data[key])
+        if "fixed_expert_of_modality" in data:
+            data["fixed_expert_of_modality"] = tuple(tuple(p) for p in data["fixed_expert_of_modality"])
+        if data.get("trainable") is not None:
+            data["trainable"] = tuple(data["trainable"])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "AstraConfig":
+        if name not in PRESETS:
+            raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+
+    def validate(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2 or min(self.rope_split) <= 0 or any(s % 2 for s in self.rope_split):
+            raise ValueError(f"head_dim {self.head_dim} cannot be split into even 3-D RoPE parts")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k {self.top_k} must lie in [1, num_experts={self.num_experts}]")
+        if self.attention not in ("block_causal", "bidirectional"):
+            raise ValueError(f"attention must be 'block_causal' or 'bidirectional', got {self.attention!r}")
+        if self.expert_routing not in ("learned", "fixed"):
+            raise ValueError(f"expert_routing must be 'learned' or 'fixed', got {self.expert_routing!r}")
+        if self.chunk_frames < 1:
+            raise ValueError("chunk_frames must be >= 1")
+
+
+PRESETS: dict[str, AstraConfig] = {
+    # The real backbone: numbers from the Wan2.1-T2V-1.3B release (shared/spec/wan21.md).
+    "wan2.1-t2v-1.3b": AstraConfig(),
+    # The shipped small model: trained from scratch on CPU on our simulator worlds, no text.
+    "astra-small": AstraConfig(
+        in_channels=16,
+        out_channels=16,
+        dim=256,
+        ffn_dim=768,
+        num_heads=4,
+        num_layers=8,
+        patch_size=(1, 2, 2),
+        text_dim=0,
+        text_len=0,
+        rope_max_positions=256,
+        action_space_dim=24,
+        expert_hidden_dim=64,
+        history=HistoryBudget(keep_first=True, full=2, compressed_2x=2, compressed_4x=4),
+        chunk_frames=1,
+        kv_cache_chunks=8,
+        trainable=None,
+        vae="astra-small-vae",
+        resolution=(64, 64),
+        fps=16,
+    ),
+    # A tiny config for unit tests (fast on two CPU cores).
+    "astra-tiny": AstraConfig(
+        in_channels=4,
+        out_channels=4,
+        dim=64,
+        ffn_dim=128,
+        num_heads=2,
+        num_layers=2,
+        patch_size=(1, 2, 2),
+        text_dim=32,
+        text_len=8,
+        rope_max_positions=64,
+        action_space_dim=8,
+        expert_hidden_dim=16,
+        history=HistoryBudget(keep_first=True, full=1, compressed_2x=2, compressed_4x=4),
+        chunk_frames=2,
+        kv_cache_chunks=4,
+        vae="astra-small-vae",
+        resolution=(32, 32),
+    ),
+}
