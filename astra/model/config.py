@@ -17,7 +17,7 @@ from typing import Any
 class HistoryBudget:
     """How many latent frames of history are kept at each compression scale.
 
-    Token order in the packed sequence (oldest first): [4x | 2x | 1x] history, then the target chunk.
+    Token order in the packed sequence is chronological: first frame, 4x, 2x, newest 1x history, target.
     The first frame of the video always stays at full resolution (it anchors the scene); the
     `full` newest frames are also kept at full resolution; the next `compressed_2x` older frames go
     through a (2,4,4) patch embedder and the next `compressed_4x` through a (4,8,8) one (sizes are for
@@ -145,6 +145,10 @@ class AstraConfig:
             raise ValueError(f"expert_routing must be 'learned' or 'fixed', got {self.expert_routing!r}")
         if self.chunk_frames < 1:
             raise ValueError("chunk_frames must be >= 1")
+        if self.patch_size[0] != 1:
+            raise ValueError(
+                f"patch_size {self.patch_size}: the time patch must be 1 (timesteps, actions and chunks are per frame)"
+            )
 
 
 PRESETS: dict[str, AstraConfig] = {

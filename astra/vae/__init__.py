@@ -1,1 +1,68 @@
-"""astra.vae"""
+"""Video VAEs behind one protocol (docs/architecture.md, `VideoVAE`).
+
+`load_vae(name_or_path)` returns either the small causal VAE trained here (`astra-small-vae`, a folder
+with `model.safetensors` + `config.json`) or the Wan2.1 VAE through diffusers (a diffusers folder or the
+original `Wan2.1_VAE.pth`). Both expose `encode`, `decode`, `stream_decoder()`, `latent_channels`,
+`temporal_stride` and `spatial_stride`; latents are normalised per channel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from astra.errors import CheckpointError
+from astra.vae.common import TEMPORAL_STRIDE
+from astra.vae.small import (
+    CONFIG_FILE,
+    SMALL_VAE_PRESETS,
+    VAE_TYPE,
+    SmallVAE,
+    SmallVAEConfig,
+    load_small_vae,
+    save_small_vae,
+)
+
+WEIGHTS_ENV = "ASTRA_WEIGHTS"  # folder holding named weights; default: <repo>/weights
+
+
+def weights_root() -> Path:
+    return Path(os.environ.get(WEIGHTS_ENV, Path(__file__).resolve().parents[2] / "weights"))
+
+
+def _is_small_vae_folder(path: Path) -> bool:
+    config = path / CONFIG_FILE
+    if not (path.is_dir() and config.is_file()):
+        return False
+    try:
+        return json.loads(config.read_text()).get("type") == VAE_TYPE
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def load_vae(name_or_path: str | Path):
+    """A name under the weights folder (`astra-small-vae`) or a path to either VAE's checkpoint."""
+    path = Path(name_or_path)
+    if not path.exists() and (weights_root() / path).exists():
+        path = weights_root() / path
+    if not path.exists():
+        hint = " (train it with `astra vae train`, see weights/README.md)" if str(name_or_path) == VAE_TYPE else ""
+        raise CheckpointError(f"no VAE named or found at {name_or_path!r}; looked in {weights_root()}{hint}")
+    if _is_small_vae_folder(path):
+        return load_small_vae(path)
+    from astra.vae.wan import load_wan_vae
+
+    return load_wan_vae(path)
+
+
+__all__ = [
+    "SMALL_VAE_PRESETS",
+    "TEMPORAL_STRIDE",
+    "SmallVAE",
+    "SmallVAEConfig",
+    "load_small_vae",
+    "load_vae",
+    "save_small_vae",
+    "weights_root",
+]

@@ -1,0 +1,237 @@
+"""RT-1 (`fractal20220817_data` of Open X-Embodiment) in the LeRobot layout -> one episode per episode (robot7).
+
+LeRobot v2.0/v2.1: `meta/info.json`, `meta/episodes.jsonl`, `meta/tasks.jsonl`,
+`data/chunk-XXX/episode_XXXXXX.parquet` (one episode per file), `videos/chunk-XXX/<camera key>/episode_XXXXXX.mp4`;
+paths come from info.json's `data_path` / `video_path` templates. LeRobot v3.0: many episodes per
+`data/chunk-XXX/file-XXX.parquet` and per concatenated video, located through `meta/episodes/**/*.parquet`
+(`data/chunk_index`, `data/file_index`, `videos/<key>/{chunk_index, file_index, from_timestamp}`).
+The `action` column is [7] = world_vector (3, base frame) ++ rotation_delta (3, roll/pitch/yaw) ++ gripper.
+Rows keep metres and radians (astra.actions.align divides by the episode's `translation_scale` and
+`rotation_scale`, estimated here as median per-frame step lengths); the gripper is mapped linearly from the
+dataset's (open, closed) values to the registry's 0 open .. 1 closed. The RLDS/TFRecord release is not read
+(it needs TensorFlow); convert it with LeRobot's port first. The camera is fixed and its pose unknown: no poses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from astra.data.adapters.common import (
+    ConversionReport,
+    Item,
+    SkipItem,
+    check_rows,
+    episode_name,
+    iterate_items,
+    load_json,
+    median_step,
+    read_video,
+    split_for,
+)
+from astra.data.format import Episode
+from astra.errors import DataError
+
+DATASET = "rt1"
+MODALITY = "robot7"
+ACTION_KEY = "action"
+ACTION_WIDTH = 7
+V2_VERSIONS = ("v2.0", "v2.1")
+V3_VERSIONS = ("v3.0",)
+# LeRobot's fractal port stores the gripper as +1 open, 0 closed; IPEC-COMMUNITY's may differ: check and override.
+DEFAULT_GRIPPER_OPEN = 1.0
+DEFAULT_GRIPPER_CLOSED = 0.0
+
+
+def load_info(source_dir: Path) -> dict:
+    info = load_json(source_dir / "meta" / "info.json")
+    version = info.get("codebase_version")
+    supported = V2_VERSIONS + V3_VERSIONS
+    if version not in supported:
+        raise DataError(f"{source_dir / 'meta/info.json'}: codebase_version {version!r} not in {', '.join(supported)}")
+    features = info.get("features", {})
+    shape = features.get(ACTION_KEY, {}).get("shape")
+    if shape != [ACTION_WIDTH]:
+        raise DataError(
+            f"{source_dir / 'meta/info.json'}: feature {ACTION_KEY!r} must have shape [{ACTION_WIDTH}], got {shape}"
+        )
+    return info
+
+
+def choose_camera(info: dict, camera_key: str | None, where: Path) -> str:
+    videos = [name for name, feature in info.get("features", {}).items() if feature.get("dtype") == "video"]
+    if camera_key is None and videos:
+        return videos[0]
+    if camera_key not in videos:
+        raise DataError(
+            f"{where}: camera {camera_key!r} is not a video feature (video features: {', '.join(videos) or 'none'})"
+        )
+    return camera_key
+
+
+def load_tasks(source_dir: Path) -> dict[int, str]:
+    jsonl, table = source_dir / "meta" / "tasks.jsonl", source_dir / "meta" / "tasks.parquet"
+    if jsonl.is_file():
+        return {record["task_index"]: record["task"] for record in read_jsonl(jsonl)}
+    if table.is_file():
+        frame = pq.read_table(table).to_pydict()
+        names = frame.get("task") or frame.get("__index_level_0__") or []
+        return dict(zip(frame.get("task_index", []), names))
+    return {}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    records = []
+    with open(path) as handle:
+        for row, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}: line {row} is not valid JSON ({error})") from None
+    return records
+
+
+def list_items(source_dir: Path, info: dict, camera: str) -> list[Item]:
+    """One item per episode with its data file, video file and (v3) the video's start time."""
+    items = []
+    if info["codebase_version"] in V2_VERSIONS:
+        for record in read_jsonl(source_dir / "meta" / "episodes.jsonl"):
+            index = record["episode_index"]
+            chunk = index // info["chunks_size"]
+            paths = {
+                "data": source_dir / info["data_path"].format(episode_chunk=chunk, episode_index=index),
+                "video": source_dir
+                / info["video_path"].format(episode_chunk=chunk, video_key=camera, episode_index=index),
+            }
+            items.append(
+                Item(
+                    episode_name(DATASET, f"{index:06d}"),
+                    paths,
+                    {"episode_index": index, "start_time": 0.0, "tasks": record.get("tasks", [])},
+                )
+            )
+        return items
+    files = sorted((source_dir / "meta" / "episodes").rglob("*.parquet"))
+    if not files:
+        raise DataError(f"{source_dir / 'meta/episodes'}: no episode metadata parquet files")
+    for file in files:
+        for record in pq.read_table(file).to_pylist():
+            index = record["episode_index"]
+            paths = {
+                "data": source_dir
+                / info["data_path"].format(
+                    chunk_index=record["data/chunk_index"], file_index=record["data/file_index"]
+                ),
+                "video": source_dir
+                / info["video_path"].format(
+                    video_key=camera,
+                    chunk_index=record[f"videos/{camera}/chunk_index"],
+                    file_index=record[f"videos/{camera}/file_index"],
+                ),
+            }
+            info_ = {
+                "episode_index": index,
+                "start_time": record[f"videos/{camera}/from_timestamp"],
+                "tasks": record.get("tasks") or [],
+            }
+            items.append(Item(episode_name(DATASET, f"{index:06d}"), paths, info_))
+    return items
+
+
+def read_episode_table(path: Path, episode_index: int) -> dict[str, list]:
+    """The episode's rows of a data parquet, ordered by frame_index."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing data file of episode {episode_index}")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DataError(f"{path}: cannot read parquet ({error})") from None
+    for column in (ACTION_KEY, "frame_index", "episode_index"):
+        if column not in table.column_names:
+            raise DataError(f"{path}: no column {column!r} (columns: {', '.join(table.column_names)})")
+    rows = table.filter(pc.equal(table["episode_index"], episode_index)).sort_by("frame_index").to_pydict()
+    if not rows["frame_index"]:
+        raise DataError(f"{path}: no rows of episode {episode_index}")
+    return rows
+
+
+def load_episode(
+    item: Item,
+    fps: float,
+    tasks: dict[int, str],
+    gripper_open: float,
+    gripper_closed: float,
+    max_frames: int | None,
+    size: tuple[int, int] | None,
+    heldout_fraction: float,
+) -> Episode:
+    data, video = item.paths["data"], item.paths["video"]
+    if not video.is_file():
+        raise SkipItem(f"video {video} not present")
+    rows = read_episode_table(data, item.info["episode_index"])
+    try:
+        actions = np.asarray(rows[ACTION_KEY], dtype=np.float64)[:max_frames]
+    except (ValueError, TypeError):
+        raise DataError(f"{data}: column {ACTION_KEY!r} has rows of different lengths or nulls") from None
+    check_rows(actions, (ACTION_WIDTH,), str(data), f"column {ACTION_KEY!r}")
+    first_frame = round(item.info["start_time"] * fps)
+    frames, source_size = read_video(video, list(range(first_frame, first_frame + len(actions))), size)
+    actions[:, 6] = np.clip((actions[:, 6] - gripper_open) / (gripper_closed - gripper_open), 0.0, 1.0)
+    task_index = rows.get("task_index", [None])[0]
+    caption = tasks.get(task_index) or next(iter(item.info["tasks"]), "")
+    return Episode(
+        frames=frames,
+        actions=actions.astype(np.float32),
+        modality=MODALITY,
+        fps=float(fps),
+        caption=caption,
+        split=split_for(item.name, heldout_fraction),
+        meta={
+            "dataset": DATASET,
+            "episode_index": item.info["episode_index"],
+            "translation_scale": median_step(actions[:, :3]),
+            "rotation_scale": median_step(actions[:, 3:6]),
+            "gripper_source_values": {"open": gripper_open, "closed": gripper_closed},
+            "source_size": list(source_size),
+        },
+    )
+
+
+def iter_episodes(
+    source_dir: str | Path,
+    camera_key: str | None = None,
+    gripper_open: float = DEFAULT_GRIPPER_OPEN,
+    gripper_closed: float = DEFAULT_GRIPPER_CLOSED,
+    max_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    heldout_fraction: float = 0.0,
+    report: ConversionReport | None = None,
+    skip_bad: bool = False,
+    exclude: Iterable[str] = (),
+) -> Iterator[Episode]:
+    """One robot7 episode per LeRobot episode; `camera_key` defaults to the first video feature."""
+    source_dir = Path(source_dir)
+    if gripper_open == gripper_closed:
+        raise ValueError("gripper_open and gripper_closed must differ")
+    info = load_info(source_dir)
+    camera = choose_camera(info, camera_key, source_dir / "meta" / "info.json")
+    load = partial(
+        load_episode,
+        fps=float(info["fps"]),
+        tasks=load_tasks(source_dir),
+        gripper_open=gripper_open,
+        gripper_closed=gripper_closed,
+        max_frames=max_frames,
+        size=size,
+        heldout_fraction=heldout_fraction,
+    )
+    items = list_items(source_dir, info, camera)
+    yield from iterate_items(items, load, report or ConversionReport(DATASET), skip_bad, exclude)

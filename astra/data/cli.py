@@ -1,0 +1,79 @@
+"""`astra data encode` (episodes -> latent shards) and `astra data info` (counts per modality/split/source)."""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+from astra.data.format import list_episodes, read_meta
+
+HELP = "encode episodes to latents; inspect datasets"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="data_command", required=True)
+    encode = commands.add_parser("encode", help="encode episodes once with a VAE into latent shards")
+    encode.add_argument("--episodes", required=True, help="folder of episodes (searched recursively)")
+    encode.add_argument("--vae", required=True, help="VAE name under weights/ or a path (astra.vae.load_vae)")
+    encode.add_argument("--out", required=True, help="output folder for shards + index.json")
+    encode.add_argument("--shard-size", type=int, default=64, help="clips per shard file")
+    encode.add_argument("--max-latent-frames", type=int, default=0, help="cut episodes into clips of at most this many latent frames (0 = whole)")
+    encode.add_argument("--rank", type=int, default=None, help="this process's share (default: $RANK or 0)")
+    encode.add_argument("--world-size", type=int, default=None, help="number of processes (default: $WORLD_SIZE or 1)")
+    encode.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    info = commands.add_parser("info", help="counts per modality / split / source of episodes or latents")
+    info.add_argument("dir", help="an episodes folder or an encoded latents folder (with index.json)")
+
+
+def _print_table(title: str, rows: dict[tuple[str, str, str], list[int]], columns: tuple[str, ...]) -> None:
+    print(title)
+    print(f"  {'modality':<16}{'split':<9}{'source':<20}" + "".join(f"{c:>14}" for c in columns))
+    for (modality, split, source), counts in sorted(rows.items()):
+        print(f"  {modality:<16}{split:<9}{source:<20}" + "".join(f"{n:>14}" for n in counts))
+
+
+def _info(directory: Path) -> int:
+    from astra.actions.align import num_latent_frames
+    from astra.data.encode import INDEX_FILE, episode_source
+    from astra.data.sampler import LatentDataset
+
+    rows: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    if (directory / INDEX_FILE).exists():
+        dataset = LatentDataset(directory)
+        episodes = defaultdict(set)
+        for entry in dataset.entries:
+            key = (entry["modality"], entry["split"], entry["source"])
+            episodes[key].add(entry["episode"])
+            rows[key][1] += 1
+            rows[key][2] += entry["latent_frames"]
+        for key, names in episodes.items():
+            rows[key][0] = len(names)
+        _print_table(f"{directory}: latents from VAE {dataset.vae!r}", rows, ("episodes", "clips", "latent frames"))
+        return 0
+    for path in list_episodes(directory):
+        meta = read_meta(path)
+        counts = rows[(meta["modality"], meta["split"], episode_source(path, directory, meta["meta"]))]
+        counts[0] += 1
+        counts[1] += meta["num_frames"]
+        counts[2] += num_latent_frames(meta["num_frames"])
+    _print_table(f"{directory}: episodes", rows, ("episodes", "frames", "latent frames"))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.data_command == "info":
+        return _info(Path(args.dir))
+    import torch
+
+    from astra.data.encode import encode_episodes
+    from astra.vae import load_vae
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vae = load_vae(args.vae).to(device).eval()
+    report = encode_episodes(
+        args.episodes, vae, args.out, vae_name=str(args.vae), shard_size=args.shard_size, rank=args.rank,
+        world_size=args.world_size, max_latent_frames=args.max_latent_frames, device=device,
+    )
+    print(report.summary())
+    return 0

@@ -1,0 +1,127 @@
+"""Action-free guidance (AFG) and optional text classifier-free guidance, batched into one forward.
+
+`v = v_null + s (v_act - v_null)` (paper eq. 4). The conditional and the null passes are concatenated along the
+batch and run as ONE model call. "Null" replaces the actions of the TARGET frames with the learned null action
+(`ActionInput.null = True`); history frames keep their real actions. Why not null everything as the authors do:
+the history actions are facts already realised in the history frames, guidance contrasts only the action that is
+being asked for now; and a streaming KV cache holds history keys/values computed once with the real history
+actions, so the null pass can share it. Training's action dropout nulls exactly the same frames
+(astra/train/trainer.py), so the model learns the null that guidance queries.
+
+Text CFG (when `text_scale != 1` and text is given) adds a third pass with no action and the null text:
+`v = v_nn + s_text (v_text - v_nn) + s_act (v_cond - v_text)` (InstructPix2Pix-style composition), where
+`v_text` is the null-action pass and `v_nn` nulls both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from astra.diffusion.flow import copy_prior_velocity
+
+
+def null_target_actions(actions: Any, target_frames: int) -> Any:
+    """A copy of `actions` (an ActionInput) whose last `target_frames` frames use the learned null action."""
+    batch, frames = actions.values.shape[:2]
+    if not 1 <= target_frames <= frames:
+        raise ValueError(f"target_frames {target_frames} must lie in [1, {frames}] (frames covered by the actions)")
+    null = torch.zeros(batch, frames, dtype=torch.bool, device=actions.values.device)
+    if actions.null is not None:
+        null = null | actions.null.to(null.device, torch.bool)
+    null[:, frames - target_frames :] = True
+    return dataclasses.replace(actions, null=null)
+
+
+def concat_actions(parts: list[Any]) -> Any:
+    """Concatenate ActionInputs along the batch (modality tuples are joined, missing null masks become False)."""
+    nulls = [
+        p.null.to(torch.bool) if p.null is not None else torch.zeros(p.values.shape[:2], dtype=torch.bool)
+        for p in parts
+    ]
+    return dataclasses.replace(
+        parts[0],
+        values=torch.cat([p.values for p in parts]),
+        modality=tuple(m for p in parts for m in p.modality),
+        null=torch.cat([n.to(parts[0].values.device) for n in nulls]),
+    )
+
+
+def guidance_passes(action_scale: float, text_scale: float, has_actions: bool, has_text: bool) -> int:
+    """How many copies of the batch one guided forward runs (a KV cache must be prefilled with that many)."""
+    use_action = has_actions and action_scale != 1.0
+    use_text = has_text and text_scale != 1.0
+    if use_text:
+        return 3 if has_actions else 2
+    return 2 if use_action else 1
+
+
+def _repeat(tensor: torch.Tensor | None, copies: int) -> torch.Tensor | None:
+    return None if tensor is None else torch.cat([tensor] * copies)
+
+
+def guided_velocity(
+    model: torch.nn.Module,
+    target_latents: torch.Tensor,
+    target_timesteps: torch.Tensor,
+    *,
+    history_latents: torch.Tensor | None = None,
+    history_timesteps: torch.Tensor | None = None,
+    actions: Any = None,
+    text: torch.Tensor | None = None,
+    null_text: torch.Tensor | None = None,
+    kv_cache: Any = None,
+    action_scale: float = 1.0,
+    text_scale: float = 1.0,
+    copy_prior_sigma: float | None = None,
+    anchor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The (guided) velocity of the target chunk, `[B, C, Ft, H, W]`, from a single batched model call.
+
+    With a `kv_cache`, the cache must hold `guidance_passes(...)` copies of the batch (cond first, then null).
+    `copy_prior_sigma` adds `copy_prior_velocity` around `anchor` (default: the newest history frame) to the
+    network's residual; the guidance weights sum to 1, so adding it once after the combination is exact.
+    """
+    batch, _, target_frames = target_latents.shape[:3]
+    passes = guidance_passes(action_scale, text_scale, actions is not None, text is not None)
+    use_text_guidance = text is not None and text_scale != 1.0
+    if use_text_guidance and null_text is None:
+        null_text = torch.zeros_like(text)
+
+    batched_actions = actions
+    if actions is not None and passes > 1:
+        nulled = null_target_actions(actions, target_frames)
+        batched_actions = concat_actions([actions] + [nulled] * (passes - 1))
+    batched_text = _repeat(text, passes)
+    if use_text_guidance:
+        batched_text = torch.cat([text] * (passes - 1) + [null_text])
+
+    velocity = model(
+        _repeat(target_latents, passes),
+        _repeat(target_timesteps, passes),
+        history_latents=_repeat(history_latents, passes),
+        history_timesteps=_repeat(history_timesteps, passes),
+        actions=batched_actions,
+        text=batched_text,
+        kv_cache=kv_cache,
+    ).velocity
+    chunks = velocity.split(batch)
+    if passes == 1:
+        guided = chunks[0]
+    elif use_text_guidance and actions is not None:  # cond, null action, null action + null text
+        v_cond, v_text, v_none = chunks
+        guided = v_none + text_scale * (v_text - v_none) + action_scale * (v_cond - v_text)
+    else:  # cond and one null pass (the null action, or the null text when there are no actions)
+        v_cond, v_null = chunks
+        scale = action_scale if not use_text_guidance else text_scale
+        guided = v_null + scale * (v_cond - v_null)
+
+    if copy_prior_sigma is not None:
+        if anchor is None:
+            if history_latents is None:
+                raise ValueError("the copy prior needs an anchor: pass history_latents or anchor")
+            anchor = history_latents[:, :, -1:]
+        guided = guided + copy_prior_velocity(target_latents, target_timesteps, anchor, copy_prior_sigma)
+    return guided

@@ -1,0 +1,169 @@
+"""Attention for the Astra transformer: Wan2.1 self/cross-attention, 3-D RoPE, block-causal masks, the KV cache.
+
+RoPE is computed from float positions (angle = position * frequency) rather than read from a table, so that
+compressed history tokens can sit at the fractional centre of what they cover, and so that cached keys can be
+re-based after the rolling window drops old chunks. Keys are therefore cached BEFORE RoPE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rope_tables(
+    positions: torch.Tensor, split: tuple[int, int, int], theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [N, head_dim // 2] for float positions [N, 3] (time, height, width), Wan's 3-D complex RoPE.
+
+    Each axis owns `split[axis]` channels of the head (44/42/42 at head_dim 128) with frequencies
+    theta^(-2i/width), computed in float64 like the reference code.
+    """
+    angles = []
+    for axis, width in enumerate(split):
+        inv_freq = 1.0 / theta ** (torch.arange(0, width, 2, dtype=torch.float64, device=positions.device) / width)
+        angles.append(positions[:, axis, None].double() * inv_freq)
+    angle = torch.cat(angles, dim=-1)
+    return angle.cos().float(), angle.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2i, 2i+1) of x [B, heads, N, head_dim] by the angles of its N positions."""
+    real, imag = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+def block_causal_mask(query_chunks: torch.Tensor, key_chunks: torch.Tensor) -> torch.Tensor | None:
+    """Boolean mask [Nq, Nk]: a query attends keys of its own chunk and older ones. None when nothing is masked."""
+    mask = key_chunks[None, :] <= query_chunks[:, None]
+    return None if bool(mask.all()) else mask
+
+
+class SelfAttention(nn.Module):
+    """Wan self-attention: q/k RMSNorm over all heads together, RoPE, optional past keys/values (KV cache)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(2, (self.num_heads, -1)).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x [B, N, dim]; rope covers the keys (past + new; queries use its last N rows).
+
+        Returns the output and this call's (keys before RoPE, values), [B, heads, N, head_dim] each.
+        """
+        num_queries = x.shape[1]
+        query = self._heads(self.norm_q(self.q(x)))
+        new_keys = self._heads(self.norm_k(self.k(x)))
+        new_values = self._heads(self.v(x))
+        keys, values = new_keys, new_values
+        if past is not None:
+            keys, values = torch.cat((past[0], new_keys), dim=2), torch.cat((past[1], new_values), dim=2)
+        cos, sin = rope
+        query = apply_rope(query, cos[-num_queries:], sin[-num_queries:])
+        keys = apply_rope(keys, cos, sin)
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
+        return self.o(out.transpose(1, 2).flatten(2)), (new_keys, new_values)
+
+
+class CrossAttention(nn.Module):
+    """Wan text cross-attention: queries from video tokens, keys/values from text states, no RoPE, no mask."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(2, (self.num_heads, -1)).transpose(1, 2)
+
+        query = heads(self.norm_q(self.q(x)))
+        keys = heads(self.norm_k(self.k(context)))
+        values = heads(self.v(context))
+        out = F.scaled_dot_product_attention(query, keys, values)
+        return self.o(out.transpose(1, 2).flatten(2))
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys (before RoPE) and values of clean, full-resolution history frames, oldest first.
+
+    Every cached frame has `tokens_per_frame` tokens on the grid `grid` (height, width in tokens). The time
+    position of cached frame i is i: after the rolling window drops old chunks the kept frames are re-based to
+    consecutive positions, exactly as an uncached forward over the same kept frames would place them.
+    Frame 0 (the video's first frame) is chunk 0 and is never dropped.
+    """
+
+    keys: list[torch.Tensor]  # per layer [B, heads, num_frames * tokens_per_frame, head_dim]
+    values: list[torch.Tensor]
+    frame_chunks: list[int]  # chunk id of every cached frame, oldest first
+    grid: tuple[int, int]
+    text: torch.Tensor | None = None  # raw text states given to prefill (reused by extend_cache)
+    max_chunks: int = 8  # rolling window: chunks kept besides the first frame's
+    batch_size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batch_size = self.keys[0].shape[0]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_chunks)
+
+    @property
+    def next_chunk(self) -> int:
+        return max(self.frame_chunks) + 1
+
+    def token_chunks(self, device: torch.device) -> torch.Tensor:
+        chunks = torch.tensor(self.frame_chunks, dtype=torch.long, device=device)
+        return chunks.repeat_interleave(self.tokens_per_frame)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def append(self, keys: list[torch.Tensor], values: list[torch.Tensor], num_frames: int) -> None:
+        """Add one finished chunk of `num_frames` frames (per-layer K/V), then apply the rolling window."""
+        chunk = self.next_chunk
+        self.keys = [torch.cat((old, new), dim=2) for old, new in zip(self.keys, keys)]
+        self.values = [torch.cat((old, new), dim=2) for old, new in zip(self.values, values)]
+        self.frame_chunks = self.frame_chunks + [chunk] * num_frames
+        self.trim()
+
+    def trim(self) -> None:
+        """Drop the oldest chunks beyond `max_chunks` (the first frame's chunk 0 always stays)."""
+        later = sorted(set(self.frame_chunks) - {0})
+        dropped = set(later[: max(0, len(later) - self.max_chunks)])
+        if not dropped:
+            return
+        keep = torch.tensor([c not in dropped for c in self.frame_chunks], device=self.keys[0].device)
+        token_keep = keep.repeat_interleave(self.tokens_per_frame)
+        self.keys = [k[:, :, token_keep] for k in self.keys]
+        self.values = [v[:, :, token_keep] for v in self.values]
+        self.frame_chunks = [c for c in self.frame_chunks if c not in dropped]

@@ -1,0 +1,128 @@
+"""`astra generate`: a video from a start image (or a world's start frame) and an action sequence."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from astra.errors import AstraError
+
+HELP = "generate a video from an image or a world and an action sequence"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default="astra-small", help="a shipped model name or a checkpoint folder")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--image", help="start image (any size: resized and centre-cropped)")
+    source.add_argument("--world", default="doom", help="start from a world's held-out start frame: doom, robot, camera, drive")
+    parser.add_argument("--modality", help="action modality (default: the world's; required with --image unless keyboard_mouse)")
+    parser.add_argument(
+        "--actions",
+        default="explore",
+        help="a preset name (see --list-presets), a compact string such as 'w*16,a*8,wd*8', or a JSON file",
+    )
+    parser.add_argument("--latent-frames", type=int, default=None, help="length for presets, in latent frames (4 video frames each)")
+    parser.add_argument("--list-presets", action="store_true", help="list the presets of the modality and exit")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, help="action-free guidance scale (default 3.0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="out/generated.mp4", help="output .mp4 (a .gif is also written with --gif)")
+    parser.add_argument("--gif", action="store_true", help="also write an animated GIF next to the MP4")
+    parser.add_argument("--no-overlay", action="store_true", help="do not draw the actions on the frames")
+    parser.add_argument("--scale", type=int, default=4, help="upscale factor of the written video")
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
+    """Write uint8 [T, H, W, 3] frames as H.264 MP4, atomically (temp file, then rename)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames.shape[1:3]
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    with av.open(str(temporary), mode="w") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height = width - width % 2, height - height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18"}
+        for frame in frames:
+            image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[: stream.height, : stream.width]), format="rgb24")
+            for packet in stream.encode(image):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(temporary, path)
+
+
+def write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.gif")
+    images[0].save(temporary, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    os.replace(temporary, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from astra.actions.parse import parse_actions
+    from astra.actions.presets import list_presets
+    from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession, load_rollout
+    from astra.worlds.preview import draw_action
+
+    modality = args.modality or (MODALITY_OF_WORLD.get(args.world) if not args.image else "keyboard_mouse")
+    if modality is None:
+        raise AstraError(f"unknown world {args.world!r}; known: {', '.join(MODALITY_OF_WORLD)}")
+    if args.list_presets:
+        print("\n".join(list_presets(modality)))
+        return 0
+    latent_actions = parse_actions(args.actions, modality, args.latent_frames)
+    model, vae, metadata, config = load_rollout(args.checkpoint, steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
+    world = next((w for w, m in MODALITY_OF_WORLD.items() if m == modality), None)
+    action_meta = metadata.get("action_meta", {}).get(world, {})
+    session = RolloutSession(model, vae, modality, config, action_meta)
+
+    if args.image:
+        start = args.image
+    else:
+        from astra.worlds.base import make_world
+
+        simulator = make_world(args.world, size=session.resolution)
+        try:
+            start = simulator.reset(args.seed, "heldout")
+        finally:
+            simulator.close()
+
+    chunk = session.chunk_frames
+    # Latent frame 0 is the start image; the actions of latent frames 1.. drive the chunks.
+    drive = latent_actions[1:] if len(latent_actions) > 1 else latent_actions
+    usable = len(drive) - len(drive) % chunk
+    if usable == 0:
+        raise AstraError(f"the action sequence is shorter than one chunk ({chunk} latent frames)")
+    frames = [session.start(start)]
+    rows = [np.zeros_like(drive[0])]
+    for begin in tqdm(range(0, usable, chunk), desc="generate", unit="chunk"):
+        chunk_actions = drive[begin : begin + chunk]
+        new = session.step_latent(chunk_actions)
+        frames.extend(new)
+        rows.extend(np.repeat(chunk_actions, len(new) // chunk, axis=0))
+    frames = np.stack(frames)
+    if not args.no_overlay:
+        frames = np.stack(
+            [np.asarray(draw_action(f, r, modality, action_meta, scale=args.scale)) for f, r in zip(frames, rows)]
+        )
+    elif args.scale > 1:
+        size = (frames.shape[2] * args.scale, frames.shape[1] * args.scale)
+        frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.NEAREST)) for f in frames])
+    out = Path(args.out)
+    fps = float(model.config.fps)
+    write_video(out, frames, fps)
+    print(f"wrote {out} ({len(frames)} frames, {len(frames) / fps:.1f} s at {fps:g} fps)")
+    if args.gif:
+        write_gif(out.with_suffix(".gif"), frames, fps)
+        print(f"wrote {out.with_suffix('.gif')}")
+    return 0

@@ -1,0 +1,244 @@
+"""Streaming generation: start from an image, then each `step(actions)` returns the next chunk of frames.
+
+Per chunk: draw seeded noise, integrate the flow with the Euler sampler (action-free guidance batched into the
+same forward), run the finished chunk once at t = 0 to extend the clean-history KV cache (a rolling window keeps
+memory constant), and decode it with the VAE's streaming decoder (its causal state carries across chunks, so the
+stream equals a one-shot decode of the same latents).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from astra.actions.align import latent_actions
+from astra.actions.modalities import get_modality
+from astra.diffusion.guidance import guidance_passes
+from astra.diffusion.sampler import SamplerConfig, sample_chunk
+from astra.errors import AstraError
+from astra.model.action_experts import ActionInput
+
+FRAMES_PER_LATENT = 4
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    num_steps: int = 4
+    shift: float = 1.0
+    guidance_scale: float = 3.0  # action-free guidance (the paper's s = 3)
+    copy_prior_sigma: float | None = None  # must match training (read from the checkpoint's metadata)
+    seed: int = 0
+
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(
+            num_steps=self.num_steps,
+            shift=self.shift,
+            action_guidance=self.guidance_scale,
+            copy_prior_sigma=self.copy_prior_sigma,
+        )
+
+
+def prepare_image(image: np.ndarray | Image.Image | str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Any RGB image -> uint8 [H, W, 3] at `size` (height, width): centre-crop to the aspect ratio, then resize."""
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        except (OSError, ValueError) as error:
+            raise AstraError(f"cannot read image {image}: {error}") from None
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+            raise AstraError(f"start image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+        image = Image.fromarray(image[..., :3])
+    height, width = size
+    if image.size != (width, height):
+        source_w, source_h = image.size
+        scale = max(width / source_w, height / source_h)
+        resized = image.resize((max(width, round(source_w * scale)), max(height, round(source_h * scale))), Image.BICUBIC)
+        left, top = (resized.width - width) // 2, (resized.height - height) // 2
+        image = resized.crop((left, top, left + width, top + height))
+        warnings.warn(f"start image {source_w}x{source_h} resized and centre-cropped to {width}x{height}", stacklevel=3)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def frames_to_video(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float [1, 3, T, H, W] in [-1, 1]."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)
+    return video.permute(3, 0, 1, 2).unsqueeze(0)
+
+
+def video_to_frames(video: torch.Tensor) -> np.ndarray:
+    """float [1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
+    frames = video[0].permute(1, 2, 3, 0).clamp(-1, 1).add(1).mul(127.5).round()
+    return frames.to(torch.uint8).cpu().numpy()
+
+
+class RolloutSession:
+    """A live world: `start(image)` then `step(frame_rows)` -> the next `frames_per_step` frames."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        vae: Any,
+        modality: str,
+        config: RolloutConfig = RolloutConfig(),
+        action_meta: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        if modality not in model.config.modalities:
+            raise AstraError(f"this model has no {modality!r} actions; it knows: {', '.join(model.config.modalities)}")
+        self.model = model.eval()
+        self.vae = vae
+        self.modality = modality
+        self.width = get_modality(modality).width
+        self.config = config
+        self.action_meta = dict(action_meta or {})
+        self.device = torch.device(device)
+        self.chunk_frames = model.config.chunk_frames
+        self.frames_per_step = FRAMES_PER_LATENT * self.chunk_frames
+        self.passes = guidance_passes(config.guidance_scale, 1.0, True, False)
+        self.generator = torch.Generator(device="cpu")
+        self.cache = None
+        self.decoder = None
+        self.newest_latent: torch.Tensor | None = None
+        self.frames_generated = 0
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return tuple(self.model.config.resolution)
+
+    def _actions(self, latent_rows: np.ndarray) -> ActionInput:
+        """[F, width] per-latent actions -> an ActionInput for the guidance batch (padded to the widest modality)."""
+        max_width = max(get_modality(m).width for m in self.model.config.modalities)
+        values = torch.zeros(self.passes, latent_rows.shape[0], max_width)
+        values[:, :, : self.width] = torch.from_numpy(latent_rows).float()
+        return ActionInput(values.to(self.device), (self.modality,) * self.passes)
+
+    @torch.no_grad()
+    def start(self, image: np.ndarray | Image.Image | str | Path, seed: int | None = None) -> np.ndarray:
+        """Encode the start image as latent frame 0 and fill the cache; returns the frame as the model sees it."""
+        frame = prepare_image(image, self.resolution)
+        self.generator.manual_seed(self.config.seed if seed is None else seed)
+        latent = self.vae.encode(frames_to_video(frame[None]).to(self.device))
+        identity = latent_actions(self.modality, np.zeros((1, self.width), np.float32), meta=self.action_meta)
+        self.cache = self.model.prefill(latent.repeat(self.passes, 1, 1, 1, 1), actions=self._actions(identity))
+        self.decoder = self.vae.stream_decoder()
+        self.newest_latent = latent
+        self.frames_generated = 1
+        return video_to_frames(self.decoder.decode_chunk(latent))[0]
+
+    @torch.no_grad()
+    def step(self, frame_rows: np.ndarray) -> np.ndarray:
+        """Per-frame action rows [frames_per_step, width] -> the next frames, uint8 [frames_per_step, H, W, 3]."""
+        if self.cache is None:
+            raise AstraError("call start(image) before step(actions)")
+        rows = np.asarray(frame_rows, dtype=np.float32)
+        if rows.shape != (self.frames_per_step, self.width):
+            raise AstraError(
+                f"step() needs {self.frames_per_step} rows of {self.modality} actions (width {self.width}), "
+                f"got shape {list(rows.shape)}"
+            )
+        if not np.isfinite(rows).all():
+            raise AstraError(f"step(): non-finite action in row {int(np.argmax(~np.isfinite(rows).all(1)))}")
+        # Rows 4c-4..4c-1 drive latent frame c; a trailing copy makes the 4k+1 layout latent_actions expects.
+        padded = np.concatenate([rows, rows[-1:]], axis=0)
+        return self.step_latent(latent_actions(self.modality, padded, meta=self.action_meta)[1:])
+
+    @torch.no_grad()
+    def step_latent(self, chunk_actions: np.ndarray) -> np.ndarray:
+        """One action vector per latent frame [chunk_frames, width] -> the next frames (uint8)."""
+        if self.cache is None:
+            raise AstraError("call start(image) before step(actions)")
+        chunk_actions = np.asarray(chunk_actions, dtype=np.float32)
+        if chunk_actions.shape != (self.chunk_frames, self.width):
+            raise AstraError(
+                f"step_latent() needs {self.chunk_frames} latent actions of width {self.width} for {self.modality}, "
+                f"got shape {list(chunk_actions.shape)}"
+            )
+        actions = self._actions(chunk_actions)
+        batch = 1
+        latent_shape = self.newest_latent.shape
+        noise = torch.randn(
+            (batch, latent_shape[1], self.chunk_frames, *latent_shape[3:]), generator=self.generator
+        ).to(self.device)
+        cond_actions = dataclasses.replace(actions, values=actions.values[:batch], modality=actions.modality[:batch])
+        latents = sample_chunk(
+            self.model,
+            noise,
+            actions=cond_actions,
+            kv_cache=self.cache,
+            anchor=self.newest_latent[:, :, -1:],
+            config=self.config.sampler(),
+        )
+        self.model.extend_cache(self.cache, latents.repeat(self.passes, 1, 1, 1, 1), actions=actions)
+        self.newest_latent = latents
+        frames = video_to_frames(self.decoder.decode_chunk(latents))
+        self.frames_generated += len(frames)
+        return frames
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A shipped model name (a folder under astra/weights/) or a path to a checkpoint folder."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = Path(__file__).resolve().parent.parent / "weights" / str(name_or_path)
+    if shipped.exists():
+        return shipped
+    raise AstraError(f"no checkpoint {name_or_path!r}: not a path, and not a shipped model under {shipped.parent}")
+
+
+def load_rollout(
+    checkpoint: str | Path = "astra-small",
+    *,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[torch.nn.Module, Any, dict[str, Any], RolloutConfig]:
+    """Load (model, vae, metadata, rollout config) from an Astra checkpoint folder and the VAE it names."""
+    from astra.model.checkpoints import load_astra
+    from astra.vae import load_vae
+
+    folder = resolve_checkpoint(checkpoint)
+    model, metadata = load_astra(folder, device=device)
+    vae_ref = metadata.get("vae", model.config.vae)
+    vae_path = folder / vae_ref if (folder / str(vae_ref)).exists() else vae_ref
+    try:
+        vae = load_vae(resolve_checkpoint(vae_path) if not Path(str(vae_path)).exists() else vae_path)
+    except AstraError:
+        vae = load_vae(vae_ref)
+    sampling = metadata.get("sampling", {})
+    config = RolloutConfig(
+        num_steps=steps or sampling.get("num_steps", RolloutConfig.num_steps),
+        shift=sampling.get("shift", RolloutConfig.shift),
+        guidance_scale=guidance_scale if guidance_scale is not None else sampling.get("guidance_scale", 3.0),
+        copy_prior_sigma=sampling.get("copy_prior_sigma"),
+        seed=seed,
+    )
+    return model, vae, metadata, config
+
+
+MODALITY_OF_WORLD = {"doom": "keyboard_mouse", "robot": "robot7", "camera": "camera7", "drive": "vehicle7"}
+
+
+def rollout_factory(
+    checkpoint: str | Path = "astra-small", *, steps: int | None = None, guidance_scale: float | None = None
+) -> tuple[Callable[[str], RolloutSession], tuple[int, int]]:
+    """Load a model once; return (world name -> new RolloutSession, the model's (height, width))."""
+    model, vae, metadata, config = load_rollout(checkpoint, steps=steps, guidance_scale=guidance_scale)
+    action_meta = metadata.get("action_meta", {})
+
+    def make(world: str) -> RolloutSession:
+        if world not in MODALITY_OF_WORLD:
+            raise AstraError(f"unknown world {world!r}; known: {', '.join(MODALITY_OF_WORLD)}")
+        return RolloutSession(model, vae, MODALITY_OF_WORLD[world], config, action_meta.get(world, {}))
+
+    return make, tuple(model.config.resolution)

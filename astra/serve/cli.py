@@ -1,0 +1,36 @@
+"""`astra play`: serve the web app for the shipped small model (or any Astra checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "play a world model live in the browser (127.0.0.1 by default)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default="astra-small", help="model: a shipped name or a checkpoint folder")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, help="action-free guidance scale (default 3.0)")
+    parser.add_argument("--max-sessions", type=int, default=4, help="concurrent players at most")
+    parser.add_argument("--fps", type=float, default=20.0, help="pace of the stream (0 = as fast as generated)")
+    parser.add_argument("--no-simulator", action="store_true", help="disable the side-by-side real simulator")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from astra.rollout.session import rollout_factory
+    from astra.serve.app import ServerConfig, SessionFactory, create_app
+    from astra.worlds.base import make_world
+
+    make_rollout, resolution = rollout_factory(args.checkpoint, steps=args.steps, guidance_scale=args.guidance)
+    make_simulator = None if args.no_simulator else (lambda world: make_world(world, size=resolution))
+    config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions, target_fps=args.fps)
+    app = create_app(SessionFactory(make_rollout, make_simulator), config)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding {args.host}: anyone who can reach this address can use the server")
+    print(f"astra play: open http://{args.host}:{args.port}/ in your browser (Ctrl+C to stop)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

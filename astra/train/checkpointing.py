@@ -1,0 +1,113 @@
+"""Training checkpoints: atomic, resumable, strict.
+
+One file per save, `<out>/checkpoints/step-00001234.pt` (written to a temp name in the same folder, then
+`os.replace`d), holding the trainable weights, the fp32 EMA, optimizer, LR scheduler, step, RNG states (python,
+numpy, torch, cuda) and the TrainConfig. Only plain containers and tensors are stored, so loading uses
+`torch.load(weights_only=True)`. The data position is the step (see astra/train/batches.py).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from astra.errors import CheckpointError
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def checkpoint_path(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / CHECKPOINT_DIR / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temp files of an interrupted save are ignored)."""
+    folder = Path(out_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    found = list_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(out_dir: str | Path, step: int, state: dict[str, Any], keep: int = 0) -> Path:
+    """Atomically write `state` for `step`; keep only the newest `keep` checkpoints (0 = keep all)."""
+    path = checkpoint_path(out_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(state, temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    if keep > 0:
+        for old in list_checkpoints(out_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises many types for truncated / corrupt pickles
+        raise CheckpointError(f"{path}: cannot read training checkpoint ({type(error).__name__}: {error})") from None
+    missing = [k for k in ("step", "model", "optimizer", "scheduler", "rng", "config") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint, missing entries: {', '.join(missing)}")
+    return state
+
+
+def check_trainable_keys(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Raise CheckpointError naming missing / unexpected / mis-shaped keys unless `weights` covers exactly the
+    trainable parameters of `model` (frozen weights come from initialisation, not from the checkpoint)."""
+    params = {name.removeprefix("module."): p for name, p in model.named_parameters()}
+    trainable = {name for name, p in params.items() if p.requires_grad}
+    missing = sorted(trainable - set(weights))
+    unexpected = sorted(set(weights) - trainable)
+    mis_shaped = sorted(
+        f"{name} {tuple(weights[name].shape)} vs model {tuple(params[name].shape)}"
+        for name in set(weights) & trainable
+        if weights[name].shape != params[name].shape
+    )
+    if missing or unexpected or mis_shaped:
+        parts = [
+            f"{label} ({len(keys)}): {', '.join(keys[:20])}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
+            if keys
+        ]
+        raise CheckpointError(f"{where}: trainable weights do not match the model; " + "; ".join(parts))
+
+
+def capture_rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, keys, *rest = state["numpy"]
+    np.random.set_state((version, np.asarray(keys, dtype=np.uint32), *rest))
+    python_state = state["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

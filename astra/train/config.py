@@ -1,0 +1,191 @@
+"""Every training setting in one typed dataclass, with named presets; saved as JSON next to the checkpoints.
+
+`astra train --preset NAME [--config file.json] [--set key=value ...]`: the preset first, then the JSON file,
+then each `--set` (dotted keys reach into `flow`, e.g. `--set flow.shift=3`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from astra.diffusion.flow import FlowConfig
+from astra.errors import AstraError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- model ----------------------------------------------------------------------------------------
+    model: str = "astra-tiny"  # an AstraConfig preset name or a path to a config.json
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # Wan2.1 weights (original file or diffusers folder); None = from scratch
+
+    # --- data -----------------------------------------------------------------------------------------
+    data: str = "synthetic"  # "synthetic" (random latents: smoke tests, benchmarks) or a latents dir
+    world_weights: dict[str, float] = field(default_factory=dict)  # joint training: source -> sampling weight
+    history_range: tuple[int, int] = (1, 8)  # history length in latent frames, sampled per batch
+    target_frames: int = 0  # latent frames per target chunk; 0 = the model's chunk_frames
+    batch_size: int = 2  # per process
+    latent_size: tuple[int, int] = (8, 8)  # (h, w) of synthetic latents
+
+    # --- optimisation ---------------------------------------------------------------------------------
+    steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # 0 = no EMA
+    seed: int = 0
+
+    # --- flow matching and the Astra recipe -----------------------------------------------------------
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    noisy_memory_prob: float = 0.5  # probability that a sample's history is corrupted
+    noisy_memory_range: tuple[float, float] = (0.0, 0.5)  # t_hist ~ U[lo, hi], told to the model per frame
+    action_dropout: float = 0.1  # probability that a sample's target actions become the null action
+    aux_loss_weight: float = 0.01  # weight of the experts' load-balancing loss
+    copy_prior: bool = False  # predict the velocity relative to copying the newest history frame
+    copy_prior_sigma: float = 0.5  # typical std of the latent change between frames (copy prior width)
+
+    # --- systems --------------------------------------------------------------------------------------
+    mixed_precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "no"
+    grad_checkpointing: bool = False
+    parallel: str = "auto"  # under torchrun: "ddp", "fsdp" or "auto" (fsdp when the backbone is frozen)
+    log_every: int = 10
+    save_every: int = 500
+    keep_checkpoints: int = 3
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data)
+        _check_keys(cls, data, "TrainConfig")
+        if isinstance(data.get("flow"), dict):
+            _check_keys(FlowConfig, data["flow"], "TrainConfig.flow")
+            data["flow"] = FlowConfig(**data["flow"])
+        for key in ("history_range", "latent_size", "betas", "noisy_memory_range"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+    def with_updates(self, updates: dict[str, Any]) -> "TrainConfig":
+        """Apply (possibly dotted, e.g. "flow.shift") updates; values are validated by `validate`."""
+        data = self.to_dict()
+        for key, value in updates.items():
+            head, _, rest = key.partition(".")
+            if rest:
+                if not isinstance(data.get(head), dict):
+                    raise AstraError(f"setting {key!r}: {head!r} is not a nested setting")
+                data[head] = {**data[head], rest: value}
+            else:
+                data[key] = value
+        return TrainConfig.from_dict(data)
+
+    def validate(self) -> None:
+        self.flow.validate()
+        lo, hi = self.history_range
+        if not 0 <= lo <= hi:
+            raise AstraError(f"history_range must satisfy 0 <= lo <= hi, got {self.history_range}")
+        lo, hi = self.noisy_memory_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise AstraError(f"noisy_memory_range must satisfy 0 <= lo <= hi <= 1, got {self.noisy_memory_range}")
+        for name in ("noisy_memory_prob", "action_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise AstraError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.batch_size < 1 or self.steps < 0 or self.warmup_steps < 0:
+            raise AstraError("batch_size must be >= 1, steps and warmup_steps >= 0")
+        if self.lr <= 0 or not 0.0 <= self.ema_decay < 1.0:
+            raise AstraError(f"lr must be > 0 and ema_decay in [0, 1), got {self.lr}, {self.ema_decay}")
+        if self.mixed_precision not in ("auto", "bf16", "no"):
+            raise AstraError(f"mixed_precision must be 'auto', 'bf16' or 'no', got {self.mixed_precision!r}")
+        if self.parallel not in ("auto", "ddp", "fsdp"):
+            raise AstraError(f"parallel must be 'auto', 'ddp' or 'fsdp', got {self.parallel!r}")
+        if self.copy_prior and self.history_range[0] < 1:
+            raise AstraError("copy_prior needs at least one history frame: set history_range lo >= 1")
+        if self.copy_prior_sigma <= 0:
+            raise AstraError(f"copy_prior_sigma must be > 0, got {self.copy_prior_sigma}")
+
+
+def _check_keys(cls: type, data: dict[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise AstraError(f"unknown {where} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # Unit tests and smoke runs: a tiny model on random latents, a few steps.
+    "astra-tiny": TrainConfig(
+        model="astra-tiny",
+        data="synthetic",
+        history_range=(1, 3),
+        batch_size=2,
+        latent_size=(4, 4),
+        steps=4,
+        lr=1e-3,
+        warmup_steps=1,
+        ema_decay=0.9,
+        log_every=1,
+        save_every=2,
+    ),
+    # The shipped small model: from scratch on the latents of all four simulator worlds (`astra data encode`),
+    # joint training with per-world weights; every parameter trains (the preset's trainable = None).
+    "astra-small": TrainConfig(
+        model="astra-small",
+        data="data/latents",
+        world_weights={"doom": 1.0, "robot": 1.0, "camera": 1.0, "drive": 1.0},
+        history_range=(1, 8),
+        batch_size=8,
+        latent_size=(8, 8),
+        steps=100_000,
+        lr=3e-4,
+        weight_decay=0.01,
+        warmup_steps=500,
+        ema_decay=0.999,
+        noisy_memory_prob=0.5,
+        noisy_memory_range=(0.0, 0.5),
+        copy_prior=True,
+        log_every=20,
+        save_every=1000,
+    ),
+    # Astra on Wan2.1-T2V-1.3B, the paper's recipe: lr 1e-5, backbone frozen except self-attention and the
+    # added modules (the model preset's freeze policy), shift 5 and the authors' bell loss weighting, noisy memory
+    # with probability 0.8 at t_hist in [0.63, 1.0] (their code), bf16 autocast over fp32 masters, FSDP.
+    "wan2.1-t2v-1.3b": TrainConfig(
+        model="wan2.1-t2v-1.3b",
+        data="data/latents-wan",
+        history_range=(1, 20),
+        batch_size=1,
+        latent_size=(60, 104),
+        steps=30_000,
+        lr=1e-5,
+        warmup_steps=200,
+        ema_decay=0.9999,
+        flow=FlowConfig(timestep_sampling="uniform", shift=5.0, loss_weighting="bell"),
+        noisy_memory_prob=0.8,
+        noisy_memory_range=(0.63, 1.0),
+        action_dropout=0.1,
+        grad_checkpointing=True,
+        mixed_precision="auto",
+        parallel="fsdp",
+        log_every=10,
+        save_every=500,
+    ),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise AstraError(f"unknown training preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]

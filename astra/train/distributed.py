@@ -1,0 +1,93 @@
+"""Process groups and model wrapping for torchrun: DDP for small models, FSDP (full sharding) for the big one.
+
+Single-process runs (no RANK/WORLD_SIZE in the environment) use the model as is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed() -> DistInfo:
+    """Join the torchrun process group if there is one (NCCL on CUDA, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def resolve_parallel(mode: str, model: torch.nn.Module) -> str:
+    """'auto' -> FSDP when part of the model is frozen (the Wan backbone preset), DDP otherwise."""
+    if mode != "auto":
+        return mode
+    return "fsdp" if any(not p.requires_grad for p in model.parameters()) else "ddp"
+
+
+def wrap_model(model: torch.nn.Module, mode: str, info: DistInfo) -> torch.nn.Module:
+    """Wrap for data parallelism; returns the model unchanged in a single process.
+
+    DDP uses find_unused_parameters because a top-k router leaves some experts without gradient in a step.
+    FSDP (torch.distributed.fsdp.fully_shard) shards each transformer block, then the root (full sharding);
+    parameter names stay those of the unwrapped model.
+    """
+    if not info.distributed:
+        return model
+    mode = resolve_parallel(mode, model)
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [info.local_rank] if info.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    raise ValueError(f"unknown parallel mode {mode!r}; use 'ddp', 'fsdp' or 'auto'")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
+
+
+def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Average a metric over ranks (for logging)."""
+    if not info.distributed:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)  # gloo has no AVG
+    return value / info.world_size
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,410 @@
+"""Next-chunk flow-matching training of the Astra transformer.
+
+One step: draw a batch (history chunk + target chunk + per-latent-frame actions), noise the target at a flow
+time t, corrupt the history with independent noise with probability `noisy_memory_prob` (the model is told each
+history frame's level through `history_timesteps`; inference uses clean history), null the target actions with
+probability `action_dropout` (the same frames action-free guidance nulls), regress the velocity on the target
+frames only, add the experts' load-balancing loss. AdamW with warmup + cosine, gradient clipping, an fp32 EMA of
+the trainable weights, bf16 autocast over fp32 master weights on GPU, optional per-block gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
+
+from astra.diffusion.flow import (
+    add_noise,
+    copy_prior_velocity,
+    flow_matching_loss,
+    sample_timesteps,
+    velocity_target,
+)
+from astra.errors import AstraError
+from astra.model.action_experts import ActionInput
+from astra.model.config import PRESETS as MODEL_PRESETS
+from astra.model.config import AstraConfig
+from astra.train.batches import BatchSource, SyntheticBatches, TrainBatch, step_generator
+from astra.train.checkpointing import (
+    capture_rng_state,
+    check_trainable_keys,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from astra.train.config import TrainConfig
+from astra.train.distributed import DistInfo, all_reduce_mean, unwrap, wrap_model
+from astra.train.logging import TrainLogger
+
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+NOISE_STREAM = 1  # generator stream of the per-step noise (stream 0 is the data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_model_config(config: TrainConfig) -> AstraConfig:
+    """The AstraConfig named by `config.model` (a preset or a config.json path) with `model_overrides`."""
+    if config.model in MODEL_PRESETS:
+        data = AstraConfig.from_preset(config.model).to_dict()
+    elif Path(config.model).is_file():
+        data = json.loads(Path(config.model).read_text())
+        data = data.get("config", data)  # our checkpoints' config.json nests it under "config"
+    else:
+        raise AstraError(f"model {config.model!r} is neither a model preset ({', '.join(MODEL_PRESETS)}) nor a file")
+    model_config = AstraConfig.from_dict({**data, **config.model_overrides})
+    model_config.validate()
+    return model_config
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """A fresh (or Wan-initialised) AstraTransformer with the config's freeze policy applied, in fp32."""
+    from astra.model.freeze import apply_freeze_policy
+    from astra.model.transformer import AstraTransformer
+
+    model_config = build_model_config(config)
+    if config.init_from:
+        from astra.model.checkpoints import load_wan_transformer
+
+        model = load_wan_transformer(config.init_from, config=model_config)
+    else:
+        torch.manual_seed(config.seed)
+        model = AstraTransformer(model_config)
+    apply_freeze_policy(model, model_config)
+    return model
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
+    """Recompute each transformer block's activations in backward instead of storing them.
+
+    Patches `block.forward` per instance (parameter names are unchanged) with non-reentrant
+    torch.utils.checkpoint, which handles keyword arguments and frozen inputs. Returns the number of blocks.
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise AstraError("gradient checkpointing needs a model with a `blocks` ModuleList")
+    for block in blocks:
+        block_forward = block.forward
+
+        def checkpointed_forward(*args: Any, _forward=block_forward, **kwargs: Any) -> Any:
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = checkpointed_forward
+    return len(blocks)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loss of one batch
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # what is backpropagated: flow loss + aux_loss_weight * aux loss
+    flow_loss: torch.Tensor
+    aux_loss: torch.Tensor
+    expert_usage: torch.Tensor
+
+
+def training_loss(
+    model: torch.nn.Module, batch: TrainBatch, config: TrainConfig, generator: torch.Generator
+) -> StepOutput:
+    """Flow-matching loss of the target chunk given (noisy) history and (possibly dropped) actions.
+
+    All randomness comes from `generator` (CPU), so a step is reproducible from (seed, rank, step).
+    """
+    target = batch.target_latents
+    device = target.device
+    batch_size, _, target_frames = target.shape[:3]
+    draw = lambda *shape: torch.rand(shape, generator=generator).to(device)  # noqa: E731
+    normal = lambda shape: torch.randn(shape, generator=generator).to(device)  # noqa: E731
+
+    timesteps = sample_timesteps(batch_size, config.flow, generator).to(device)
+    noise = normal(target.shape)
+    noisy_target = add_noise(target, noise, timesteps)
+
+    history, history_timesteps, history_frames = batch.history_latents, None, 0
+    if history is not None:
+        history_frames = history.shape[2]
+        low, high = config.noisy_memory_range
+        corrupted = draw(batch_size) < config.noisy_memory_prob
+        history_level = torch.where(corrupted, low + (high - low) * draw(batch_size), torch.zeros(batch_size, device=device))
+        history = add_noise(history, normal(history.shape), history_level)
+        history_timesteps = history_level[:, None].expand(batch_size, history_frames)
+
+    null = torch.zeros(batch_size, history_frames + target_frames, dtype=torch.bool, device=device)
+    null[:, history_frames:] = (draw(batch_size) < config.action_dropout)[:, None]
+    actions = ActionInput(batch.action_values, batch.modality, null)
+
+    out = model(
+        noisy_target,
+        timesteps[:, None].expand(batch_size, target_frames),
+        history_latents=history,
+        history_timesteps=history_timesteps,
+        actions=actions,
+        text=batch.text,
+    )
+    velocity = out.velocity.float()
+    if config.copy_prior:
+        velocity = velocity + copy_prior_velocity(noisy_target, timesteps, history[:, :, -1:], config.copy_prior_sigma)
+    flow_loss = flow_matching_loss(velocity, velocity_target(target, noise), timesteps, config.flow.loss_weighting)
+    aux_loss = out.aux_loss.float()
+    return StepOutput(flow_loss + config.aux_loss_weight * aux_loss, flow_loss, aux_loss, out.expert_usage.detach())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimiser pieces
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to `min_lr_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """fp32 exponential moving average of the trainable parameters (with the usual warm-up of the decay)."""
+
+    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], decay: float):
+        self.decay = decay
+        self.params = dict(named_params)
+        self.shadow = {name: p.detach().float().clone() for name, p in named_params}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for name, param in self.params.items():
+            self.shadow[name].lerp_(param.detach().float(), 1.0 - decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: _full(t).cpu() for name, t in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], where: str) -> None:
+        if set(state) != set(self.shadow):
+            missing, extra = sorted(set(self.shadow) - set(state)), sorted(set(state) - set(self.shadow))
+            raise AstraError(f"{where}: EMA weights do not match the trainable set (missing {missing[:20]}, unexpected {extra[:20]})")
+        for name, tensor in state.items():
+            _copy_full_into(self.shadow[name], tensor)
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded DTensor (FSDP) gathered to a plain tensor; plain tensors unchanged."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _copy_full_into(destination: torch.Tensor, full: torch.Tensor) -> None:
+    if hasattr(destination, "device_mesh"):  # DTensor shard: keep only this rank's part
+        from torch.distributed.tensor import distribute_tensor
+
+        full = distribute_tensor(full.to(destination.device), destination.device_mesh, destination.placements)
+    destination.copy_(full)
+
+
+def git_revision() -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return result.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def make_batch_source(config: TrainConfig, model_config: AstraConfig) -> BatchSource:
+    target_frames = config.target_frames or model_config.chunk_frames
+    if config.data == "synthetic":
+        return SyntheticBatches(
+            model_config.in_channels, config.latent_size, config.history_range, target_frames, config.batch_size, config.seed
+        )
+    from astra.train.latent_batches import LatentBatches
+
+    return LatentBatches(config, target_frames)
+
+
+class Trainer:
+    """Builds model, optimiser, EMA, logs; `fit()` trains to `config.steps`, checkpointing on the way."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        out_dir: str | Path,
+        info: DistInfo = DistInfo(),
+        batches: BatchSource | None = None,
+        progress: bool = True,
+    ):
+        config.validate()
+        self.config, self.out_dir, self.info, self.progress = config, Path(out_dir), info, progress
+        self.model_config = build_model_config(config)
+        model = build_model(config).to(info.device)
+        if config.grad_checkpointing:
+            enable_gradient_checkpointing(model)
+        self.trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if not self.trainable:
+            raise AstraError("the freeze policy leaves no trainable parameter")
+        self.model = wrap_model(model, config.parallel, info)
+        self.trainable = [(n.removeprefix("module."), p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            [p for _, p in self.trainable], lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio)
+        )
+        self.ema = EMA(self.trainable, config.ema_decay) if config.ema_decay > 0 else None
+        self.batches = batches or make_batch_source(config, self.model_config)
+        self.step = 0
+        use_bf16 = config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and info.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        trainable_names = {name for name, _ in self.trainable}
+        weights = get_model_state_dict(self.model, options=FULL_STATE)
+        return {
+            "step": self.step,
+            "model": {k: v for k, v in weights.items() if k in trainable_names},
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=FULL_STATE),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "config": self.config.to_dict(),
+        }
+
+    def save(self) -> Path | None:
+        state = self.state_dict()  # collective under FSDP: every rank takes part
+        if not self.info.is_main:
+            return None
+        return save_checkpoint(self.out_dir, self.step, state, keep=self.config.keep_checkpoints)
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint in out_dir (if any); returns whether one was found."""
+        path = latest_checkpoint(self.out_dir)
+        if path is None:
+            return False
+        state = load_checkpoint(path)
+        check_trainable_keys(self.model, state["model"], str(path))
+        set_model_state_dict(self.model, state["model"], options=StateDictOptions(full_state_dict=True, strict=False))
+        # strict=False: AdamW has no state yet for experts the router never chose; the weights were checked above
+        set_optimizer_state_dict(
+            self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True, strict=False)
+        )
+        for name, param in self.trainable:  # the loader initialises missing state at step 1: undo for exactness
+            if name not in state["optimizer"]["state"]:
+                self.optimizer.state.pop(param, None)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if state["ema"] is None:
+                raise AstraError(f"{path}: checkpoint has no EMA but ema_decay > 0")
+            self.ema.load_state_dict(state["ema"], str(path))
+        restore_rng_state(state["rng"])
+        self.step = int(state["step"])
+        return True
+
+    # --- training ----------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        self.model.train()
+        batch = self.batches.batch(self.step, self.info.rank).to(self.info.device)
+        generator = step_generator(self.config.seed, self.info.rank, self.step, stream=NOISE_STREAM)
+        with torch.autocast(self.info.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            out = training_loss(self.model, batch, self.config, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], self.config.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.step)
+        metrics = {
+            "loss": all_reduce_mean(out.loss.detach(), self.info).item(),
+            "flow_loss": all_reduce_mean(out.flow_loss.detach(), self.info).item(),
+            "aux_loss": all_reduce_mean(out.aux_loss.detach(), self.info).item(),
+            "grad_norm": float(_full(grad_norm)),
+            "lr": lr,
+        }
+        usage = all_reduce_mean(out.expert_usage.float(), self.info)
+        metrics.update({f"usage_{i}": float(u) for i, u in enumerate(usage)})
+        return metrics
+
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> list[dict[str, float]]:
+        """Train to `config.steps` (or stop after step `stop_after`: an interrupted run, for tests).
+
+        Returns the logged metric rows of this call. Saves a checkpoint every `save_every` steps and at the end.
+        """
+        if resume:
+            self.resume()
+        if self.info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "train_config.json").write_text(self.config.to_json())
+        logger = TrainLogger(self.out_dir, resume_step=self.step, enabled=self.info.is_main)
+        last = self.config.steps if stop_after is None else min(stop_after, self.config.steps)
+        rows: list[dict[str, float]] = []
+        bar = tqdm(total=self.config.steps, initial=self.step, desc="train", disable=not (self.progress and self.info.is_main))
+        samples_per_step = self.config.batch_size * self.info.world_size
+        try:
+            while self.step < last:
+                start = time.perf_counter()
+                metrics = self.train_step()
+                metrics["samples_per_s"] = samples_per_step / (time.perf_counter() - start)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.1f}")
+                if self.step % self.config.log_every == 0 or self.step == last:
+                    logger.log(self.step, metrics)
+                    rows.append({"step": self.step, **metrics})
+                if self.step % self.config.save_every == 0 or self.step == last:
+                    self.save()
+        finally:
+            bar.close()
+            logger.close()
+        return rows
+
+    # --- export -------------------------------------------------------------------------------------------
+    def export(self, directory: str | Path | None = None, use_ema: bool = True) -> Path | None:
+        """Write the model (EMA weights for the trainable set) with save_astra: model.safetensors + config.json."""
+        from astra.model.checkpoints import save_astra
+        from astra.model.transformer import AstraTransformer
+
+        weights = get_model_state_dict(self.model, options=FULL_STATE)  # collective under FSDP
+        ema = self.ema.state_dict() if (self.ema is not None and use_ema) else {}
+        if not self.info.is_main:
+            return None
+        export_model = AstraTransformer(self.model_config)
+        export_model.load_state_dict({**weights, **ema}, strict=True)
+        metadata = {
+            "train_config": self.config.to_dict(),
+            "data": {"source": self.config.data, "world_weights": self.config.world_weights},
+            "step": self.step,
+            "weights": "ema" if ema else "raw",
+            "copy_prior_sigma": self.config.copy_prior_sigma if self.config.copy_prior else None,
+            "git_revision": git_revision(),
+        }
+        return save_astra(export_model, directory or self.out_dir / "export", metadata)

@@ -1,0 +1,73 @@
+"""`astra vae train` / `astra vae eval`: the small VAE on recorded episodes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from astra.vae.train import VAETrainConfig
+
+HELP = "train or evaluate the small VAE"
+_DEFAULTS = VAETrainConfig()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="vae_command", required=True)
+    train = commands.add_parser("train", help="train the small VAE on episodes of all worlds jointly")
+    train.add_argument("--episodes", nargs="+", required=True, help="episode folders (searched recursively)")
+    train.add_argument("--out", default="weights/astra-small-vae", help="checkpoint folder")
+    train.add_argument("--preset", default=_DEFAULTS.preset)
+    train.add_argument("--steps", type=int, default=_DEFAULTS.steps)
+    train.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    train.add_argument("--clip-frames", type=int, default=_DEFAULTS.clip_frames, help="4k+1 frames per clip")
+    train.add_argument("--lr", type=float, default=_DEFAULTS.learning_rate)
+    train.add_argument("--kl-weight", type=float, default=_DEFAULTS.kl_weight)
+    train.add_argument("--gradient-weight", type=float, default=_DEFAULTS.gradient_weight)
+    train.add_argument("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every)
+    train.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+
+    evaluate = commands.add_parser("eval", help="PSNR/SSIM per world on episodes, and decode ms/frame")
+    evaluate.add_argument("--vae", default="astra-small-vae", help="weights name or path (either VAE)")
+    evaluate.add_argument("--episodes", nargs="+", required=True)
+    evaluate.add_argument("--split", default="heldout", choices=("train", "heldout"))
+    evaluate.add_argument("--max-frames", type=int, default=33, help="frames per episode evaluated (4k+1)")
+    evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from astra.vae import load_vae
+    from astra.vae.train import evaluate_vae, load_clip_pool, train_vae
+
+    if args.vae_command == "train":
+        config = VAETrainConfig(
+            preset=args.preset,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            clip_frames=args.clip_frames,
+            learning_rate=args.lr,
+            kl_weight=args.kl_weight,
+            gradient_weight=args.gradient_weight,
+            checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
+        )
+        config.validate()
+        pool = load_clip_pool(args.episodes, split="train")
+        vae = train_vae(pool, args.out, config, resume=args.resume)
+        params = sum(p.numel() for p in vae.parameters())
+        print(f"saved {args.out} ({params:,} parameters; worlds: {', '.join(pool.worlds)})")
+        return 0
+    vae = load_vae(args.vae)
+    results = evaluate_vae(vae, load_clip_pool(args.episodes, split=args.split), max_frames=args.max_frames)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    speed = results.pop("speed")
+    print(f"{'world':<16}{'episodes':>9}{'PSNR dB':>9}{'SSIM':>8}")
+    for world, row in results.items():
+        print(f"{world:<16}{row['episodes']:>9}{row['psnr']:>9.2f}{row['ssim']:>8.4f}")
+    print(
+        f"decode {speed['decode_ms_per_frame']:.2f} ms/frame one-shot, "
+        f"{speed['stream_decode_ms_per_frame']:.2f} ms/frame streaming"
+    )
+    return 0

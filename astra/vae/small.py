@@ -1,0 +1,375 @@
+"""The small causal video VAE (`astra-small-vae`) that the shipped small model uses.
+
+A lighter relative of the Wan VAE, built for fast CPU decoding:
+
+- Spatial work is per frame (2-D convs, frames folded into the batch), so it costs the same whether a
+  frame is decoded alone or inside a clip.
+- Time is compressed by "space-to-depth in time": the first frame is repeated 3 times in front so the
+  video has 4(k+1) frames, and each group of 4 consecutive frames is stacked along channels into one
+  latent frame. Latent frame 0 therefore sees only video frame 0, and latent frame c >= 1 sees video
+  frames 4c-3 .. 4c, as the shared vocabulary in docs/architecture.md requires.
+- All mixing across latent frames happens in causal 3-D convs (zero-padded in front). Each keeps the
+  last `kernel_t - 1` input frames in a `StreamState`, so decoding chunk by chunk equals a one-shot
+  decode exactly.
+
+The encoder predicts a diagonal Gaussian (mean, log-variance) trained with a small KL term (as in Wan);
+`encode` returns the mean, normalised per channel with the statistics measured after training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from astra.errors import AstraError, CheckpointError
+from astra.vae.common import TEMPORAL_STRIDE, atomic_write_bytes, check_latents, check_state_dict, check_video
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+VAE_TYPE = "astra-small-vae"  # the "type" field of config.json
+
+
+@dataclass(frozen=True)
+class SmallVAEConfig:
+    """Widths of the small VAE. `frame_channels` are per resolution level, finest first; each level
+    after the first halves the resolution, so spatial_stride = 2 ** (len(frame_channels) - 1)."""
+
+    in_channels: int = 3
+    z_dim: int = 16
+    frame_channels: tuple[int, ...] = (24, 48, 64)  # per-frame 2-D stages at 64, 32, 16 px
+    latent_channels_hidden: int = 80  # width of the causal 3-D stage on latent frames
+    frame_res_blocks: int = 1  # residual blocks per 2-D level
+    latent_res_blocks: int = 2  # causal residual blocks on latent frames
+    temporal_kernel: int = 3  # latent frames seen by each causal conv (current + kernel - 1 previous)
+    resolution: tuple[int, int] = (64, 64)  # what it is trained on (informational; any multiple works)
+    # Per-channel statistics of the raw latent means, measured after training (identity before).
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
+
+    @property
+    def spatial_stride(self) -> int:
+        return 2 ** (len(self.frame_channels) - 1)
+
+    def replace(self, **changes: Any) -> "SmallVAEConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SmallVAEConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise AstraError(f"unknown SmallVAEConfig field(s): {', '.join(unknown)}")
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def validate(self) -> None:
+        if len(self.frame_channels) < 1 or min(self.frame_channels) < 1:
+            raise AstraError(f"frame_channels must be a non-empty tuple of positive widths, got {self.frame_channels}")
+        if self.temporal_kernel < 1:
+            raise AstraError(f"temporal_kernel must be >= 1, got {self.temporal_kernel}")
+        for name in ("latents_mean", "latents_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.z_dim:
+                raise AstraError(f"{name} has {len(value)} entries, expected z_dim={self.z_dim}")
+
+
+SMALL_VAE_PRESETS: dict[str, SmallVAEConfig] = {
+    # The shipped one: 64x64 video -> 16x16x16 latents.
+    "astra-small-vae": SmallVAEConfig(),
+    # Unit tests: a few thousand parameters.
+    "astra-tiny-vae": SmallVAEConfig(
+        z_dim=4, frame_channels=(8, 12), latent_channels_hidden=16, latent_res_blocks=1, resolution=(16, 16)
+    ),
+}
+
+
+class StreamState(dict):
+    """Causal-conv caches for streaming: maps each CausalConv3d to the last input frames it saw."""
+
+
+class RMSNorm(nn.Module):
+    """Channel RMS norm (as in Wan): per position, so it never mixes frames and keeps causality."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(channels))
+        self.scale = math.sqrt(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return F.normalize(x, dim=1) * self.scale * self.gamma.view(shape)
+
+
+class CausalConv3d(nn.Conv3d):
+    """3-D conv over [B, C, F, H, W] that only looks back in time. Without a state the past is zeros;
+    with a `StreamState` the past is the tail of the previous chunk, so chunks concatenate exactly."""
+
+    def __init__(self, in_channels: int, out_channels: int, temporal_kernel: int, spatial_kernel: int = 3):
+        super().__init__(
+            in_channels,
+            out_channels,
+            (temporal_kernel, spatial_kernel, spatial_kernel),
+            padding=(0, spatial_kernel // 2, spatial_kernel // 2),
+        )
+        self.history = temporal_kernel - 1
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        if self.history == 0:
+            return super().forward(x)
+        past = state.get(self) if state is not None else None
+        if past is None:
+            past = x.new_zeros(x.shape[0], x.shape[1], self.history, *x.shape[3:])
+        x = torch.cat([past, x], dim=2)
+        if state is not None:
+            state[self] = x[:, :, -self.history :].detach()
+        return super().forward(x)
+
+
+class FrameResBlock(nn.Module):
+    """Per-frame residual block on [N, C, H, W]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm1 = RMSNorm(channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = RMSNorm(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
+class LatentResBlock(nn.Module):
+    """Residual block on latent frames: a causal temporal conv, then a per-frame conv."""
+
+    def __init__(self, channels: int, temporal_kernel: int):
+        super().__init__()
+        self.norm1 = RMSNorm(channels)
+        self.conv1 = CausalConv3d(channels, channels, temporal_kernel)
+        self.norm2 = RMSNorm(channels)
+        self.conv2 = CausalConv3d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), state)
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
+def _frames_to_batch(x: torch.Tensor) -> torch.Tensor:
+    b, c, t, h, w = x.shape
+    return x.transpose(1, 2).reshape(b * t, c, h, w)
+
+
+def _batch_to_frames(x: torch.Tensor, batch: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.reshape(batch, n // batch, c, h, w).transpose(1, 2)
+
+
+class SmallEncoder(nn.Module):
+    def __init__(self, config: SmallVAEConfig):
+        super().__init__()
+        widths = config.frame_channels
+        self.conv_in = nn.Conv2d(config.in_channels, widths[0], 3, padding=1)
+        self.levels = nn.ModuleList()
+        for level, width in enumerate(widths):
+            blocks: list[nn.Module] = [FrameResBlock(width) for _ in range(config.frame_res_blocks)]
+            if level + 1 < len(widths):
+                blocks.append(nn.Conv2d(width, widths[level + 1], 3, stride=2, padding=1))
+            self.levels.append(nn.Sequential(*blocks))
+        hidden = config.latent_channels_hidden
+        self.time_in = CausalConv3d(widths[-1] * TEMPORAL_STRIDE, hidden, 1)  # the 4 stacked frames
+        self.latent_blocks = nn.ModuleList(
+            LatentResBlock(hidden, config.temporal_kernel) for _ in range(config.latent_res_blocks)
+        )
+        self.norm_out = RMSNorm(hidden)
+        self.conv_out = CausalConv3d(hidden, 2 * config.z_dim, 1)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """[B, 3, 4k+1, H, W] -> mean and log-variance stacked on channels [B, 2z, k+1, h, w]."""
+        batch = video.shape[0]
+        video = torch.cat([video[:, :, :1].expand(-1, -1, TEMPORAL_STRIDE - 1, -1, -1), video], dim=2)
+        x = self.conv_in(_frames_to_batch(video))
+        for level in self.levels:
+            x = level(x)
+        x = _batch_to_frames(x, batch)  # [B, C, 4(k+1), h, w]
+        b, c, t, h, w = x.shape
+        x = x.reshape(b, c, t // TEMPORAL_STRIDE, TEMPORAL_STRIDE, h, w).transpose(2, 3)
+        x = self.time_in(x.reshape(b, c * TEMPORAL_STRIDE, t // TEMPORAL_STRIDE, h, w))
+        for block in self.latent_blocks:
+            x = block(x)
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+class SmallDecoder(nn.Module):
+    def __init__(self, config: SmallVAEConfig):
+        super().__init__()
+        widths = config.frame_channels[::-1]  # coarsest first
+        hidden = config.latent_channels_hidden
+        self.time_in = CausalConv3d(config.z_dim, hidden, config.temporal_kernel)
+        self.latent_blocks = nn.ModuleList(
+            LatentResBlock(hidden, config.temporal_kernel) for _ in range(config.latent_res_blocks)
+        )
+        self.norm_mid = RMSNorm(hidden)
+        # Depth-to-time: one latent frame -> TEMPORAL_STRIDE frames of features.
+        self.time_out = CausalConv3d(hidden, widths[0] * TEMPORAL_STRIDE, 1)
+        self.levels = nn.ModuleList()
+        for level, width in enumerate(widths):
+            blocks: list[nn.Module] = [FrameResBlock(width) for _ in range(config.frame_res_blocks)]
+            if level + 1 < len(widths):
+                blocks += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, widths[level + 1], 3, padding=1)]
+            self.levels.append(nn.Sequential(*blocks))
+        self.norm_out = RMSNorm(widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], config.in_channels, 3, padding=1)
+
+    def forward(self, latents: torch.Tensor, state: StreamState | None = None, first_chunk: bool = True) -> torch.Tensor:
+        """[B, z, f, h, w] raw latents -> [B, 3, 4f (-3 when `first_chunk`), H, W] frames, unclamped."""
+        x = self.time_in(latents, state)
+        for block in self.latent_blocks:
+            x = block(x, state)
+        x = self.time_out(F.silu(self.norm_mid(x)))
+        b, c, f, h, w = x.shape
+        x = x.reshape(b, c // TEMPORAL_STRIDE, TEMPORAL_STRIDE, f, h, w).transpose(2, 3)
+        x = x.reshape(b, c // TEMPORAL_STRIDE, f * TEMPORAL_STRIDE, h, w)
+        if first_chunk:  # latent frame 0 stands for video frame 0 alone: keep the last of its 4 slots
+            x = x[:, :, TEMPORAL_STRIDE - 1 :]
+        x = _frames_to_batch(x)
+        for level in self.levels:
+            x = level(x)
+        return _batch_to_frames(self.conv_out(F.silu(self.norm_out(x))), b)
+
+
+class SmallVAE(nn.Module):
+    """The `VideoVAE` protocol on top of `SmallEncoder` / `SmallDecoder` (see module docstring)."""
+
+    temporal_stride = TEMPORAL_STRIDE
+
+    def __init__(self, config: SmallVAEConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.encoder = SmallEncoder(config)
+        self.decoder = SmallDecoder(config)
+        mean = torch.tensor(config.latents_mean) if config.latents_mean is not None else torch.zeros(config.z_dim)
+        std = torch.tensor(config.latents_std) if config.latents_std is not None else torch.ones(config.z_dim)
+        # Buffers, not parameters: they come from the config and are not saved in the weights file.
+        self.register_buffer("latents_mean", mean.float().view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("latents_std", std.float().view(1, -1, 1, 1, 1), persistent=False)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.z_dim
+
+    @property
+    def spatial_stride(self) -> int:
+        return self.config.spatial_stride
+
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store measured per-channel statistics (in the config and the normalisation buffers)."""
+        self.config = self.config.replace(latents_mean=tuple(mean.tolist()), latents_std=tuple(std.tolist()))
+        self.latents_mean.copy_(mean.view(1, -1, 1, 1, 1))
+        self.latents_std.copy_(std.view(1, -1, 1, 1, 1))
+
+    def encode_distribution(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw (unnormalised) mean and log-variance of the posterior; used by training."""
+        check_video(video, self.config.in_channels, self.spatial_stride)
+        mean, logvar = self.encoder(video).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def normalize(self, raw_latents: torch.Tensor) -> torch.Tensor:
+        return (raw_latents - self.latents_mean) / self.latents_std
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents * self.latents_std + self.latents_mean
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.encode_distribution(video)[0])
+
+    def decode_raw(self, raw_latents: torch.Tensor) -> torch.Tensor:
+        """Differentiable decode of raw latents; unclamped (training uses this)."""
+        return self.decoder(raw_latents)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        check_latents(latents, self.latent_channels)
+        return self.decoder(self.denormalize(latents)).clamp(-1.0, 1.0)
+
+    def stream_decoder(self) -> "SmallStreamDecoder":
+        return SmallStreamDecoder(self)
+
+
+class SmallStreamDecoder:
+    """Decodes latent chunks one after another; the concatenated output equals `SmallVAE.decode` of
+    the concatenated latents (the causal convs carry their last inputs across chunks)."""
+
+    def __init__(self, vae: SmallVAE):
+        self.vae = vae
+        self.state = StreamState()
+        self.frames_seen = 0
+
+    @torch.no_grad()
+    def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
+        check_latents(latents, self.vae.latent_channels)
+        first = self.frames_seen == 0
+        self.frames_seen += latents.shape[2]
+        frames = self.vae.decoder(self.vae.denormalize(latents), self.state, first_chunk=first)
+        return frames.clamp(-1.0, 1.0)
+
+    def reset(self) -> None:
+        self.state.clear()
+        self.frames_seen = 0
+
+
+def save_small_vae(vae: SmallVAE, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write `model.safetensors` + `config.json` (config, latent statistics, metadata) atomically."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in vae.state_dict().items()}
+    atomic_write_bytes(folder / WEIGHTS_FILE, save(state))
+    config = {"type": VAE_TYPE, **vae.config.to_dict(), "metadata": metadata or {}}
+    atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
+    return folder
+
+
+def read_small_vae_config(folder: str | Path) -> tuple[SmallVAEConfig, dict[str, Any]]:
+    path = Path(folder) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read small-VAE config {path}: {error}") from error
+    if data.pop("type", None) != VAE_TYPE:
+        raise CheckpointError(f"{path} is not an {VAE_TYPE} config (its 'type' field differs)")
+    metadata = data.pop("metadata", {})
+    return SmallVAEConfig.from_dict(data), metadata
+
+
+def load_small_vae(folder: str | Path) -> SmallVAE:
+    """Strict load of a folder written by `save_small_vae`; CheckpointError names bad keys."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config, _ = read_small_vae_config(folder)
+    vae = SmallVAE(config)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"missing {weights}")
+    state = load_file(str(weights))
+    check_state_dict(vae.state_dict(), state, weights)
+    vae.load_state_dict(state, strict=True)
+    return vae.eval()

@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+from adapter_fixtures import RT1_FPS, frame_levels, levels, rt1_actions, write_rt1_v2, write_rt1_v3
+
+from astra.data.adapters.common import ConversionReport
+from astra.data.adapters.rt1 import iter_episodes
+from astra.errors import DataError
+
+
+@pytest.mark.parametrize("writer", [write_rt1_v2, write_rt1_v3], ids=["lerobot-v2", "lerobot-v3"])
+def test_lerobot_episodes_give_robot7_rows(tmp_path, writer):
+    writer(tmp_path, lengths=(6, 5))
+    episodes = list(iter_episodes(tmp_path))
+
+    assert [e.num_frames for e in episodes] == [6, 5]
+    first_levels = [0, 5] if writer is write_rt1_v2 else [0, 6]  # v3: one concatenated video
+    for index, episode in enumerate(episodes):
+        source = rt1_actions(index, episode.num_frames)
+        assert episode.modality == "robot7" and episode.poses is None and episode.fps == RT1_FPS
+        assert episode.caption == f"pick object {index}"
+        np.testing.assert_allclose(episode.actions[:, :6], source[:, :6], atol=1e-7)  # metres and radians kept
+        # source gripper +1 open / 0 closed -> registry 0 open / 1 closed
+        np.testing.assert_array_equal(episode.actions[:, 6], 1.0 - source[:, 6])
+        np.testing.assert_allclose(
+            frame_levels(episode.frames), levels(episode.num_frames, first_levels[index]), atol=1.5
+        )
+        steps = np.linalg.norm(source[:, :3], axis=1)
+        assert episode.meta["translation_scale"] == pytest.approx(np.median(steps))
+        assert episode.meta["rotation_scale"] == pytest.approx(0.02)
+
+
+def test_gripper_convention_is_configurable(tmp_path):
+    write_rt1_v2(tmp_path, lengths=(4,))
+    episode = next(iter_episodes(tmp_path, gripper_open=0.0, gripper_closed=1.0))
+    np.testing.assert_array_equal(episode.actions[:, 6], rt1_actions(0, 4)[:, 6])
+
+
+def test_missing_video_is_skipped_and_reported(tmp_path):
+    write_rt1_v2(tmp_path, lengths=(4, 4))
+    (tmp_path / "videos/chunk-000/observation.images.image/episode_000001.mp4").unlink()
+    report = ConversionReport("rt1")
+    assert len(list(iter_episodes(tmp_path, report=report))) == 1
+    assert report.converted == ["rt1-000000"] and "not present" in report.skipped["rt1-000001"]
+
+
+def test_info_json_is_validated(tmp_path):
+    write_rt1_v2(tmp_path, lengths=(4,))
+    info_file = tmp_path / "meta/info.json"
+    info = json.loads(info_file.read_text())
+    with pytest.raises(DataError, match="camera 'observation.images.wrist'"):
+        list(iter_episodes(tmp_path, camera_key="observation.images.wrist"))
+    info["features"]["action"]["shape"] = [8]
+    info_file.write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"info\.json.*'action' must have shape \[7\]"):
+        list(iter_episodes(tmp_path))
+    info["codebase_version"] = "v1.6"
+    info_file.write_text(json.dumps(info))
+    with pytest.raises(DataError, match="codebase_version 'v1.6' not in"):
+        list(iter_episodes(tmp_path))

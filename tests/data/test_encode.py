@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from astra.actions.align import latent_actions
+from astra.data.cli import _info
+from astra.data.encode import clip_ranges, encode_episodes
+from astra.data.format import Episode, write_episode
+from astra.data.sampler import LatentDataset
+
+
+class PoolingVAE:
+    """Stand-in for the VideoVAE protocol: first frame alone, then 4x time and 8x space average pooling."""
+
+    def encode(self, video):
+        first = F.avg_pool3d(video[:, :, :1], (1, 8, 8))
+        rest = F.avg_pool3d(video[:, :, 1:], (4, 8, 8)) if video.shape[2] > 1 else first[:, :, :0]
+        return torch.cat([first, rest], dim=2)
+
+
+def keyboard_episode(num_frames, seed, split="train", world="doom"):
+    rng = np.random.default_rng(seed)
+    rows = np.zeros((num_frames, 8), np.float32)
+    rows[:, :6] = rng.integers(0, 2, (num_frames, 6))
+    frames = rng.integers(0, 256, (num_frames, 16, 16, 3), dtype=np.uint8)
+    return Episode(frames=frames, actions=rows, modality="keyboard_mouse", fps=10.0, split=split, meta={"world": world})
+
+
+def test_clip_ranges_share_boundaries():
+    assert clip_ranges(19, 0) == [(0, 17)]
+    assert clip_ranges(19, 3) == [(0, 9), (8, 17)]
+    assert clip_ranges(21, 3) == [(0, 9), (8, 17), (16, 21)]
+    assert clip_ranges(1, 3) == [(0, 1)]
+
+
+def test_encode_writes_latents_actions_and_index(tmp_path, capsys):
+    episodes = tmp_path / "episodes"
+    originals = {f"ep{i}": keyboard_episode(9 + 4 * i, seed=i) for i in range(3)}
+    for name, episode in originals.items():
+        write_episode(episodes, name, episode)
+    report = encode_episodes(episodes, PoolingVAE(), tmp_path / "latents", vae_name="pool", shard_size=2)
+    assert (report.encoded, report.clips, report.skipped) == (3, 3, [])
+    assert sorted(p.name for p in (tmp_path / "latents").glob("shard-*")) == ["shard-r0-00000.safetensors", "shard-r0-00001.safetensors"]
+    dataset = LatentDataset(tmp_path / "latents")
+    assert dataset.vae == "pool" and len(dataset) == 3
+    for i, entry in enumerate(dataset.entries):
+        latents, actions = dataset.load(i)
+        episode = originals[entry["episode"]]
+        assert latents.shape == (3, entry["latent_frames"], 2, 2) and entry["latent_frames"] == 3 + i
+        np.testing.assert_allclose(actions.numpy(), latent_actions("keyboard_mouse", episode.actions))
+        expected_first = torch.from_numpy(episode.frames[0]).float().permute(2, 0, 1) / 127.5 - 1
+        torch.testing.assert_close(latents[:, 0], F.avg_pool2d(expected_first, 8), atol=0.05, rtol=0)  # fp16 + video
+    assert _info(tmp_path / "latents") == 0
+    assert "doom" in capsys.readouterr().out
+
+
+def test_resume_ranks_and_bad_episodes_are_reported(tmp_path):
+    episodes = tmp_path / "episodes"
+    for i in range(4):
+        write_episode(episodes, f"ep{i}", keyboard_episode(9, seed=i, world="doom" if i % 2 else "robot"))
+    bad = write_episode(episodes, "ep4", keyboard_episode(9, seed=9))
+    np.save(bad / "actions.npy", np.full((9, 8), np.nan, np.float32))
+    out = tmp_path / "latents"
+    first = encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=0, world_size=2)
+    assert first.encoded == 2 and [s["episode"] for s in first.skipped] == ["ep4"]
+    assert "row 0" in first.skipped[0]["reason"]
+    assert json.loads((out / "report-r0.json").read_text())["skipped"][0]["episode"] == "ep4"
+    again = encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=0, world_size=2)
+    assert (again.encoded, again.already_done, len(again.skipped)) == (0, 2, 1)
+    encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=1, world_size=2)
+    dataset = LatentDataset(out)
+    assert sorted(e["episode"] for e in dataset.entries) == ["ep0", "ep1", "ep2", "ep3"]
+    assert {e["source"] for e in dataset.entries} == {"doom", "robot"}

@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from astra.diffusion.guidance import guidance_passes, guided_velocity, null_target_actions
+from astra.model.action_experts import ActionInput
+from astra.model.config import AstraConfig
+from astra.model.transformer import AstraTransformer
+
+CONFIG = AstraConfig.from_preset("astra-tiny")
+
+
+def _perturb_zero_inits(model):
+    """Fresh experts are zero-initialised (no action effect); give every parameter some weight."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.abs().max() == 0:
+                param.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return _perturb_zero_inits(AstraTransformer(CONFIG))
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    torch.manual_seed(0)
+    batch, history_frames, target_frames = 2, 3, CONFIG.chunk_frames
+    history = torch.randn(batch, CONFIG.in_channels, history_frames, 4, 4)
+    target = torch.randn(batch, CONFIG.in_channels, target_frames, 4, 4)
+    timesteps = torch.full((batch, target_frames), 0.6)
+    values = torch.zeros(batch, history_frames + target_frames, 8)
+    values[:, 1:] = torch.randint(0, 2, (batch, history_frames + target_frames - 1, 8)).float()
+    actions = ActionInput(values, ("keyboard_mouse", "keyboard_mouse"))
+    text = torch.randn(batch, CONFIG.text_len, CONFIG.text_dim)
+    return dict(target=target, timesteps=timesteps, history=history, actions=actions, text=text)
+
+
+def _plain(model, x, **overrides):
+    kwargs = dict(history_latents=x["history"], actions=x["actions"], text=x["text"]) | overrides
+    return model(x["target"], x["timesteps"], **kwargs).velocity
+
+
+@torch.no_grad()
+def test_scale_one_equals_plain_conditional_pass(model, inputs):
+    guided = guided_velocity(
+        model, inputs["target"], inputs["timesteps"], history_latents=inputs["history"],
+        actions=inputs["actions"], text=inputs["text"], action_scale=1.0,
+    )
+    torch.testing.assert_close(guided, _plain(model, inputs), rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_batched_guidance_equals_two_separate_passes(model, inputs):
+    scale = 3.0
+    guided = guided_velocity(
+        model, inputs["target"], inputs["timesteps"], history_latents=inputs["history"],
+        actions=inputs["actions"], text=inputs["text"], action_scale=scale,
+    )
+    conditional = _plain(model, inputs)
+    null = _plain(model, inputs, actions=null_target_actions(inputs["actions"], CONFIG.chunk_frames))
+    assert (conditional - null).abs().max() > 1e-4  # the action matters, so the test can fail
+    torch.testing.assert_close(guided, null + scale * (conditional - null), rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_text_and_action_guidance_compose(model, inputs):
+    null_text = torch.zeros_like(inputs["text"])
+    nulled = null_target_actions(inputs["actions"], CONFIG.chunk_frames)
+    guided = guided_velocity(
+        model, inputs["target"], inputs["timesteps"], history_latents=inputs["history"], actions=inputs["actions"],
+        text=inputs["text"], null_text=null_text, action_scale=2.0, text_scale=4.0,
+    )
+    v_cond = _plain(model, inputs)
+    v_text = _plain(model, inputs, actions=nulled)
+    v_none = _plain(model, inputs, actions=nulled, text=null_text)
+    torch.testing.assert_close(guided, v_none + 4.0 * (v_text - v_none) + 2.0 * (v_cond - v_text), rtol=1e-4, atol=1e-5)
+
+
+def test_null_marks_only_the_target_frames(inputs):
+    nulled = null_target_actions(inputs["actions"], 2)
+    assert nulled.null[:, -2:].all() and not nulled.null[:, :-2].any()
+    assert torch.equal(nulled.values, inputs["actions"].values)
+    with pytest.raises(ValueError, match="target_frames"):
+        null_target_actions(inputs["actions"], 99)
+    assert guidance_passes(3.0, 1.0, has_actions=True, has_text=True) == 2
+    assert guidance_passes(1.0, 1.0, has_actions=True, has_text=True) == 1
+    assert guidance_passes(3.0, 5.0, has_actions=True, has_text=True) == 3

@@ -1,0 +1,33 @@
+import json
+
+import pytest
+
+from astra.errors import AstraError
+from astra.train.cli import parse_overrides
+from astra.train.config import PRESETS, TrainConfig, get_preset
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_validate_and_round_trip_through_json(name):
+    config = get_preset(name)
+    config.validate()
+    assert TrainConfig.from_dict(json.loads(config.to_json())) == config
+
+
+def test_wan_preset_follows_the_paper_recipe():
+    config = get_preset("wan2.1-t2v-1.3b")
+    assert config.lr == 1e-5 and config.flow.shift == 5.0 and config.parallel == "fsdp"
+    assert get_preset("astra-small").world_weights.keys() == {"doom", "robot", "camera", "drive"}
+
+
+def test_updates_reach_nested_settings_and_reject_unknown_keys():
+    config = get_preset("astra-tiny").with_updates(parse_overrides(["flow.shift=3", "lr=0.01", "data=foo"]))
+    assert config.flow.shift == 3 and config.lr == 0.01 and config.data == "foo"
+    with pytest.raises(AstraError, match="unknown TrainConfig setting"):
+        config.with_updates({"learning_rate": 1})
+    with pytest.raises(AstraError, match="TrainConfig.flow"):
+        config.with_updates({"flow.shfit": 1})
+    with pytest.raises(AstraError, match="KEY=VALUE"):
+        parse_overrides(["lr"])
+    with pytest.raises(AstraError, match="noisy_memory_range"):
+        config.with_updates({"noisy_memory_range": [0.5, 0.2]}).validate()

@@ -1,0 +1,126 @@
+import math
+
+import pytest
+import torch
+
+from astra.errors import CheckpointError
+from astra.train.batches import SyntheticBatches, step_generator
+from astra.train.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
+from astra.train.config import get_preset
+from astra.train.logging import read_metrics
+from astra.train.trainer import Trainer, enable_gradient_checkpointing, lr_factor, training_loss
+
+TINY = get_preset("astra-tiny").replace(model_overrides={"text_dim": 0, "text_len": 0})
+
+
+class Spy(torch.nn.Module):
+    """Records the keyword arguments the loss passes to the model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self.model(*args, **kwargs)
+
+
+def test_noisy_memory_and_action_dropout_reach_the_model(tmp_path):
+    config = TINY.replace(noisy_memory_prob=1.0, noisy_memory_range=(0.3, 0.3), action_dropout=1.0, batch_size=3)
+    trainer = Trainer(config, tmp_path, progress=False)
+    spy = Spy(trainer.model)
+    batch = trainer.batches.batch(0, 0)
+    out = training_loss(spy, batch, config, step_generator(0, 0, 0, 1))
+    kwargs = spy.calls[0]
+    history_frames = batch.history_latents.shape[2]
+    assert torch.allclose(kwargs["history_timesteps"], torch.full((3, history_frames), 0.3))
+    assert not torch.allclose(kwargs["history_latents"], batch.history_latents)  # history was corrupted
+    assert kwargs["actions"].null[:, history_frames:].all() and not kwargs["actions"].null[:, :history_frames].any()
+    assert torch.isfinite(out.loss) and out.expert_usage.shape == (trainer.model_config.num_experts,)
+
+    clean = TINY.replace(noisy_memory_prob=0.0, action_dropout=0.0)
+    training_loss(spy, batch, clean, step_generator(0, 0, 0, 1))
+    assert torch.equal(spy.calls[1]["history_latents"], batch.history_latents)
+    assert spy.calls[1]["history_timesteps"].eq(0).all() and not spy.calls[1]["actions"].null.any()
+
+
+def test_resume_continues_the_exact_loss_curve(tmp_path):
+    config = TINY.replace(steps=4, save_every=2, log_every=1)
+    full = Trainer(config, tmp_path / "full", progress=False).fit()
+    interrupted = Trainer(config, tmp_path / "resumed", progress=False)
+    first = interrupted.fit(stop_after=2)
+    assert [row["step"] for row in first] == [1, 2]
+    resumed = Trainer(config, tmp_path / "resumed", progress=False)
+    rest = resumed.fit(resume=True)
+    assert [row["step"] for row in rest] == [3, 4]
+    assert [r["loss"] for r in full] == [r["loss"] for r in first + rest]  # exact on CPU
+    assert [r["loss"] for r in read_metrics(tmp_path / "resumed")] == [r["loss"] for r in full]
+    end_full = load_checkpoint(latest_checkpoint(tmp_path / "full"))
+    end_resumed = load_checkpoint(latest_checkpoint(tmp_path / "resumed"))
+    assert end_resumed["step"] == 4
+    for name, tensor in end_full["model"].items():
+        assert torch.equal(tensor, end_resumed["model"][name]), name
+    for name, tensor in end_full["ema"].items():
+        assert torch.equal(tensor, end_resumed["ema"][name]), name
+
+
+def test_checkpoints_are_pruned_and_corrupt_ones_are_named(tmp_path):
+    config = TINY.replace(steps=4, save_every=1, keep_checkpoints=2)
+    Trainer(config, tmp_path, progress=False).fit()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003.pt", "step-00000004.pt"]
+    latest = latest_checkpoint(tmp_path)
+    latest.write_bytes(latest.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="step-00000004.pt"):
+        Trainer(config, tmp_path, progress=False).fit(resume=True)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_with_fewer_saved_activations(tmp_path):
+    from astra.train.measure import _saved_activation_bytes
+
+    grads, saved = [], []
+    for checkpointing in (False, True):
+        trainer = Trainer(TINY.replace(grad_checkpointing=checkpointing), tmp_path / str(checkpointing), progress=False)
+        saved.append(_saved_activation_bytes(trainer))
+        out = training_loss(trainer.model, trainer.batches.batch(0, 0), trainer.config, step_generator(0, 0, 0, 1))
+        out.loss.backward()
+        grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+    assert saved[1] < 0.7 * saved[0], saved
+
+
+def test_loss_falls_on_learnable_synthetic_data_with_the_copy_prior(tmp_path):
+    config = TINY.replace(steps=30, lr=3e-3, warmup_steps=3, log_every=1, save_every=100, copy_prior=True,
+                          copy_prior_sigma=0.3, noisy_memory_prob=0.0, action_dropout=0.0)
+    rows = Trainer(config, tmp_path, progress=False).fit()
+    first, last = sum(r["flow_loss"] for r in rows[:5]) / 5, sum(r["flow_loss"] for r in rows[-5:]) / 5
+    assert last < 0.9 * first, (first, last)
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 10, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_synthetic_batches_are_a_function_of_step_and_rank():
+    source = SyntheticBatches(4, (4, 4), (1, 3), 2, 2, seed=0)
+    a, b = source.batch(5, 0), source.batch(5, 0)
+    assert torch.equal(a.target_latents, b.target_latents)
+    assert not torch.equal(a.target_latents, source.batch(5, 1).target_latents)
+    frames = a.action_values.shape[1]
+    assert frames == a.history_latents.shape[2] + 2 and a.action_values[:, 0].eq(0).all()
+
+
+def test_export_writes_an_astra_checkpoint_with_ema_weights(tmp_path):
+    from astra.model.checkpoints import load_astra
+
+    trainer = Trainer(TINY.replace(steps=2), tmp_path, progress=False)
+    trainer.fit()
+    path = trainer.export()
+    model, metadata = load_astra(path)
+    assert metadata["step"] == 2 and metadata["weights"] == "ema" and "git_revision" in metadata
+    name = next(iter(trainer.ema.shadow))
+    assert torch.equal(model.state_dict()[name], trainer.ema.shadow[name])

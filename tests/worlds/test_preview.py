@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from astra.cli import main
+from astra.data.format import Episode, write_episode
+from astra.worlds.preview import PreviewConfig, draw_action, preview
+
+FRAMES = 5
+
+
+def episode(modality: str, actions: np.ndarray, meta: dict) -> Episode:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (FRAMES, 16, 16, 3), dtype=np.uint8)
+    return Episode(frames=frames, actions=actions.astype(np.float32), modality=modality, fps=10.0, meta=meta)
+
+
+def identity_quaternion_rows(count: int) -> np.ndarray:
+    rows = np.zeros((count, 7))
+    rows[:, 6] = 1.0
+    return rows
+
+
+@pytest.fixture()
+def episodes(tmp_path):
+    keys = np.zeros((FRAMES, 8))
+    keys[:, 0] = 1
+    keys[:, 6] = 5.0
+    write_episode(tmp_path, "doom-train-000000", episode("keyboard_mouse", keys, {"mouse_scale": 14.0}))
+    camera = identity_quaternion_rows(FRAMES)
+    camera[:, 2] = 1.0
+    write_episode(tmp_path, "camera-train-000000", episode("camera7", camera, {"translation_scale": 1.0}))
+    robot = np.zeros((FRAMES, 7))
+    robot[:, 0], robot[:, 6] = 1.0, 1.0
+    write_episode(tmp_path, "robot-train-000000", episode("robot7", robot, {"translation_scale": 1.0}))
+    return tmp_path
+
+
+def test_contact_sheet_and_gif(episodes, tmp_path):
+    png, gif = tmp_path / "out" / "sheet.png", tmp_path / "out" / "anim.gif"
+    assert preview(episodes, [png, gif], PreviewConfig(episodes=3, columns=4, scale=4)) == [png, gif]
+    sheet = Image.open(png)
+    assert sheet.size == (4 * 64, 3 * (64 + 12))
+    animation = Image.open(gif)
+    assert animation.n_frames == FRAMES and animation.size == (3 * 64, 64)
+
+
+@pytest.mark.parametrize(
+    "modality, rest, moved",
+    [
+        ("keyboard_mouse", np.zeros(8), np.array([1, 0, 0, 0, 0, 1, 3.0, 0])),
+        ("camera7", identity_quaternion_rows(1)[0], np.array([0.5, 0, 1, 0, 0.08, 0, 0.997])),
+        ("camera12", np.eye(3, 4).ravel(), np.eye(3, 4).ravel() + np.eye(3, 4)[:, [3, 0, 1, 2]].ravel()),
+        ("robot7", np.zeros(7), np.array([1, 0, 0.5, 0, 0, 0, 1.0])),
+    ],
+)
+def test_actions_change_the_drawing(modality, rest, moved):
+    frame = np.zeros((32, 32, 3), np.uint8)
+    still = np.asarray(draw_action(frame, rest.astype(np.float32), modality, {}, scale=2))
+    acting = np.asarray(draw_action(frame, moved.astype(np.float32), modality, {}, scale=2))
+    assert still.shape == (64, 64, 3)
+    assert (np.abs(acting.astype(int) - still).sum(axis=-1) > 0).sum() > 10  # the action is visible
+
+
+def test_cli_preview_errors(tmp_path, capsys):
+    assert main(["worlds", "preview", str(tmp_path)]) == 2
+    assert "no complete episodes" in capsys.readouterr().err
+    assert main(["worlds", "preview", str(tmp_path), "--out", str(tmp_path / "x.jpg")]) == 2
