@@ -148,8 +148,8 @@ def controls_for(world: str):
     For `drive` the modality row (vehicle7) comes from the simulator's true pose change, or, with no simulator,
     from `astra.actions.controls.vehicle7_from_control` (a kinematic bicycle model).
     """
-    if world == "doom":
-        return lambda state: (keyboard_mouse_row(state), keyboard_mouse_row(state))
+    if world == "doom":  # native control: 6 keys + mouse yaw (the row without its unused mouse_dy)
+        return lambda state: (keyboard_mouse_row(state)[:7], keyboard_mouse_row(state))
     if world == "camera":
         return lambda state: (camera7_row(state), camera7_row(state))
     if world == "robot":

@@ -124,7 +124,9 @@ class ActionExperts(nn.Module):
         self.top_k = config.top_k
         self.router = nn.Linear(features, config.num_experts) if config.expert_routing == "learned" else None
         if hidden:
-            make = lambda: nn.Sequential(nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, config.dim))  # noqa: E731
+            make = lambda: nn.Sequential(
+                nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, config.dim)
+            )  # noqa: E731
         else:
             make = lambda: nn.Sequential(nn.Linear(features, config.dim))  # noqa: E731
         self.experts = nn.ModuleList(make() for _ in range(config.num_experts))

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from astra.actions.modalities import get_modality
 from astra.errors import CheckpointError
@@ -60,7 +61,7 @@ ASTRA_FORMAT_VERSION = 1
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of one `.safetensors` or torch (`.pt`, `.pth`, `.ckpt`, `.bin`) file, unwrapped; CheckpointError names it."""
+    """Tensors of a `.safetensors` or torch (`.pt`/`.pth`/`.ckpt`) file, unwrapped; CheckpointError names the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist")
@@ -99,7 +100,7 @@ def read_diffusers_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[s
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index_path}: missing or empty 'weight_map'")
         state_dict: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
+        for shard in tqdm(sorted(set(weight_map.values())), desc=f"reading {folder.name} shards", leave=False):
             state_dict.update(read_state_dict(folder / shard))
         listed, found = set(weight_map), set(state_dict)
         if listed != found:
@@ -110,7 +111,9 @@ def read_diffusers_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[s
         return state_dict, config
     if (folder / DIFFUSERS_WEIGHTS).is_file():
         return read_state_dict(folder / DIFFUSERS_WEIGHTS), config
-    raise CheckpointError(f"{folder}: no {DIFFUSERS_WEIGHTS} and no {DIFFUSERS_INDEX}: not a diffusers transformer folder")
+    raise CheckpointError(
+        f"{folder}: no {DIFFUSERS_WEIGHTS} and no {DIFFUSERS_INDEX}: not a diffusers transformer folder"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -170,7 +173,7 @@ def _load_checked(
     kept_init = check_state_dict(model, state_dict, source, allow_missing_prefixes)
     model.load_state_dict(state_dict, strict=False)  # strictness was enforced above, with named keys
     if kept_init:
-        logger.info("%s: %d model tensors keep their initialisation (%s)", source, len(kept_init), _name_some(kept_init))
+        logger.info("%s: %d model tensors keep their initialisation: %s", source, len(kept_init), _name_some(kept_init))
     return kept_init
 
 
@@ -224,7 +227,9 @@ def wan_fields_from_shapes(state_dict: dict[str, torch.Tensor], source: str) -> 
     patch_volume = patch[0] * patch[1] * patch[2]
     layer_ids = {int(m.group(1)) for key in state_dict if (m := re.match(r"blocks\.(\d+)\.", key))}
     if dim % WAN_HEAD_DIM:
-        raise CheckpointError(f"{source}: width {dim} is not a multiple of Wan's head_dim {WAN_HEAD_DIM}; pass a config")
+        raise CheckpointError(
+            f"{source}: width {dim} is not a multiple of Wan's head_dim {WAN_HEAD_DIM}; pass a config with num_heads"
+        )
     text_weight = state_dict.get("text_embedding.0.weight")
     return {
         "patch_size": tuple(patch),
@@ -245,7 +250,11 @@ def _resolve_config(config: AstraConfig | None, fields: dict[str, Any], source: 
     """Without a config: the Wan preset with the checkpoint's backbone. With one: it must agree with the checkpoint."""
     if config is None:
         return AstraConfig.from_preset("wan2.1-t2v-1.3b", **fields)
-    disagree = [f"{name}={getattr(config, name)!r} (checkpoint: {value!r})" for name, value in fields.items() if getattr(config, name) != value]
+    disagree = [
+        f"{name}={getattr(config, name)!r} (checkpoint: {value!r})"
+        for name, value in fields.items()
+        if getattr(config, name) != value
+    ]
     if disagree:
         raise CheckpointError(f"{source}: the given config disagrees with the checkpoint: {', '.join(disagree)}")
     return config
@@ -270,6 +279,7 @@ def load_wan_transformer(
         state_dict, diffusers_config = read_state_dict(path), None
     if is_diffusers_layout(state_dict):
         state_dict = diffusers_to_original(state_dict)
+        source += " (diffusers layout; keys named as in the original Wan release)"
     if diffusers_config is not None:
         fields = wan_fields_from_diffusers_config(diffusers_config, source)
     else:
@@ -296,8 +306,8 @@ OFFICIAL_RENAMES: tuple[tuple[str, str], ...] = (
 # Present in the release but never used by its forward pass: dropped and reported.
 OFFICIAL_UNUSED: tuple[str, ...] = (r"^global_router\.", r"^blocks\.\d+\.cam_encoder\.")
 # Dataset-specific action processor -> (our modality, the expert the authors' code routes it to).
-# openx has no modality of its own in our registry (its 12 columns are not our camera12): its expert is loaded
-# but no modality routes to it.
+# openx (robot videos, 12 columns) has no modality of its own in our registry and camera12 already routes to the
+# sekai expert: its expert is loaded (processor folded in) but no modality routes to it.
 OFFICIAL_DATASETS: dict[str, tuple[str | None, int]] = {
     "sekai": ("camera12", 0),
     "nuscenes": ("vehicle7", 1),
@@ -310,10 +320,11 @@ OFFICIAL_TARGET_FRAMES = 8  # latent frames generated per autoregressive step
 
 
 def _official_config(state_dict: dict[str, torch.Tensor], source: str) -> AstraConfig:
-    expert_ids = {int(m.group(1)) for key in state_dict if (m := re.match(r"blocks\.0\.moe\.experts\.(\d+)\.0\.weight$", key))}
+    expert_pattern = re.compile(r"blocks\.0\.moe\.experts\.(\d+)\.0\.weight$")
+    expert_ids = {int(m.group(1)) for key in state_dict if (m := expert_pattern.match(key))}
     if not expert_ids:
         raise CheckpointError(f"{source}: no blocks.0.moe.experts.K.0.weight: not an Astra checkpoint")
-    expert_input = state_dict["blocks.0.moe.experts.0.0.weight"].shape[1]
+    expert_input = state_dict[f"blocks.0.moe.experts.{min(expert_ids)}.0.weight"].shape[1]
     routed = [(modality, expert) for modality, expert in OFFICIAL_DATASETS.values() if modality is not None]
     return AstraConfig.from_preset(
         "wan2.1-t2v-1.3b",
@@ -368,24 +379,30 @@ def _fold_processors(
             merged = torch.zeros(expert_weight.shape[0], action_dim + 1)
             merged[:, :width] = expert_weight.float() @ weight[:, :width]
             merged[:, action_dim] = expert_weight.float() @ weight[:, width]
-            state_dict[f"{prefix}.bias"] = (state_dict[f"{prefix}.bias"].float() + expert_weight.float() @ bias).to(expert_weight.dtype)
+            merged_bias = state_dict[f"{prefix}.bias"].float() + expert_weight.float() @ bias
             state_dict[f"{prefix}.weight"] = merged.to(expert_weight.dtype)
+            state_dict[f"{prefix}.bias"] = merged_bias.to(expert_weight.dtype)
         if modality is not None:
-            identity = torch.eye(action_dim, width)
-            state_dict[f"action_projectors.projectors.{modality}.weight"] = identity
+            state_dict[f"action_projectors.projectors.{modality}.weight"] = torch.eye(action_dim, width)
             state_dict[f"action_projectors.projectors.{modality}.bias"] = torch.zeros(action_dim)
         folded[name] = f"expert {expert}" + (f", modality {modality}" if modality else ", no modality routes to it")
     state_dict["action_projectors.null_action"] = torch.zeros(action_dim)
     return folded
 
 
-def load_official_astra(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[AstraTransformer, dict[str, Any]]:
+def load_official_astra(
+    path: str | Path, dtype: torch.dtype = torch.float32
+) -> tuple[AstraTransformer, dict[str, Any]]:
     """Load the authors' released `.ckpt` (original Wan naming + their modules) in compatibility mode.
 
     Their action processors are Linear(width + 1 -> A + 1) with the history bit as input, ours
     Linear(width -> A) with the bit appended after. Since their routing is fixed (one expert per dataset), the
     processor is folded exactly into its expert: our projector becomes [I; 0], the expert absorbs W and b.
-    Returns (model, info) where info lists the dropped unused keys, the folded processors and what keeps init.
+    Every model tensor is set from the file (strict). Known differences from their forward pass, by design of
+    the native model: compressed history is padded by replication (theirs: zeros) and its tokens get the RoPE
+    position of the frames they cover; the action of a history frame is its own (theirs: off by one).
+    Returns (model, info): info has the config, the dropped unused keys, the folded processors and the experts
+    no modality routes to.
     """
     source = str(path)
     raw = read_state_dict(path)
@@ -409,9 +426,15 @@ def load_official_astra(path: str | Path, dtype: torch.dtype = torch.float32) ->
                 state_dict[renamed] = tensor
             else:
                 unknown.append(key)
-    absent_processors = [f"{name}_processor.projector.0" for name in OFFICIAL_DATASETS if set(processors.get(name, {})) != {"weight", "bias"}]
+    absent_processors = [
+        f"{name}_processor.projector.0"
+        for name in OFFICIAL_DATASETS
+        if set(processors.get(name, {})) != {"weight", "bias"}
+    ]
     if unknown:
-        raise CheckpointError(f"{source}: {len(unknown)} unexpected keys for the authors' layout: {_name_some(unknown)}")
+        raise CheckpointError(
+            f"{source}: {len(unknown)} unexpected keys for the authors' layout: {_name_some(unknown)}"
+        )
     if absent_processors:
         raise CheckpointError(f"{source}: missing the authors' action processors: {_name_some(absent_processors)}")
 
@@ -421,7 +444,9 @@ def load_official_astra(path: str | Path, dtype: torch.dtype = torch.float32) ->
         "config": config,
         "dropped_unused": sorted(dropped),
         "folded_processors": folded,
-        "unrouted_experts": {expert: name for name, (modality, expert) in OFFICIAL_DATASETS.items() if modality is None},
+        "unrouted_experts": {
+            expert: name for name, (modality, expert) in OFFICIAL_DATASETS.items() if modality is None
+        },
     }
     return model.to(dtype=dtype), info
 
@@ -440,16 +465,21 @@ def save_astra(model: AstraTransformer, directory: str | Path, metadata: dict[st
     directory = Path(directory)
     metadata = dict(metadata or {})
     try:
-        config_text = json.dumps(
-            {"format": ASTRA_FORMAT, "format_version": ASTRA_FORMAT_VERSION, "config": model.config.to_dict(), "metadata": metadata},
-            indent=2,
-        )
+        stored = {
+            "format": ASTRA_FORMAT,
+            "format_version": ASTRA_FORMAT_VERSION,
+            "config": model.config.to_dict(),
+            "metadata": metadata,
+        }
+        config_text = json.dumps(stored, indent=2)
     except TypeError as error:
         raise ValueError(f"checkpoint metadata must be JSON-serialisable: {error}") from error
     if directory.exists():
         foreign = sorted(p.name for p in directory.iterdir() if p.name not in (ASTRA_WEIGHTS, ASTRA_CONFIG))
         if not directory.is_dir() or foreign:
-            raise CheckpointError(f"refusing to replace {directory}: it holds files that are not an Astra checkpoint ({_name_some(foreign)})")
+            raise CheckpointError(
+                f"refusing to replace {directory}: it is not an Astra checkpoint directory ({_name_some(foreign)})"
+            )
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
@@ -480,7 +510,9 @@ def load_astra(
     weights_path, config_path = directory / ASTRA_WEIGHTS, directory / ASTRA_CONFIG
     for required in (weights_path, config_path):
         if not required.is_file():
-            raise CheckpointError(f"{required} does not exist: not an Astra checkpoint (expected {ASTRA_WEIGHTS} + {ASTRA_CONFIG})")
+            raise CheckpointError(
+                f"{required} does not exist: not an Astra checkpoint (expected {ASTRA_WEIGHTS} + {ASTRA_CONFIG})"
+            )
     stored = _read_json(config_path)
     if stored.get("format") != ASTRA_FORMAT or stored.get("format_version") != ASTRA_FORMAT_VERSION:
         raise CheckpointError(
@@ -493,7 +525,7 @@ def load_astra(
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{config_path}: invalid model config: {error}") from error
     state_dict = read_state_dict(weights_path)
-    stored_dtype = next(iter(state_dict.values())).dtype
+    stored_dtype = next((t.dtype for t in state_dict.values() if t.is_floating_point()), torch.float32)
     model = AstraTransformer(config)
     _load_checked(model, state_dict, str(weights_path), allow_missing_prefixes=())
     return model.to(device=device, dtype=dtype or stored_dtype), stored.get("metadata", {})

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from astra.errors import AstraError
 
@@ -88,7 +89,7 @@ def encode_prompts(
 
 
 def load_prompt_embeddings(path: str | Path, text_len: int | None = None) -> torch.Tensor:
-    """Read precomputed prompt embeddings ([L, D] or [B, L, D]) from .safetensors or .pt/.pth; -> [B, L, D].
+    """Read precomputed prompt embeddings ([L, D] or [B, L, D]) from .safetensors or .pt/.pth -> float32 [B, L, D].
 
     The file holds one tensor, or a dict with the key `prompt_embeds`. With `text_len`, the sequence is
     truncated or zero-padded to that length (Wan's layout).
@@ -96,17 +97,13 @@ def load_prompt_embeddings(path: str | Path, text_len: int | None = None) -> tor
     path = Path(path)
     if not path.is_file():
         raise AstraError(f"prompt embeddings file {path} does not exist")
+    if path.suffix not in (".safetensors", ".pt", ".pth"):
+        raise AstraError(f"{path}: prompt embeddings must be a .safetensors, .pt or .pth file")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             content = load_file(str(path))
-        elif path.suffix in (".pt", ".pth"):
-            content = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            raise AstraError(f"{path}: prompt embeddings must be a .safetensors, .pt or .pth file")
-    except AstraError:
-        raise
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt or truncated file: the libraries raise many types
         raise AstraError(f"cannot read prompt embeddings from {path}: {error}") from error
 

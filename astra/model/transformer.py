@@ -95,7 +95,9 @@ class AstraBlock(nn.Module):
             self.norm3 = nn.LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
             self.cross_attn = CrossAttention(dim, config.num_heads, config.qk_norm, eps)
         self.norm2 = nn.LayerNorm(dim, eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim)
+        )
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
         self.action_experts = ActionExperts(config) if config.inject_actions else None
 
@@ -110,7 +112,9 @@ class AstraBlock(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x [B, N, dim]; time_modulation [B, N, 6, dim]; action_embedding [B, N, dim] or None."""
-        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (self.modulation.unsqueeze(0) + time_modulation.float()).unbind(2)
+        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (
+            self.modulation.unsqueeze(0) + time_modulation.float()
+        ).unbind(2)
         h = fp32_layer_norm(self.norm1, x) * (1 + scale) + shift
         if action_embedding is not None:
             h = h + action_embedding.float()
@@ -192,7 +196,9 @@ class AstraTransformer(nn.Module):
                 num_history = self._check_latents("history_latents", history_latents, target_latents.shape)[2]
                 if history_timesteps is None:
                     history_timesteps = target_timesteps.new_zeros(batch_size, num_history)
-                history_timesteps = self._check_timesteps("history_timesteps", history_timesteps, batch_size, num_history)
+                history_timesteps = self._check_timesteps(
+                    "history_timesteps", history_timesteps, batch_size, num_history
+                )
                 latents = torch.cat((history_latents, target_latents), dim=2)
                 timesteps = torch.cat((history_timesteps, target_timesteps), dim=1)
             elif history_timesteps is not None:
@@ -248,7 +254,9 @@ class AstraTransformer(nn.Module):
             raise ValueError("chunk_latents do not match the cache's batch size or frame size")
         timesteps = chunk_latents.new_zeros(batch_size, num_frames)
         chunks = [cache.next_chunk] * num_frames
-        keys, values = self._cache_frames(chunk_latents, timesteps, actions, cache.text, cache, cache.num_frames, chunks)
+        keys, values = self._cache_frames(
+            chunk_latents, timesteps, actions, cache.text, cache, cache.num_frames, chunks
+        )
         cache.append(keys, values, num_frames)
         return cache
 
@@ -257,7 +265,9 @@ class AstraTransformer(nn.Module):
         """Per-layer K/V of clean history frames at full resolution (positions from `first_rank`)."""
         frames = tuple(range(latents.shape[2]))
         frame_rank = {f: first_rank + f for f in frames}
-        sequence = pack_frames(latents, [FrameGroup(frames, 1)], self._embedders(), self.config.patch_size, frame_rank, chunks)
+        sequence = pack_frames(
+            latents, [FrameGroup(frames, 1)], self._embedders(), self.config.patch_size, frame_rank, chunks
+        )
         is_history = torch.ones(len(frames), dtype=torch.bool, device=latents.device)
         text = self._check_text(text, latents.shape[0])
         _, keys_values, _, _, _ = self._run(sequence, timesteps, actions, is_history, text, cache)
@@ -363,7 +373,9 @@ class AstraTransformer(nn.Module):
         if timesteps.ndim == 1 and timesteps.shape[0] == batch_size:
             timesteps = timesteps[:, None].expand(batch_size, frames)
         if tuple(timesteps.shape) != (batch_size, frames):
-            raise ValueError(f"{name} must have shape [B={batch_size}, F={frames}] (or [B]), got {tuple(timesteps.shape)}")
+            raise ValueError(
+                f"{name} must have shape [B={batch_size}, F={frames}] (or [B]), got {tuple(timesteps.shape)}"
+            )
         if not bool(torch.isfinite(timesteps).all()) or bool((timesteps < 0).any()) or bool((timesteps > 1).any()):
             raise ValueError(f"{name} must be finite flow times in [0, 1]")
         return timesteps

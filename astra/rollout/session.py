@@ -70,7 +70,7 @@ def prepare_image(image: np.ndarray | Image.Image | str | Path, size: tuple[int,
 
 def frames_to_video(frames: np.ndarray) -> torch.Tensor:
     """uint8 [T, H, W, 3] -> float [1, 3, T, H, W] in [-1, 1]."""
-    video = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)
+    video = torch.from_numpy(np.array(frames, dtype=np.uint8)).float().div(127.5).sub(1.0)
     return video.permute(3, 0, 1, 2).unsqueeze(0)
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
 from astra.actions.controls import ControlState, controls_for
@@ -168,10 +170,7 @@ class SessionFactory:
             simulator.close()
 
 
-def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()):
-    from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-    from fastapi.responses import FileResponse, JSONResponse
-
+def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()) -> FastAPI:
     app = FastAPI(title="astra play")
     active = {"sessions": 0}
 

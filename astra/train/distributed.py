@@ -75,10 +75,6 @@ def wrap_model(model: torch.nn.Module, mode: str, info: DistInfo) -> torch.nn.Mo
     raise ValueError(f"unknown parallel mode {mode!r}; use 'ddp', 'fsdp' or 'auto'")
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
-
-
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Average a metric over ranks (for logging)."""
     if not info.distributed:

@@ -50,7 +50,7 @@ from astra.train.checkpointing import (
     save_checkpoint,
 )
 from astra.train.config import TrainConfig
-from astra.train.distributed import DistInfo, all_reduce_mean, unwrap, wrap_model
+from astra.train.distributed import DistInfo, all_reduce_mean, wrap_model
 from astra.train.logging import TrainLogger
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)

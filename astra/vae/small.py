@@ -44,7 +44,7 @@ class SmallVAEConfig:
 
     in_channels: int = 3
     z_dim: int = 16
-    frame_channels: tuple[int, ...] = (24, 48, 64)  # per-frame 2-D stages at 64, 32, 16 px
+    frame_channels: tuple[int, ...] = (16, 48, 64)  # per-frame 2-D stages at 64, 32, 16 px
     latent_channels_hidden: int = 80  # width of the causal 3-D stage on latent frames
     frame_res_blocks: int = 1  # residual blocks per 2-D level
     latent_res_blocks: int = 2  # causal residual blocks on latent frames
@@ -72,9 +72,6 @@ class SmallVAEConfig:
             raise AstraError(f"unknown SmallVAEConfig field(s): {', '.join(unknown)}")
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
     def validate(self) -> None:
         if len(self.frame_channels) < 1 or min(self.frame_channels) < 1:
@@ -230,12 +227,15 @@ class SmallDecoder(nn.Module):
         for level, width in enumerate(widths):
             blocks: list[nn.Module] = [FrameResBlock(width) for _ in range(config.frame_res_blocks)]
             if level + 1 < len(widths):
-                blocks += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, widths[level + 1], 3, padding=1)]
+                upsample = nn.Upsample(scale_factor=2.0, mode="nearest")
+                blocks += [upsample, nn.Conv2d(width, widths[level + 1], 3, padding=1)]
             self.levels.append(nn.Sequential(*blocks))
         self.norm_out = RMSNorm(widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], config.in_channels, 3, padding=1)
 
-    def forward(self, latents: torch.Tensor, state: StreamState | None = None, first_chunk: bool = True) -> torch.Tensor:
+    def forward(
+        self, latents: torch.Tensor, state: StreamState | None = None, first_chunk: bool = True
+    ) -> torch.Tensor:
         """[B, z, f, h, w] raw latents -> [B, 3, 4f (-3 when `first_chunk`), H, W] frames, unclamped."""
         x = self.time_in(latents, state)
         for block in self.latent_blocks:

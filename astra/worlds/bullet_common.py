@@ -1,13 +1,14 @@
 """What the three PyBullet worlds (robot, camera, drive) share: a headless client, OpenCV-camera rendering,
-pose <-> action-row conversion, and the train / held-out palettes.
+input validation, and the train / held-out palettes. Pose algebra lives in `astra.actions.geometry`.
 
 Camera conventions: poses are camera-to-world 4x4 matrices in OpenCV axes (x right, y down, z forward).
 PyBullet renders with OpenGL view matrices (x right, y up, z backward), so `render` flips the y and z axes
-before inverting. Frames are rendered on CPU with the tiny renderer, so they are identical on every machine.
+before inverting. Frames are rendered on CPU with the tiny renderer: the same seed and controls give identical
+frames.
 
 Splits: the scene random generator is seeded by (seed, split), and the held-out split draws colours from hue
-bands and objects from catalogue entries that the train split never uses (see `random_color`), so every
-held-out scene is a combination of object / colour never seen in training.
+bands and objects from catalogue entries that the train split never uses (see `random_color` and each world's
+catalogues), so every held-out scene is a combination of object / colour never seen in training.
 """
 
 from __future__ import annotations
@@ -177,7 +178,9 @@ class BulletClient:
             physicsClientId=self.id,
         )
 
-    def load_colored(self, urdf: str, position, color: np.ndarray, yaw: float = 0.0, scale: float = 1.0, fixed=False) -> int:
+    def load_colored(
+        self, urdf: str, position, color: np.ndarray, yaw: float = 0.0, scale: float = 1.0, fixed: bool = False
+    ) -> int:
         """Load a pybullet_data URDF and paint every link with `color`."""
         body = pybullet.loadURDF(
             urdf,

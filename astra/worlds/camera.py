@@ -156,18 +156,17 @@ def layout_positions(layout: str, rng: np.random.Generator) -> list[tuple[float,
 # ----------------------------------------------------------------------------------------------------------
 # Exploration policy: the paper's camera presets (pan, tilt, dolly, truck, arc, stop, combinations)
 
-# name -> (yaw rate [rad/frame, + = pan right], pitch rate [rad/frame, + = up], dolly, truck [units/frame, + =
-# forward / right]); each segment multiplies these by a random speed and sign where the motion allows it.
-MOTIONS: dict[str, tuple[float, float, float, float]] = {
-    "stop": (0.0, 0.0, 0.0, 0.0),
-    "pan": (0.05, 0.0, 0.0, 0.0),
-    "tilt": (0.0, 0.025, 0.0, 0.0),
-    "dolly": (0.0, 0.0, 1.0, 0.0),
-    "truck": (0.0, 0.0, 0.0, 0.8),
-    "arc": (-0.04, 0.0, 0.0, 0.8),  # move sideways while turning back toward the point ahead
-    "dolly_pan": (0.04, 0.0, 1.0, 0.0),
+# name -> (probability, (yaw rate [rad/frame, + = pan right], pitch rate [rad/frame, + = up], dolly, truck
+# [units/frame, + = forward / right])); each segment scales the rates by a random speed and sign.
+MOTIONS: dict[str, tuple[float, tuple[float, float, float, float]]] = {
+    "stop": (0.1, (0.0, 0.0, 0.0, 0.0)),
+    "pan": (0.2, (0.05, 0.0, 0.0, 0.0)),
+    "tilt": (0.1, (0.0, 0.025, 0.0, 0.0)),
+    "dolly": (0.25, (0.0, 0.0, 1.0, 0.0)),
+    "truck": (0.1, (0.0, 0.0, 0.0, 0.8)),
+    "arc": (0.1, (-0.04, 0.0, 0.0, 0.8)),  # move sideways while turning back toward the point ahead
+    "dolly_pan": (0.15, (0.04, 0.0, 1.0, 0.0)),
 }
-MOTION_WEIGHTS = np.array([0.1, 0.2, 0.1, 0.25, 0.1, 0.1, 0.15])
 SEGMENT_FRAMES = (4, 20)
 PITCH_LIMITS = (-0.6, 0.35)  # radians: the policy never looks straight down or up
 HEIGHT_LIMITS = (0.4, 2.5)  # metres
@@ -212,8 +211,9 @@ class CameraPolicy(Policy):
         return pose_to_vector7(relative_pose(c2w, target), scale).astype(np.float32)
 
     def _new_segment(self) -> None:
-        name = list(MOTIONS)[int(self.rng.choice(len(MOTIONS), p=MOTION_WEIGHTS / MOTION_WEIGHTS.sum()))]
-        self.rates = np.array(MOTIONS[name]) * self.rng.uniform(0.4, 1.5) * self.rng.choice([-1.0, 1.0])
+        weights = np.array([probability for probability, _ in MOTIONS.values()])
+        _, rates = list(MOTIONS.values())[int(self.rng.choice(len(MOTIONS), p=weights / weights.sum()))]
+        self.rates = np.array(rates) * self.rng.uniform(0.4, 1.5) * self.rng.choice([-1.0, 1.0])
         self.frames_left = int(self.rng.integers(*SEGMENT_FRAMES))
 
 

@@ -184,6 +184,9 @@ class DoomWorld(World):
         self._last_control = np.zeros(self.control_width, np.float32)
         self._frame: np.ndarray | None = None
         self._camera = np.zeros(5)
+        self._depth: np.ndarray | None = None
+        # CAMERA_POSITION_X/Y/Z, CAMERA_ANGLE, CAMERA_PITCH, POSITION_X/Y/Z, ANGLE, PITCH of the current frame
+        self.game_variables = np.zeros(10)
 
     # ----------------------------------------------------------------------------------------------- game
     def _start_game(self, wad: Path) -> None:
@@ -434,7 +437,8 @@ class DoomExplorer(Policy):
         wall_ahead = free is not None and self._control[_KEY["forward"]] > 0 and free[1] < self.config.near_depth
         if self._behaviour == "turn_away":
             self._turned += 1
-            if free is not None and self._turned >= self.config.turn_away_frames[0] and free[1] > self.config.open_depth:
+            turned_enough = self._turned >= self.config.turn_away_frames[0]
+            if free is not None and turned_enough and free[1] > self.config.open_depth:
                 self._frames_left = 0  # facing open space again
         if (self._stuck(world) or wall_ahead) and self._behaviour != "turn_away":
             self._start_turn_away(free)

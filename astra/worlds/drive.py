@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from astra.actions.geometry import pose_to_vector7, quaternion_to_matrix, relative_pose
-from astra.actions.modalities import get_modality
 from astra.worlds.base import Policy, World
 from astra.worlds.bullet_common import (
     DEFAULT_SIZE,
@@ -47,6 +46,8 @@ ARENA_HALF_SIZE = (4.0, 7.0)  # metres, per episode
 WALL_HEIGHT = (0.3, 0.8)
 OBSTACLE_COUNT = (10, 26)
 CLEAR_RADIUS = 1.2  # metres kept free around the car's start
+BOX_DENSITY = 50.0  # kg/m^3: light boxes that the car can shove
+CONE_MASS, BARREL_MASS = 0.3, 2.0  # kg
 
 
 def camera_in_chassis() -> np.ndarray:
@@ -90,7 +91,8 @@ class DriveWorld(World):
         half_size = rng.uniform(*ARENA_HALF_SIZE)
         self._build_walls(rng, split, half_size)
         kinds = TRAIN_OBSTACLES if split == "train" else HELDOUT_OBSTACLES
-        obstacles = [self._add_obstacle(rng, split, half_size, kinds) for _ in range(int(rng.integers(*OBSTACLE_COUNT)))]
+        count = int(rng.integers(*OBSTACLE_COUNT))
+        obstacles = [self._add_obstacle(rng, split, half_size, kinds) for _ in range(count)]
         heading = rng.uniform(-math.pi, math.pi)
         self.car = client.loadURDF("racecar/racecar.urdf", [0, 0, 0.1], client.getQuaternionFromEuler([0, 0, heading]))
         for joint in range(client.getNumJoints(self.car)):  # free-rolling joints unless we drive them
@@ -123,13 +125,14 @@ class DriveWorld(World):
         kind = kinds[int(rng.integers(len(kinds)))]
         if kind == "box":
             half = rng.uniform(0.1, 0.35, size=3)
-            self.client.box(half, [x, y, half[2]], color, yaw=rng.uniform(0, math.pi), mass=float(8 * np.prod(half) * 50))
+            mass = float(8 * np.prod(half) * BOX_DENSITY)
+            self.client.box(half, [x, y, half[2]], color, yaw=rng.uniform(0, math.pi), mass=mass)
         elif kind == "cone":
             height = rng.uniform(0.2, 0.45)
-            self.client.cone(height / 3, height, [x, y, height / 2], color, mass=0.3)
+            self.client.cone(height / 3, height, [x, y, height / 2], color, mass=CONE_MASS)
         elif kind == "barrel":
             height = rng.uniform(0.3, 0.6)
-            self.client.cylinder(rng.uniform(0.1, 0.2), height, [x, y, height / 2], color, mass=2.0)
+            self.client.cylinder(rng.uniform(0.1, 0.2), height, [x, y, height / 2], color, mass=BARREL_MASS)
         else:  # a free-standing wall segment
             length, height = rng.uniform(0.8, 2.0), rng.uniform(*WALL_HEIGHT)
             self.client.box([length / 2, 0.05, height / 2], [x, y, height / 2], color, yaw=rng.uniform(0, math.pi))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from astra.actions.modalities import KEYBOARD_KEYS
 from astra.data.format import Episode, list_episodes, read_episode
 
 KEY_LAYOUT = (("turn_left", "forward", "turn_right"), ("strafe_left", "back", "strafe_right"))
@@ -46,7 +47,8 @@ def _arrow(draw: ImageDraw.ImageDraw, start: np.ndarray, end: np.ndarray, color,
         return
     unit, normal = direction / length, np.array([-direction[1], direction[0]]) / length
     head = max(2.0, min(length / 2, 2.0 * width + 2))
-    draw.polygon([tuple(end), tuple(end - head * unit + head / 2 * normal), tuple(end - head * unit - head / 2 * normal)], fill=color)
+    base = end - head * unit
+    draw.polygon([tuple(end), tuple(base + head / 2 * normal), tuple(base - head / 2 * normal)], fill=color)
 
 
 def _yaw_of_rotation(rotation: np.ndarray) -> float:
@@ -66,8 +68,6 @@ def _quaternion_rotation(q: np.ndarray) -> np.ndarray:
 
 
 def _draw_keys(draw, row: np.ndarray, size: int, mouse_scale: float) -> None:
-    from astra.actions.modalities import KEYBOARD_KEYS
-
     cell = max(5, size // 10)
     left, top = cell // 2, size - cell // 2 - 2 * cell
     for r, names in enumerate(KEY_LAYOUT):
@@ -141,7 +141,10 @@ def contact_sheet(episodes: Sequence[tuple[str, Episode]], config: PreviewConfig
     rows = []
     for name, episode in episodes:
         indices = np.unique(np.linspace(0, episode.num_frames - 1, config.columns).round().astype(int))
-        cells = [draw_action(episode.frames[i], episode.actions[i], episode.modality, episode.meta, config.scale) for i in indices]
+        cells = [
+            draw_action(episode.frames[i], episode.actions[i], episode.modality, episode.meta, config.scale)
+            for i in indices
+        ]
         cell_width, cell_height = cells[0].size
         row = Image.new("RGB", (cell_width * config.columns, cell_height + LABEL_HEIGHT))
         draw = ImageDraw.Draw(row)
@@ -172,7 +175,9 @@ def animation(episodes: Sequence[tuple[str, Episode]], config: PreviewConfig) ->
     return frames
 
 
-def preview(root: str | os.PathLike, outs: Sequence[str | os.PathLike], config: PreviewConfig = PreviewConfig()) -> list[Path]:
+def preview(
+    root: str | os.PathLike, outs: Sequence[str | os.PathLike], config: PreviewConfig = PreviewConfig()
+) -> list[Path]:
     """Write each of `outs` (.png: contact sheet, .gif: animation); returns the paths written."""
     outs = [Path(out) for out in outs]
     for out in outs:

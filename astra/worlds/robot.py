@@ -97,9 +97,8 @@ class RobotWorld(World):
         for _ in range(int(rng.integers(2, 5))):
             item = catalogue[int(rng.integers(len(catalogue)))]
             position = [rng.uniform(*OBJECT_AREA[0]), rng.uniform(*OBJECT_AREA[1]), 0.05]
-            self.objects.append(
-                client.load_colored(item.urdf, position, random_color(rng, split), rng.uniform(-math.pi, math.pi), item.scale)
-            )
+            color, yaw = random_color(rng, split), rng.uniform(-math.pi, math.pi)
+            self.objects.append(client.load_colored(item.urdf, position, color, yaw, item.scale))
             names.append(item.urdf)
         link_state = client.getLinkState(self.robot, END_EFFECTOR_LINK)
         self.target_position = np.clip(np.array(link_state[4]), *WORKSPACE)
@@ -109,7 +108,9 @@ class RobotWorld(World):
         for _ in range(SETTLE_STEPS // SUBSTEPS + 1):
             self._drive_robot()
         camera = dict(
-            yaw=rng.uniform(*CAMERA_YAW), elevation=rng.uniform(*CAMERA_ELEVATION), distance=rng.uniform(*CAMERA_DISTANCE)
+            yaw=rng.uniform(*CAMERA_YAW),
+            elevation=rng.uniform(*CAMERA_ELEVATION),
+            distance=rng.uniform(*CAMERA_DISTANCE),
         )
         direction = np.array(
             [

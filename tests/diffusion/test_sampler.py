@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from astra.diffusion.flow import add_noise
 from astra.diffusion.sampler import SamplerConfig, euler_sample, sample_chunk, timestep_schedule
 
 

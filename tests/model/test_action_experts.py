@@ -66,7 +66,9 @@ def test_top_k_routing_runs_only_chosen_experts_and_matches_dense_sum():
 
 def test_fixed_routing_uses_the_modality_table_and_single_linear_experts():
     config = CONFIG.replace(
-        expert_routing="fixed", expert_hidden_dim=0, num_experts=3,
+        expert_routing="fixed",
+        expert_hidden_dim=0,
+        num_experts=3,
         fixed_expert_of_modality=(("robot7", 2), ("camera12", 0)),
     )
     torch.manual_seed(0)
@@ -110,5 +112,9 @@ def test_bad_actions_raise_clear_value_errors(mutate, message):
     model = AstraTransformer(CONFIG)
     actions = random_actions()
     with pytest.raises(ValueError, match=message):
-        model(torch.randn(2, 4, 2, 4, 4), torch.full((2,), 0.4), history_latents=torch.randn(2, 4, 2, 4, 4),
-              actions=mutate(actions))
+        model(
+            torch.randn(2, 4, 2, 4, 4),
+            torch.full((2,), 0.4),
+            history_latents=torch.randn(2, 4, 2, 4, 4),
+            actions=mutate(actions),
+        )

@@ -13,9 +13,12 @@ import astra.model.checkpoints as checkpoints
 from astra.errors import CheckpointError
 from astra.model.checkpoints import (
     ASTRA_ADDITION_PREFIXES,
+    check_state_dict,
     load_astra,
     load_wan_transformer,
     save_astra,
+    wan_fields_from_diffusers_config,
+    wan_fields_from_shapes,
 )
 from astra.model.config import AstraConfig
 from astra.model.transformer import AstraTransformer
@@ -45,7 +48,7 @@ def wan(tmp_path_factory):
     model.save_pretrained(root / "single", safe_serialization=True)
     model.save_pretrained(root / "sharded", safe_serialization=True, max_shard_size="300KB")
     original = {k: v.clone() for k, v in diffusers_to_original(model.state_dict()).items()}
-    return root, original
+    return root, original, model
 
 
 def assert_backbone_equal(model: AstraTransformer, original: dict[str, torch.Tensor]) -> None:
@@ -62,7 +65,7 @@ def assert_additions_at_init(model: AstraTransformer) -> None:
 
 
 def test_diffusers_single_file_and_sharded(wan):
-    root, original = wan
+    root, original, _ = wan
     assert len(list((root / "sharded").glob("diffusion_pytorch_model-*-of-*.safetensors"))) > 1
     for layout in ("single", "sharded"):
         model = load_wan_transformer(root / layout)
@@ -74,7 +77,7 @@ def test_diffusers_single_file_and_sharded(wan):
 
 @pytest.mark.parametrize("suffix, wrapper", [(".safetensors", None), (".pth", "state_dict"), (".pt", None)])
 def test_original_single_file(wan, tmp_path, suffix, wrapper):
-    _, original = wan
+    _, original, _ = wan
     path = tmp_path / f"wan{suffix}"
     if suffix == ".safetensors":
         save_file(original, path)
@@ -87,12 +90,30 @@ def test_original_single_file(wan, tmp_path, suffix, wrapper):
     assert_backbone_equal(model, original)  # equal after rounding the source to bf16
 
 
+def test_diffusers_names_in_a_single_file(wan, tmp_path):
+    root, original, _ = wan
+    path = tmp_path / "wan_diffusers_names.safetensors"
+    path.write_bytes((root / "single" / "diffusion_pytorch_model.safetensors").read_bytes())
+    assert_backbone_equal(load_wan_transformer(path), original)
+
+
+def test_loaded_model_reproduces_diffusers(wan):
+    """End to end: config from config.json, renamed weights, fresh additions -> the same velocity as diffusers."""
+    root, _, reference = wan
+    torch.manual_seed(3)
+    model = load_wan_transformer(root / "single").eval()
+    latents, text = torch.randn(1, 4, 2, 8, 8), torch.randn(1, 6, 32)
+    with torch.no_grad():
+        expected = reference(latents, torch.tensor([400.0]), text).sample
+        ours = model(latents, torch.full((1, 2), 0.4), text=text).velocity
+    assert (ours - expected).norm() / expected.norm() < 1e-5
+
+
 def test_additions_missing_must_be_allowed_explicitly(wan, tmp_path):
-    _, original = wan
+    _, original, _ = wan
     save_file(original, tmp_path / "wan.safetensors")
     with pytest.raises(CheckpointError, match=r"missing: .*act_adapter"):
         load_wan_transformer(tmp_path / "wan.safetensors", allow_missing_prefixes=())
-    assert "history_embedders" in ASTRA_ADDITION_PREFIXES
 
 
 @pytest.mark.parametrize(
@@ -107,7 +128,7 @@ def test_additions_missing_must_be_allowed_explicitly(wan, tmp_path):
     ],
 )
 def test_strict_errors_name_keys(wan, tmp_path, edit, message):
-    _, original = wan
+    _, original, _ = wan
     state = dict(original)
     edit(state)
     save_file(state, tmp_path / "wan.safetensors")
@@ -116,7 +137,7 @@ def test_strict_errors_name_keys(wan, tmp_path, edit, message):
 
 
 def test_diffusers_sharded_index_disagreement_and_corrupt_files(wan, tmp_path):
-    root, _ = wan
+    root, _, _ = wan
     sharded = tmp_path / "sharded"
     sharded.mkdir()
     for file in (root / "sharded").iterdir():
@@ -138,7 +159,7 @@ def test_diffusers_sharded_index_disagreement_and_corrupt_files(wan, tmp_path):
 
 
 def test_config_disagreement_is_named(wan):
-    root, _ = wan
+    root, _, _ = wan
     wrong = AstraConfig.from_preset("astra-tiny")
     with pytest.raises(CheckpointError, match=r"dim=64 \(checkpoint: 128\)"):
         load_wan_transformer(root / "single", config=wrong)
@@ -205,7 +226,9 @@ def test_load_astra_errors_name_files_and_keys(tiny_model, tmp_path):
     state.pop("blocks.0.act_adapter.weight")
     state["blocks.0.surprise"] = torch.zeros(1)
     save_file(state, weights)
-    with pytest.raises(CheckpointError, match=r"missing: blocks\.0\.act_adapter\.weight.*unexpected: blocks\.0\.surprise"):
+    with pytest.raises(
+        CheckpointError, match=r"missing: blocks\.0\.act_adapter\.weight.*unexpected: blocks\.0\.surprise"
+    ):
         load_astra(directory)
 
     weights.write_bytes(weights.read_bytes()[:500])
@@ -216,3 +239,21 @@ def test_load_astra_errors_name_files_and_keys(tiny_model, tmp_path):
         load_astra(directory)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_astra(tmp_path / "nowhere")
+
+
+def test_full_size_wan_key_set_matches_the_preset():
+    """The real Wan2.1-T2V-1.3B key set and config (built on the meta device: no memory) match our preset."""
+    with torch.device("meta"):
+        diffusers_model = WanTransformer3DModel(
+            num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30
+        )
+        ours = AstraTransformer(AstraConfig.from_preset("wan2.1-t2v-1.3b"))
+    original = diffusers_to_original(diffusers_model.state_dict())
+    preset = ours.config
+    for fields in (
+        wan_fields_from_shapes(original, "wan"),
+        wan_fields_from_diffusers_config(dict(diffusers_model.config), "wan"),
+    ):
+        assert {name: value for name, value in fields.items() if getattr(preset, name) != value} == {}
+    kept_init = check_state_dict(ours, original, "wan", ASTRA_ADDITION_PREFIXES)
+    assert kept_init and all(checkpoints._matches_any(key, ASTRA_ADDITION_PREFIXES) for key in kept_init)

@@ -12,7 +12,10 @@ CONFIG = AstraConfig.from_preset("astra-tiny")
 def test_plan_keeps_first_and_newest_frames_and_drops_the_oldest():
     groups = plan_history(12, HistoryBudget(keep_first=True, full=2, compressed_2x=3, compressed_4x=4))
     assert [(g.frames, g.scale) for g in groups] == [
-        ((0,), 1), ((3, 4, 5, 6), 4), ((7, 8, 9), 2), ((10, 11), 1)
+        ((0,), 1),
+        ((3, 4, 5, 6), 4),
+        ((7, 8, 9), 2),
+        ((10, 11), 1),
     ]  # frames 1, 2 dropped
     assert plan_history(2, HistoryBudget(full=4)) == [FrameGroup((0,), 1), FrameGroup((1,), 1)]
     assert plan_history(0, HistoryBudget()) == []
@@ -29,8 +32,12 @@ def test_compressed_tokens_sit_at_the_centre_of_the_real_frames_and_pixels():
     embedders = HistoryEmbedders(CONFIG)
     latents = torch.randn(1, CONFIG.in_channels, 3, 6, 8)  # H=6 is not a multiple of the 2x kernel (4)
     sequence = pack_frames(
-        latents, [FrameGroup((0, 1, 2), 2)], {(2, False): embedders.proj_2x}, CONFIG.patch_size,
-        frame_rank={0: 0.0, 1: 1.0, 2: 2.0}, frame_chunk=[1, 1, 2],
+        latents,
+        [FrameGroup((0, 1, 2), 2)],
+        {(2, False): embedders.proj_2x},
+        CONFIG.patch_size,
+        frame_rank={0: 0.0, 1: 1.0, 2: 2.0},
+        frame_chunk=[1, 1, 2],
     )
     # 3 frames -> 2 time slots (the older one padded by replicating frame 0), 6x8 -> 2x2 tokens per slot
     assert sequence.tokens.shape == (1, 8, CONFIG.dim)

@@ -19,8 +19,16 @@ def official_state_dict() -> dict[str, torch.Tensor]:
     """Their key names exactly: Wan backbone in original naming + clean_x_embedder, processors, router, moe, ..."""
     torch.manual_seed(0)
     wan = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=DIM, in_channels=CHANNELS,
-        out_channels=CHANNELS, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=LAYERS, rope_max_seq_len=64,
+        patch_size=(1, 2, 2),
+        num_attention_heads=1,
+        attention_head_dim=DIM,
+        in_channels=CHANNELS,
+        out_channels=CHANNELS,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=LAYERS,
+        rope_max_seq_len=64,
     )
     state = {k: v.clone() for k, v in diffusers_to_original(wan.state_dict()).items()}
     for name, kernel in (("proj", (1, 2, 2)), ("proj_2x", (2, 4, 4)), ("proj_4x", (4, 8, 8))):
@@ -69,7 +77,9 @@ def test_compat_config_and_mapped_weights(official):
     assert set(info["folded_processors"]) == set(PROCESSOR_INPUTS) and info["unrouted_experts"] == {2: "openx"}
 
 
-@pytest.mark.parametrize("dataset, modality, expert, width", [("sekai", "camera12", 0, 12), ("nuscenes", "vehicle7", 1, 7)])
+@pytest.mark.parametrize(
+    "dataset, modality, expert, width", [("sekai", "camera12", 0, 12), ("nuscenes", "vehicle7", 1, 7)]
+)
 def test_folded_processor_reproduces_their_action_embedding(official, dataset, modality, expert, width):
     state, model, _ = official
     torch.manual_seed(1)
@@ -83,29 +93,47 @@ def test_folded_processor_reproduces_their_action_embedding(official, dataset, m
     bit = is_history.float()[None, :, None]
     processed = torch.cat((raw, bit), -1) @ state[f"{dataset}_processor.projector.0.weight"].T
     processed = processed + state[f"{dataset}_processor.projector.0.bias"]
-    theirs = processed @ state[f"blocks.1.moe.experts.{expert}.0.weight"].T + state[f"blocks.1.moe.experts.{expert}.0.bias"]
+    theirs = (
+        processed @ state[f"blocks.1.moe.experts.{expert}.0.weight"].T + state[f"blocks.1.moe.experts.{expert}.0.bias"]
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_forward_runs(official):
+def test_forward_runs_and_actions_route_to_their_experts(official):
     _, model, _ = official
     torch.manual_seed(2)
     history_frames, target_frames = 3, 2
+    frames = history_frames + target_frames
     target = torch.randn(1, CHANNELS, target_frames, 8, 8)
     history = torch.randn(1, CHANNELS, history_frames, 8, 8)
-    actions = ActionInput(torch.randn(1, history_frames + target_frames, 12), ("camera12",))
-    with torch.no_grad():
-        out = model(target, torch.full((1, target_frames), 0.5), history_latents=history, actions=actions,
-                    text=torch.randn(1, 6, 32))
-    assert out.velocity.shape == target.shape and torch.isfinite(out.velocity).all()
+    text = torch.randn(1, 6, 32)
+    motion = torch.randn(1, frames, 7)
+    camera = ActionInput(torch.nn.functional.pad(motion, (0, 5)), ("camera12",))
+    vehicle = ActionInput(torch.nn.functional.pad(motion, (0, 5)), ("vehicle7",))
+
+    def velocity(actions):
+        with torch.no_grad():
+            t = torch.full((1, target_frames), 0.5)
+            return model(target, t, history_latents=history, actions=actions, text=text).velocity
+
+    with_camera = velocity(camera)
+    assert with_camera.shape == target.shape and torch.isfinite(with_camera).all()
+    torch.testing.assert_close(velocity(camera), with_camera, rtol=0, atol=0)  # deterministic
+    assert not torch.allclose(velocity(vehicle), with_camera, atol=1e-4)  # another expert, another embedding
 
 
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda sd: sd.pop("blocks.1.moe.experts.2.0.bias"), r"missing: blocks\.1\.action_experts\.experts\.2\.0\.bias"),
+        (
+            lambda sd: sd.pop("blocks.1.moe.experts.2.0.bias"),
+            r"missing: blocks\.1\.action_experts\.experts\.2\.0\.bias",
+        ),
         (lambda sd: sd.pop("clean_x_embedder.proj_2x.weight"), r"missing: history_embedders\.proj_2x\.weight"),
-        (lambda sd: sd.__setitem__("blocks.0.moe.gate.weight", torch.zeros(3)), r"unexpected .*blocks\.0\.moe\.gate\.weight"),
+        (
+            lambda sd: sd.__setitem__("blocks.0.moe.gate.weight", torch.zeros(3)),
+            r"unexpected .*blocks\.0\.moe\.gate\.weight",
+        ),
         (lambda sd: sd.pop("openx_processor.projector.0.bias"), r"openx_processor\.projector\.0"),
     ],
 )

@@ -24,7 +24,9 @@ def encoder_dir(tmp_path_factory):
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
     tokenizer.save_pretrained(root / "tokenizer")
     torch.manual_seed(0)
     config = UMT5Config(vocab_size=len(vocab), d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
@@ -64,7 +66,8 @@ def test_truncation_and_cleaning(encoder_dir):
     assert out.shape == (1, 4, TEXT_DIM) and torch.all(out.abs().sum(-1) > 0)
     assert clean_prompt("  a &amp;amp;  red\n car ") == "a & red car"
     torch.testing.assert_close(
-        encode_prompts(["a   red \t car"], encoder_dir, text_len=6), encode_prompts(["a red car"], encoder_dir, text_len=6)
+        encode_prompts(["a   red \t car"], encoder_dir, text_len=6),
+        encode_prompts(["a red car"], encoder_dir, text_len=6),
     )
 
 
@@ -72,7 +75,9 @@ def test_flat_folder_layout_and_errors(encoder_dir, tmp_path):
     flat = tmp_path / "flat"
     shutil.copytree(encoder_dir / "text_encoder", flat)
     shutil.copytree(encoder_dir / "tokenizer", flat, dirs_exist_ok=True)
-    torch.testing.assert_close(encode_prompts(["a car"], flat, text_len=5), encode_prompts(["a car"], encoder_dir, text_len=5))
+    torch.testing.assert_close(
+        encode_prompts(["a car"], flat, text_len=5), encode_prompts(["a car"], encoder_dir, text_len=5)
+    )
     with pytest.raises(AstraError, match="does not exist"):
         encode_prompts(["a car"], tmp_path / "missing", text_len=5)
     (tmp_path / "empty").mkdir()
@@ -100,6 +105,9 @@ def test_load_prompt_embeddings(tmp_path):
     torch.save({"a": embeddings, "b": embeddings}, tmp_path / "two.pt")
     with pytest.raises(AstraError, match="prompt_embeds"):
         load_prompt_embeddings(tmp_path / "two.pt")
+    (tmp_path / "p.npy").write_bytes(b"")
+    with pytest.raises(AstraError, match=r"\.safetensors, \.pt or \.pth"):
+        load_prompt_embeddings(tmp_path / "p.npy")
     torch.save(torch.full((3, 4), float("nan")), tmp_path / "nan.pt")
     with pytest.raises(AstraError, match="NaN"):
         load_prompt_embeddings(tmp_path / "nan.pt")

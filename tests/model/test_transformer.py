@@ -67,7 +67,9 @@ def test_act_adapters_are_identity_at_init():
         x = torch.randn(3, CONFIG.dim)
         assert torch.equal(block.act_adapter(x), x)
     target = torch.randn(1, 4, 2, 4, 4)
-    assert torch.equal(with_adapter(target, torch.tensor([0.3])).velocity, without(target, torch.tensor([0.3])).velocity)
+    assert torch.equal(
+        with_adapter(target, torch.tensor([0.3])).velocity, without(target, torch.tensor([0.3])).velocity
+    )
 
 
 @pytest.mark.parametrize(
@@ -107,7 +109,8 @@ def test_freeze_policy_follows_the_glob_patterns():
     counts = count_parameters(model)
     assert counts["backbone_other"][1] == 0
     assert counts["total"] == (
-        sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters() if p.requires_grad)
+        sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
     assert sum(t for g, (t, _) in counts.items() if g != "total") == counts["total"][0]
     everything = apply_freeze_policy(make_model(), CONFIG.replace(trainable=None))

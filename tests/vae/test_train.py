@@ -1,13 +1,15 @@
 """Small-VAE training on synthetic episodes: joint sampling, learning, exact resume, CLI."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from astra.cli import main
 from astra.data.format import Episode, write_episode
-from astra.vae import load_vae
-from astra.vae.train import ClipPool, VAETrainConfig, evaluate_vae, load_clip_pool, ssim, train_vae
+from astra.vae import SMALL_VAE_PRESETS, SmallVAE, load_vae
+from astra.vae.train import VAETrainConfig, evaluate_vae, load_clip_pool, ssim, train_vae
 
 WORLDS = ("stripes", "blobs")
 
@@ -22,7 +24,8 @@ def synthetic_frames(world: str, seed: int, frames: int = 21, size: int = 16) ->
         if world == "stripes":
             channels = [np.sin(2 * np.pi * 2 * (x + 0.05 * t) + p) for p in phase]
         else:
-            channels = [np.exp(-((x - 0.5 - 0.2 * np.sin(0.3 * t + p)) ** 2 + (y - 0.5) ** 2) * 10) * 2 - 1 for p in phase]
+            centre = 0.5 + 0.2 * np.sin(0.3 * t + phase)
+            channels = [np.exp(-((x - c) ** 2 + (y - 0.5) ** 2) * 10) * 2 - 1 for c in centre]
         video.append(np.stack(channels, -1))
     return ((np.stack(video) + 1) * 127.5).clip(0, 255).astype(np.uint8)
 
@@ -50,6 +53,10 @@ FAST = VAETrainConfig(
 )
 
 
+def _with(config, **changes):
+    return dataclasses.replace(config, **changes)
+
+
 def test_pool_samples_all_worlds_deterministically(episodes):
     pool = load_clip_pool([episodes], split="train")
     assert pool.worlds == sorted(WORLDS) and all(len(v) == 2 for v in pool.episodes.values())
@@ -62,8 +69,6 @@ def test_pool_samples_all_worlds_deterministically(episodes):
 def test_training_improves_reconstruction_and_sets_statistics(episodes, tmp_path):
     pool = load_clip_pool([episodes], split="train")
     torch.manual_seed(0)
-    from astra.vae import SMALL_VAE_PRESETS, SmallVAE
-
     untrained = evaluate_vae(SmallVAE(SMALL_VAE_PRESETS["astra-tiny-vae"]).eval(), pool)
     vae = train_vae(pool, tmp_path / "vae", _with(FAST, steps=100))
     trained = evaluate_vae(vae, pool)
@@ -73,12 +78,6 @@ def test_training_improves_reconstruction_and_sets_statistics(episodes, tmp_path
     assert 0.3 < latents.std().item() < 3.0  # normalised to about unit variance
     assert vae.config.latents_std is not None
     assert trained["speed"]["decode_ms_per_frame"] > 0
-
-
-def _with(config, **changes):
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
 
 
 def test_resume_continues_exactly(episodes, tmp_path):

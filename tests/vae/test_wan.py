@@ -114,7 +114,8 @@ def test_both_layouts_load_and_agree(tiny_wan):
     assert latents.shape == (1, 4, 3, 2, 2)
     torch.testing.assert_close(from_original.encode(video), latents)
     raw = model.encode(video).latent_dist.mean
-    torch.testing.assert_close(latents, (raw - torch.tensor(TINY["latents_mean"]).view(1, -1, 1, 1, 1)) / torch.tensor(TINY["latents_std"]).view(1, -1, 1, 1, 1))
+    mean, std = (torch.tensor(TINY[key]).view(1, -1, 1, 1, 1) for key in ("latents_mean", "latents_std"))
+    torch.testing.assert_close(latents, (raw - mean) / std)
     frames = from_original.decode(latents)
     assert frames.shape == (1, 3, 9, 16, 16)
     torch.testing.assert_close(frames, from_diffusers.decode(latents))

@@ -97,7 +97,8 @@ def test_row_is_normalised_with_non_negative_qw(world):
     row = world.action_row()
     expected = np.concatenate([control[:3], -control[3:] / np.linalg.norm(control[3:])])
     np.testing.assert_allclose(row, expected, atol=1e-6)
-    np.testing.assert_allclose(vector7_to_pose(row, world.translation_scale), relative_pose(before, world.pose()), atol=1e-9)
+    motion = relative_pose(before, world.pose())
+    np.testing.assert_allclose(vector7_to_pose(row, world.translation_scale), motion, atol=1e-9)
 
 
 def test_policy_never_rolls_and_rows_match_poses(world):
@@ -107,7 +108,8 @@ def test_policy_never_rolls_and_rows_match_poses(world):
         before = world.pose()
         world.step(policy(world, index))
         assert abs(world.pose()[2, 0]) < 1e-6  # camera x axis stays horizontal
-        np.testing.assert_allclose(vector7_to_pose(world.action_row(), world.translation_scale), relative_pose(before, world.pose()), atol=1e-5)
+        motion = relative_pose(before, world.pose())
+        np.testing.assert_allclose(vector7_to_pose(world.action_row(), world.translation_scale), motion, atol=1e-5)
 
 
 def test_heldout_scenes_use_unseen_models_and_colours(world):

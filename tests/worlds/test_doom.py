@@ -112,7 +112,12 @@ def test_frames_rows_and_meta(world):
 
 @pytest.mark.parametrize(
     "bad, message",
-    [(np.zeros(8), "shape"), (np.full(7, np.nan), "NaN"), (control(FORWARD) * 0.5, "0 or 1"), (control(mouse=400), "mouse")],
+    [
+        (np.zeros(8), "shape"),
+        (np.full(7, np.nan), "NaN"),
+        (control(FORWARD) * 0.5, "0 or 1"),
+        (control(mouse=400), "mouse"),
+    ],
 )
 def test_bad_controls_are_rejected(world, bad, message):
     world.reset(0)

@@ -23,7 +23,8 @@ def drive(world, control, frames):
         before = world.pose()
         world.step(np.asarray(control, dtype=np.float32))
         row = world.action_row()
-        np.testing.assert_allclose(vector7_to_pose(row, world.translation_scale), relative_pose(before, world.pose()), atol=1e-5)
+        motion = relative_pose(before, world.pose())
+        np.testing.assert_allclose(vector7_to_pose(row, world.translation_scale), motion, atol=1e-5)
         assert row[6] >= 0
         rows.append(row)
     return np.stack(rows)

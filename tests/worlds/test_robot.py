@@ -58,7 +58,8 @@ def test_policy_grasps_and_stays_in_the_workspace(world):
     for index in range(40):
         world.step(policy(world, index))
         rows.append(world.action_row())
-        assert np.all(world.target_position >= WORKSPACE[0] - 1e-9) and np.all(world.target_position <= WORKSPACE[1] + 1e-9)
+        assert np.all(WORKSPACE[0] - 1e-9 <= world.target_position)
+        assert np.all(world.target_position <= WORKSPACE[1] + 1e-9)
     rows = np.stack(rows)
     assert np.isfinite(rows).all() and rows.shape == (40, 7)
     assert rows[:, 6].max() == 1.0  # it closed the gripper at some point

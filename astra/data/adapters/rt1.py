@@ -99,50 +99,45 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def list_items(source_dir: Path, info: dict, camera: str) -> list[Item]:
-    """One item per episode with its data file, video file and (v3) the video's start time."""
-    items = []
+def _episode_item(source_dir: Path, record: dict, info: dict, camera: str) -> Item:
+    """Paths of one episode from its metadata record (v2: episodes.jsonl line, v3: episodes parquet row)."""
+    index = record["episode_index"]
     if info["codebase_version"] in V2_VERSIONS:
-        for record in read_jsonl(source_dir / "meta" / "episodes.jsonl"):
-            index = record["episode_index"]
-            chunk = index // info["chunks_size"]
-            paths = {
-                "data": source_dir / info["data_path"].format(episode_chunk=chunk, episode_index=index),
-                "video": source_dir
-                / info["video_path"].format(episode_chunk=chunk, video_key=camera, episode_index=index),
-            }
-            items.append(
-                Item(
-                    episode_name(DATASET, f"{index:06d}"),
-                    paths,
-                    {"episode_index": index, "start_time": 0.0, "tasks": record.get("tasks", [])},
-                )
-            )
-        return items
-    files = sorted((source_dir / "meta" / "episodes").rglob("*.parquet"))
-    if not files:
-        raise DataError(f"{source_dir / 'meta/episodes'}: no episode metadata parquet files")
-    for file in files:
-        for record in pq.read_table(file).to_pylist():
-            index = record["episode_index"]
-            paths = {
-                "data": source_dir
-                / info["data_path"].format(
-                    chunk_index=record["data/chunk_index"], file_index=record["data/file_index"]
-                ),
-                "video": source_dir
-                / info["video_path"].format(
-                    video_key=camera,
-                    chunk_index=record[f"videos/{camera}/chunk_index"],
-                    file_index=record[f"videos/{camera}/file_index"],
-                ),
-            }
-            info_ = {
-                "episode_index": index,
-                "start_time": record[f"videos/{camera}/from_timestamp"],
-                "tasks": record.get("tasks") or [],
-            }
-            items.append(Item(episode_name(DATASET, f"{index:06d}"), paths, info_))
+        chunk = index // info["chunks_size"]
+        data = info["data_path"].format(episode_chunk=chunk, episode_index=index)
+        video = info["video_path"].format(episode_chunk=chunk, video_key=camera, episode_index=index)
+        start_time = 0.0
+    else:
+        data = info["data_path"].format(chunk_index=record["data/chunk_index"], file_index=record["data/file_index"])
+        video = info["video_path"].format(
+            video_key=camera,
+            chunk_index=record[f"videos/{camera}/chunk_index"],
+            file_index=record[f"videos/{camera}/file_index"],
+        )
+        start_time = record[f"videos/{camera}/from_timestamp"]
+    details = {"episode_index": index, "start_time": start_time, "tasks": record.get("tasks") or []}
+    paths = {"data": source_dir / data, "video": source_dir / video}
+    return Item(episode_name(DATASET, f"{index:06d}"), paths, details)
+
+
+def list_items(source_dir: Path, info: dict, camera: str) -> list[Item]:
+    """One item per episode with its data file, video file and start time in that video (v3 concatenates)."""
+    if info["codebase_version"] in V2_VERSIONS:
+        tables = [source_dir / "meta" / "episodes.jsonl"]
+        records = [(tables[0], row, record) for row, record in enumerate(read_jsonl(tables[0]), start=1)]
+    else:
+        tables = sorted((source_dir / "meta" / "episodes").rglob("*.parquet"))
+        if not tables:
+            raise DataError(f"{source_dir / 'meta/episodes'}: no episode metadata parquet files")
+        records = [
+            (table, row, record) for table in tables for row, record in enumerate(pq.read_table(table).to_pylist())
+        ]
+    items = []
+    for table, row, record in records:
+        try:
+            items.append(_episode_item(source_dir, record, info, camera))
+        except KeyError as error:
+            raise DataError(f"{table}: row {row} (or meta/info.json) lacks {error}") from None
     return items
 
 

@@ -11,6 +11,7 @@ are absent are skipped and reported.
 from __future__ import annotations
 
 import csv
+import zipfile
 from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -110,7 +111,7 @@ def load_episode(
             indices = list(range(0, len(extrinsics), frame_stride))[:max_frames]
             frames, source_size = read_video(video, indices, size)
             intrinsics = load_intrinsics(archive, camera, frames.shape[1:3])
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise DataError(f"{camera}: cannot read ({error})") from None
     fps, _ = video_info(video)
     return pose_episode(

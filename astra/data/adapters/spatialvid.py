@@ -70,7 +70,10 @@ def list_items(source_dir: Path) -> list[Item]:
                 missing = [key for key in ("id", "video path", "annotation path") if not record.get(key)]
                 if missing:
                     raise DataError(f"{tables[0]}: line {row} has no {', '.join(missing)}")
-                fps = float(record["fps"]) if record.get("fps") else None
+                try:
+                    fps = float(record["fps"]) if record.get("fps") else None
+                except ValueError:
+                    raise DataError(f"{tables[0]}: line {row} has a non-numeric fps {record['fps']!r}") from None
                 paths = {
                     "video": _resolve(roots, record["video path"]),
                     "annotation": _resolve(roots, record["annotation path"]),

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from adapter_fixtures import MULTICAM_FPS, STEP, YAW, expected_camera7_row, frame_levels, levels, write_multicam
+from adapter_fixtures import MULTICAM_FPS, STEP, expected_camera7_row, frame_levels, levels, write_multicam
 
 from astra.data.adapters.multicam import iter_episodes, parse_matrix
 from astra.errors import DataError

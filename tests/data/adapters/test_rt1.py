@@ -45,6 +45,13 @@ def test_missing_video_is_skipped_and_reported(tmp_path):
     assert report.converted == ["rt1-000000"] and "not present" in report.skipped["rt1-000001"]
 
 
+def test_episode_record_without_index_names_file_and_row(tmp_path):
+    write_rt1_v2(tmp_path, lengths=(4, 4))
+    (tmp_path / "meta/episodes.jsonl").write_text('{"episode_index": 0}\n{"length": 4}\n')
+    with pytest.raises(DataError, match=r"episodes\.jsonl: row 2 .*lacks 'episode_index'"):
+        list(iter_episodes(tmp_path))
+
+
 def test_info_json_is_validated(tmp_path):
     write_rt1_v2(tmp_path, lengths=(4,))
     info_file = tmp_path / "meta/info.json"

@@ -52,3 +52,11 @@ def test_video_shorter_than_poses_is_an_error(tmp_path):
     np.savez(camera, extrinsic=np.concatenate([poses, poses]))
     with pytest.raises(DataError, match=r"abc_0000000_0000005\.mp4.*too short"):
         list(iter_episodes(tmp_path))
+
+
+def test_corrupt_npz_is_reported_when_skipping(tmp_path):
+    write_sekai(tmp_path, num_frames=5)
+    (tmp_path / "sekai-game-drone" / "abc_0000000_0000005.npz").write_bytes(b"PK\x03\x04 truncated")
+    report = ConversionReport("sekai")
+    assert list(iter_episodes(tmp_path, report=report, skip_bad=True)) == []
+    assert "abc_0000000_0000005.npz: cannot read" in report.skipped["sekai-game-drone-abc_0000000_0000005"]

@@ -1,0 +1,157 @@
+"""Held-out evaluation cases with exact counterfactual ground truth.
+
+A case is one held-out episode start: a context of `context_frames` video frames under the world's policy, then
+the TRUE future (the policy continues) and an ALTERNATIVE future of one chunk (the true controls mirrored, see
+`alternative_controls`). Ground truth of both futures comes from replay: reset with the same seed and apply the
+recorded controls again (ViZDoom's save/load is not exact, replay from the seed is; shared/spec/feasibility.md).
+Each replay asserts that the context, and for the true future every frame, matches the recording bit for bit.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from astra.errors import AstraError
+from astra.worlds.base import WORLDS, Policy, World
+
+HELDOUT = "heldout"
+SEED_ATTEMPTS_PER_CASE = 3
+
+
+class ReplayMismatch(AstraError):
+    """Replaying the recorded controls from the same seed did not reproduce the recorded frames."""
+
+
+@dataclass
+class Case:
+    """One evaluation case. Frames are uint8 [T, H, W, 3]; rows are the modality's per-frame action rows, where
+    row j is the input that takes future frame j-1 (the last context frame for j = 0) to future frame j."""
+
+    world: str
+    seed: int
+    context_frames: np.ndarray  # [C, H, W, 3]; the model starts from context_frames[-1]
+    true_frames: np.ndarray  # [L, H, W, 3] the policy's future
+    true_rows: np.ndarray  # [L, width]
+    alternative_frames: np.ndarray  # [F, H, W, 3] the mirrored future
+    alternative_rows: np.ndarray  # [F, width]
+    meta: dict[str, Any]  # world.episode_meta() of the episode (scales for the action rows)
+
+
+# ------------------------------------------------------------------------------------- alternative futures
+def _mirror_doom(controls: np.ndarray) -> np.ndarray:
+    """forward<->back, strafe_left<->strafe_right, turn_left<->turn_right, mouse yaw negated."""
+    mirrored = controls[:, [1, 0, 3, 2, 5, 4, 6]].copy()
+    mirrored[:, 6] *= -1.0
+    return mirrored
+
+
+def _mirror_robot(controls: np.ndarray) -> np.ndarray:
+    """The end-effector delta reversed and the gripper command flipped."""
+    mirrored = controls.copy()
+    mirrored[:, :6] *= -1.0
+    mirrored[:, 6] = 1.0 - mirrored[:, 6]
+    return mirrored
+
+
+def _mirror_camera(controls: np.ndarray) -> np.ndarray:
+    """Each relative camera motion inverted in direction: translation negated, rotation conjugated."""
+    mirrored = controls.copy()
+    mirrored[:, :6] *= -1.0
+    return mirrored
+
+
+def _mirror_drive(controls: np.ndarray) -> np.ndarray:
+    """Steering and throttle negated (left <-> right, forward <-> reverse)."""
+    return -controls
+
+
+MIRRORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "doom": _mirror_doom,
+    "robot": _mirror_robot,
+    "camera": _mirror_camera,
+    "drive": _mirror_drive,
+}
+
+
+def alternative_controls(world: str, controls: np.ndarray) -> np.ndarray:
+    """A clearly different control sequence of the same length: the true controls mirrored (documented per world
+    in MIRRORS). Mirroring, not another policy draw, so that the alternative differs at every frame the true
+    future moves, and an idle true future gives an identical alternative (then the case is skipped and counted)."""
+    if world not in MIRRORS:
+        raise AstraError(f"no alternative-future rule for world {world!r}; known: {', '.join(MIRRORS)}")
+    return MIRRORS[world](np.asarray(controls, dtype=np.float32)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- recording
+def make_policy(world: str, seed: int) -> Policy:
+    """The world module's default exploration policy."""
+    module_name = WORLDS[world].split(":")[0]
+    return importlib.import_module(module_name).make_policy(seed)
+
+
+def replay(world: World, seed: int, controls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """reset(seed, heldout) then the controls in order -> (frames [1 + N, H, W, 3], rows [N, width])."""
+    frames = [world.reset(seed, HELDOUT)]
+    rows = []
+    for control in controls:
+        frames.append(world.step(control))
+        rows.append(world.action_row())
+    return np.stack(frames), np.stack(rows).astype(np.float32)
+
+
+def record_policy(world: World, policy: Policy, seed: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """reset(seed, heldout) then `steps` policy controls -> (frames [1 + steps, ...], controls [steps, K])."""
+    frames = [world.reset(seed, HELDOUT)]
+    policy.reset(seed)
+    controls = []
+    for index in range(steps):
+        control = np.asarray(policy(world, index), dtype=np.float32)
+        frames.append(world.step(control))
+        controls.append(control)
+    return np.stack(frames), np.stack(controls)
+
+
+def _check_same(what: str, expected: np.ndarray, replayed: np.ndarray, world: str, seed: int) -> None:
+    if expected.shape != replayed.shape or not np.array_equal(expected, replayed):
+        differing = int(np.argmax((expected != replayed).reshape(len(expected), -1).any(1)))
+        raise ReplayMismatch(f"{world} seed {seed}: replaying the recorded controls changed {what} frame {differing}")
+
+
+def build_case(world: World, seed: int, context_frames: int, future_frames: int, alternative_frames: int) -> Case:
+    """Record one case (see the module docstring). Raises EpisodeEnded when the simulator ends the episode early."""
+    if context_frames < 1 or future_frames < alternative_frames or alternative_frames < 1:
+        raise ValueError(
+            f"need context_frames >= 1 and future_frames >= alternative_frames >= 1, "
+            f"got {context_frames}, {future_frames}, {alternative_frames}"
+        )
+    policy = make_policy(world.name, seed)
+    recorded, controls = record_policy(world, policy, seed, context_frames - 1 + future_frames)
+    meta = world.episode_meta()
+    context_controls, true_controls = controls[: context_frames - 1], controls[context_frames - 1 :]
+
+    replayed, rows = replay(world, seed, controls)
+    _check_same("the true episode's", recorded, replayed, world.name, seed)
+
+    mirrored = alternative_controls(world.name, true_controls[:alternative_frames])
+    alternative, alternative_rows = replay(world, seed, np.concatenate([context_controls, mirrored]))
+    _check_same("a context", recorded[:context_frames], alternative[:context_frames], world.name, seed)
+
+    return Case(
+        world=world.name,
+        seed=seed,
+        context_frames=recorded[:context_frames],
+        true_frames=recorded[context_frames:],
+        true_rows=rows[context_frames - 1 :],
+        alternative_frames=alternative[context_frames:],
+        alternative_rows=alternative_rows[context_frames - 1 :],
+        meta=meta,
+    )
+
+
+def case_seeds(base_seed: int, count: int) -> list[int]:
+    """The held-out seeds tried in order: more than `count`, since an episode that ends early is skipped."""
+    return [base_seed + index for index in range(SEED_ATTEMPTS_PER_CASE * count)]

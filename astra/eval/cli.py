@@ -1,0 +1,56 @@
+"""`astra eval`: held-out evaluation of a checkpoint on the simulator worlds (report.md, results.json, PNGs)."""
+
+from __future__ import annotations
+
+import argparse
+
+from astra.errors import AstraError
+from astra.eval.report import EvalConfig, evaluate
+
+HELP = "evaluate a model on held-out simulator episodes"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = EvalConfig()
+    parser.add_argument("--checkpoint", default="astra-small", help="shipped model name or checkpoint folder")
+    parser.add_argument("--worlds", default=",".join(defaults.worlds), help="comma-separated worlds")
+    parser.add_argument("--cases", type=int, default=defaults.cases, help="held-out cases per world")
+    parser.add_argument("--out", default="docs/eval", help="folder for report.md, results.json and the plots")
+    parser.add_argument("--rollout-frames", type=int, default=defaults.rollout_frames, help="long-rollout length")
+    parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help="4k+1 policy frames first")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="first held-out seed (case i uses seed+i)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=None, help="action-free guidance (default: the checkpoint's)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    worlds = tuple(name.strip() for name in args.worlds.split(",") if name.strip())
+    if args.steps is not None and args.steps < 1:
+        raise AstraError(f"--steps must be >= 1, got {args.steps}")
+    config = EvalConfig(
+        worlds=worlds,
+        cases=args.cases,
+        context_frames=args.context_frames,
+        rollout_frames=args.rollout_frames,
+        seed=args.seed,
+    )
+    results = evaluate(
+        config,
+        args.out,
+        checkpoint=args.checkpoint,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        device=args.device,
+    )
+    for world in results["worlds"]:
+        chunk, following = world["next_chunk"], world["action_following"]
+        score = "-" if following["score"] is None else f"{following['score']:.2f}"
+        print(
+            f"{world['world']:>7}: PSNR {chunk['psnr']:.2f} dB (copy-last {chunk['psnr_copy_last']:.2f}), "
+            f"action following {score} (n={following['n']}), bars {world['bars']}"
+        )
+    print(f"report: {args.out}/report.md")
+    return 0

@@ -1,0 +1,153 @@
+"""Frame metrics in [0, 1] pixel units: PSNR, SSIM, frame statistics, collapse flags, action following.
+
+Frames are uint8 [T, H, W, 3] (or one [H, W, 3]) as the worlds and the rollout session produce them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PSNR_CAP_DB = 60.0  # identical frames have infinite PSNR; averages use this cap (~1/4 of a grey level RMS)
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03  # Wang et al. 2004 stabilisers, for a data range of 1
+
+
+def to_unit(frames: np.ndarray) -> np.ndarray:
+    """uint8 frames -> float64 in [0, 1]."""
+    return np.asarray(frames, dtype=np.float64) / 255.0
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"frames to compare differ in shape: {list(a.shape)} vs {list(b.shape)}")
+
+
+def mse_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[T, H, W, 3] x2 -> [T] mean squared error in [0, 1] units."""
+    _check_pair(a, b)
+    diff = to_unit(a) - to_unit(b)
+    return (diff**2).reshape(len(diff), -1).mean(axis=1)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two images (or videos, over all pixels) with peak 1; inf when identical."""
+    _check_pair(a, b)
+    mse = float(np.mean((to_unit(a) - to_unit(b)) ** 2))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
+
+
+def psnr_per_frame(a: np.ndarray, b: np.ndarray, cap_db: float = PSNR_CAP_DB) -> np.ndarray:
+    """[T, H, W, 3] x2 -> [T] PSNR in dB, capped at `cap_db` so that means stay finite."""
+    mse = mse_per_frame(a, b)
+    with np.errstate(divide="ignore"):
+        values = 10.0 * np.log10(1.0 / mse)
+    return np.minimum(values, cap_db)
+
+
+def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    return torch.outer(kernel, kernel)
+
+
+def ssim_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[T, H, W, 3] x2 -> [T] SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5, valid filtering),
+    computed per RGB channel and averaged over channels and positions. 1.0 for identical frames."""
+    _check_pair(a, b)
+    if a.ndim == 3:
+        return ssim_per_frame(a[None], b[None])
+    if min(a.shape[1:3]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {list(a.shape[1:3])}")
+    x = torch.from_numpy(to_unit(a)).permute(0, 3, 1, 2)  # [T, 3, H, W]
+    y = torch.from_numpy(to_unit(b)).permute(0, 3, 1, 2)
+    channels = x.shape[1]
+    window = _gaussian_window().expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW)
+
+    def blur(image: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(image, window, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(1, 2, 3)).numpy()
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM over the frames of two images or videos."""
+    return float(ssim_per_frame(a, b).mean())
+
+
+# --------------------------------------------------------------------------------------- long rollouts
+@dataclass(frozen=True)
+class CollapseConfig:
+    blank_std: float = 0.02  # a frame whose pixel std is below this is blank...
+    frozen_motion: float = 0.002  # ...and a run whose mean |frame_t - frame_t-1| is below this is frozen
+    frozen_window: int = 16  # consecutive frames in such a run
+
+
+def frame_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Per frame [T]: mean intensity, pixel std, and mean |frame_t - frame_t-1| (0 for the first frame)."""
+    unit = to_unit(frames).reshape(len(frames), -1)
+    motion = np.zeros(len(frames))
+    motion[1:] = np.abs(np.diff(unit, axis=0)).mean(axis=1)
+    return {"mean": unit.mean(axis=1), "std": unit.std(axis=1), "motion": motion}
+
+
+def _windowed_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each run of `window` consecutive values; entry i covers values[i : i + window]."""
+    sums = np.convolve(values, np.ones(window), mode="valid")
+    return sums / window
+
+
+def collapse_frames(generated: np.ndarray, truth: np.ndarray, config: CollapseConfig = CollapseConfig()) -> dict:
+    """First frame index (or None) where the generation is blank or frozen while the ground truth is not.
+
+    Frame 0 of both videos should be the start frame, so that frame 1's motion is measured from it."""
+    _check_pair(generated, truth)
+    model, real = frame_stats(generated), frame_stats(truth)
+    blank = np.flatnonzero((model["std"] < config.blank_std) & (real["std"] >= config.blank_std))
+    frozen = np.array([], dtype=int)
+    if len(generated) > config.frozen_window:
+        # windows over the motion of frames 1..T-1 (frame 0 has no predecessor)
+        model_motion = _windowed_mean(model["motion"][1:], config.frozen_window)
+        real_motion = _windowed_mean(real["motion"][1:], config.frozen_window)
+        frozen = np.flatnonzero((model_motion < config.frozen_motion) & (real_motion >= config.frozen_motion)) + 1
+    return {
+        "blank": int(blank[0]) if len(blank) else None,
+        "frozen": int(frozen[0]) if len(frozen) else None,
+    }
+
+
+# ------------------------------------------------------------------------------------- action following
+def follows_actions(
+    generated_true: np.ndarray, generated_alternative: np.ndarray, truth_true: np.ndarray, truth_alternative: np.ndarray
+) -> list[bool]:
+    """Two trials: is each generation closer (pixel MSE) to its own ground truth than to the other one's?"""
+    own_true = float(mse_per_frame(generated_true, truth_true).mean())
+    cross_true = float(mse_per_frame(generated_true, truth_alternative).mean())
+    own_alternative = float(mse_per_frame(generated_alternative, truth_alternative).mean())
+    cross_alternative = float(mse_per_frame(generated_alternative, truth_true).mean())
+    return [own_true < cross_true, own_alternative < cross_alternative]
+
+
+def futures_differ(truth_true: np.ndarray, truth_alternative: np.ndarray, min_mse: float) -> bool:
+    """Whether two ground-truth futures are different enough to score (a wall can block both)."""
+    return float(mse_per_frame(truth_true, truth_alternative).mean()) >= min_mse
+
+
+def binomial_summary(successes: int, trials: int) -> dict[str, float | int | None]:
+    """Success fraction and its binomial standard error sqrt(p (1 - p) / n); None when there were no trials."""
+    if trials == 0:
+        return {"score": None, "stderr": None, "n": 0}
+    score = successes / trials
+    return {"score": score, "stderr": math.sqrt(score * (1.0 - score) / trials), "n": trials}

@@ -1,0 +1,389 @@
+"""Evaluate a model on held-out world episodes and write `report.md`, `results.json` and PNG plots.
+
+Per world and case (see cases.py): the rollout session starts from the last context frame and generates
+(1) the long rollout under the true action rows (its first chunk is the next-chunk prediction and the
+"true" generation of the action-following test) and (2) one chunk under the alternative rows from the same
+start and the same noise seed, so the two generations differ only by their actions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from astra.errors import AstraError
+from astra.eval.cases import Case, build_case, case_seeds
+from astra.eval.metrics import (
+    CollapseConfig,
+    binomial_summary,
+    collapse_frames,
+    follows_actions,
+    frame_stats,
+    futures_differ,
+    psnr_per_frame,
+    ssim_per_frame,
+)
+from astra.eval.plots import contact_sheet, line_plot, save_png, stack_vertically
+from astra.rollout.session import MODALITY_OF_WORLD, RolloutConfig, RolloutSession, load_rollout
+from astra.worlds import EpisodeEnded
+from astra.worlds.base import make_world
+
+PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "N/A"
+
+
+@dataclass(frozen=True)
+class Bars:
+    """What a world must reach (the issue's acceptance bars)."""
+
+    action_following: float = 0.80
+    psnr_gain_db: float = 1.0  # one-chunk PSNR over copy-last-frame
+    collapse_free_frames: int = 256
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    worlds: tuple[str, ...] = ("doom", "robot", "camera", "drive")
+    cases: int = 20
+    context_frames: int = 9  # 4k + 1 video frames under the policy before the model takes over
+    rollout_frames: int = 256  # rounded up to whole chunks
+    seed: int = 0  # case i uses held-out seed `seed + i` (later seeds replace episodes that end early)
+    min_future_mse: float = 5e-4  # two ground-truth futures closer than this (in [0,1]^2 units) are not scored
+    report_frames: tuple[int, ...] = (32, 64, 128, 256)
+    sheet_cases: int = 3
+    sheet_frames: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    collapse: CollapseConfig = CollapseConfig()
+    bars: Bars = Bars()
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.worlds) - set(MODALITY_OF_WORLD))
+        if unknown:
+            raise AstraError(f"unknown world(s) {', '.join(unknown)}; known: {', '.join(MODALITY_OF_WORLD)}")
+        if not self.worlds:
+            raise AstraError("no worlds to evaluate")
+        if self.cases < 1:
+            raise AstraError(f"--cases must be >= 1, got {self.cases}")
+        if self.context_frames < 1 or (self.context_frames - 1) % 4:
+            raise AstraError(f"--context-frames must be 4k + 1 (1, 5, 9, ...), got {self.context_frames}")
+        if self.sheet_cases < 1:
+            raise AstraError(f"sheet_cases must be >= 1, got {self.sheet_cases}")
+        if self.rollout_frames < 1:
+            raise AstraError(f"--rollout-frames must be >= 1, got {self.rollout_frames}")
+
+
+# ------------------------------------------------------------------------------------------------ per case
+def _generate(session: RolloutSession, start: np.ndarray, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start frame as the model sees it, generated frames [len(rows), H, W, 3]) chunk by chunk."""
+    start_frame = session.start(start, seed=seed)
+    step = session.frames_per_step
+    chunks = [session.step(rows[offset : offset + step]) for offset in range(0, len(rows), step)]
+    return start_frame, np.concatenate(chunks)
+
+
+def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> dict[str, Any]:
+    """All per-case numbers (arrays stay numpy) plus the frames the contact sheet needs."""
+    chunk = session.frames_per_step
+    start = case.context_frames[-1]
+    start_frame, generated = _generate(session, start, case.true_rows, case.seed)
+    _, generated_alternative = _generate(session, start, case.alternative_rows, case.seed)
+    copy_last = np.broadcast_to(start, case.true_frames.shape)
+
+    truth_chunk, model_chunk, copy_chunk = case.true_frames[:chunk], generated[:chunk], copy_last[:chunk]
+    scored = futures_differ(truth_chunk, case.alternative_frames, config.min_future_mse)
+    follows = []
+    if scored:
+        follows = follows_actions(model_chunk, generated_alternative, truth_chunk, case.alternative_frames)
+    generated_video = np.concatenate([start_frame[None], generated])  # frame 0 = the start, as each side sees it
+    truth_video = np.concatenate([start[None], case.true_frames])
+    return {
+        "seed": case.seed,
+        "chunk_psnr": float(psnr_per_frame(model_chunk, truth_chunk).mean()),
+        "chunk_psnr_copy": float(psnr_per_frame(copy_chunk, truth_chunk).mean()),
+        "chunk_ssim": float(ssim_per_frame(model_chunk, truth_chunk).mean()),
+        "chunk_ssim_copy": float(ssim_per_frame(copy_chunk, truth_chunk).mean()),
+        "action_scored": scored,
+        "action_hits": int(sum(follows)),
+        "action_trials": len(follows),
+        "psnr_curve": psnr_per_frame(generated, case.true_frames),
+        "psnr_curve_copy": psnr_per_frame(copy_last, case.true_frames),
+        "model_stats": {name: values[1:] for name, values in frame_stats(generated_video).items()},
+        "truth_stats": {name: values[1:] for name, values in frame_stats(truth_video).items()},
+        "collapse": collapse_frames(generated_video, truth_video, config.collapse),
+        "frames": {"truth": case.true_frames, "model": generated, "alternative_truth": case.alternative_frames,
+                   "alternative_model": generated_alternative},  # fmt: skip
+    }
+
+
+# ----------------------------------------------------------------------------------------------- per world
+def _mean_curve(results: list[dict], key: str, stat: str | None = None) -> np.ndarray:
+    curves = [r[key][stat] if stat else r[key] for r in results]
+    return np.mean(np.stack(curves), axis=0)
+
+
+def _bar(passed: bool | None) -> str:
+    return NOT_MEASURED if passed is None else (PASS if passed else FAIL)
+
+
+def summarise_world(world: str, results: list[dict], ended: list[int], config: EvalConfig, chunk: int) -> dict:
+    """Aggregate the per-case numbers of one world (JSON-ready)."""
+    hits = sum(r["action_hits"] for r in results)
+    trials = sum(r["action_trials"] for r in results)
+    following = {**binomial_summary(hits, trials), "hits": hits}
+    following["skipped_cases"] = sum(not r["action_scored"] for r in results)
+    psnr_curve, copy_curve = _mean_curve(results, "psnr_curve"), _mean_curve(results, "psnr_curve_copy")
+    length = len(psnr_curve)
+    at = {str(t): float(psnr_curve[t - 1]) for t in config.report_frames if t <= length}
+    copy_at = {str(t): float(copy_curve[t - 1]) for t in config.report_frames if t <= length}
+    collapsed = [r for r in results if r["collapse"]["blank"] is not None or r["collapse"]["frozen"] is not None]
+    chunk_keys = {"psnr": "chunk_psnr", "psnr_copy_last": "chunk_psnr_copy", "ssim": "chunk_ssim",
+                  "ssim_copy_last": "chunk_ssim_copy"}  # fmt: skip
+    next_chunk = {"frames": chunk}
+    next_chunk.update({name: float(np.mean([r[key] for r in results])) for name, key in chunk_keys.items()})
+    next_chunk["psnr_gain_db"] = next_chunk["psnr"] - next_chunk["psnr_copy_last"]
+    bars = config.bars
+    return {
+        "world": world,
+        "cases": len(results),
+        "seeds": [r["seed"] for r in results],
+        "seeds_skipped_episode_ended": ended,
+        "next_chunk": next_chunk,
+        "action_following": following,
+        "long_rollout": {
+            "frames": length,
+            "psnr_at": at,
+            "psnr_copy_last_at": copy_at,
+            "psnr_per_frame": psnr_curve.tolist(),
+            "psnr_copy_last_per_frame": copy_curve.tolist(),
+            "model_stats": {s: _mean_curve(results, "model_stats", s).tolist() for s in ("mean", "std", "motion")},
+            "truth_stats": {s: _mean_curve(results, "truth_stats", s).tolist() for s in ("mean", "std", "motion")},
+            "collapse": {
+                "cases_blank": sum(r["collapse"]["blank"] is not None for r in results),
+                "cases_frozen": sum(r["collapse"]["frozen"] is not None for r in results),
+                "per_case": [{"seed": r["seed"], **r["collapse"]} for r in results],
+            },
+        },
+        "bars": {
+            "action_following": _bar(
+                None if following["score"] is None else following["score"] >= bars.action_following
+            ),
+            "next_chunk_psnr": _bar(next_chunk["psnr_gain_db"] >= bars.psnr_gain_db),
+            "no_collapse": _bar(None if length < bars.collapse_free_frames else not collapsed),
+        },
+    }
+
+
+def _write_world_plots(summary: dict, results: list[dict], out: Path, config: EvalConfig) -> dict[str, str]:
+    world, long = summary["world"], summary["long_rollout"]
+    frames = np.arange(1, long["frames"] + 1)
+    def series(model: list[float], reference: list[float], reference_name: str) -> dict:
+        return {"model": (frames, np.array(model)), reference_name: (frames, np.array(reference))}
+
+    title = f"{world}: PSNR vs ground truth over the rollout (mean of {summary['cases']} cases)"
+    curves = series(long["psnr_per_frame"], long["psnr_copy_last_per_frame"], "copy last context frame")
+    psnr = line_plot(curves, title, "frame", "dB")
+    stats = (("mean", "mean intensity"), ("std", "pixel std"), ("motion", "mean |frame_t - frame_t-1|"))
+    panels = []
+    for stat, name in stats:
+        curves = series(long["model_stats"][stat], long["truth_stats"][stat], "ground truth")
+        panels.append(line_plot(curves, f"{world}: {name}", "frame", stat))
+    shown = [t for t in config.sheet_frames if t <= long["frames"]]
+    rows = []
+    for result in results[: config.sheet_cases]:
+        picks = [t - 1 for t in shown]
+        rows += [(f"seed {result['seed']} GT", result["frames"]["truth"][picks]),
+                 (f"seed {result['seed']} model", result["frames"]["model"][picks])]  # fmt: skip
+    sheet = contact_sheet(rows, [f"t={t}" for t in shown])
+    chunk = summary["next_chunk"]["frames"]
+    first = results[0]["frames"]
+    alternative = contact_sheet(
+        [("true GT", first["truth"][:chunk]), ("true model", first["model"][:chunk]),
+         ("alt GT", first["alternative_truth"]), ("alt model", first["alternative_model"])],
+        [f"t={t}" for t in range(1, chunk + 1)],
+    )  # fmt: skip
+    names = {
+        "psnr": f"{world}_psnr.png",
+        "stats": f"{world}_stats.png",
+        "contact_sheet": f"{world}_contact.png",
+        "action_sheet": f"{world}_actions.png",
+    }
+    save_png(psnr, out / names["psnr"])
+    save_png(stack_vertically(panels), out / names["stats"])
+    save_png(sheet, out / names["contact_sheet"])
+    save_png(alternative, out / names["action_sheet"])
+    return names
+
+
+def world_size(name: str, resolution: tuple[int, int]) -> int | tuple[int, int]:
+    """The world's `size` option for the model's resolution (the bullet worlds render square frames)."""
+    height, width = resolution
+    if height == width:
+        return height
+    if name != "doom":
+        raise AstraError(f"the {name} world renders square frames; the model's resolution is {height}x{width}")
+    return (height, width)
+
+
+def evaluate_world(world_name: str, loaded: tuple, config: EvalConfig, out: Path, device: str = "cpu") -> dict:
+    model, vae, metadata, rollout_config = loaded
+    resolution = tuple(model.config.resolution)
+    world = make_world(world_name, size=world_size(world_name, resolution))
+    chunk = 4 * model.config.chunk_frames
+    future = chunk * math.ceil(config.rollout_frames / chunk)
+    results, ended = [], []
+    seeds = iter(case_seeds(config.seed, config.cases))
+    try:
+        with tqdm(total=config.cases, desc=f"eval {world_name}", unit="case") as progress:
+            while len(results) < config.cases:
+                seed = next(seeds, None)
+                if seed is None:
+                    raise AstraError(f"{world_name}: too many held-out episodes ended early ({len(ended)})")
+                try:
+                    case = build_case(world, seed, config.context_frames, future, chunk)
+                except EpisodeEnded:
+                    ended.append(seed)
+                    continue
+                action_meta = metadata.get("action_meta", {}).get(world_name) or case.meta
+                session = RolloutSession(model, vae, MODALITY_OF_WORLD[world_name], rollout_config, action_meta, device)
+                result = evaluate_case(case, session, config)
+                if len(results) >= config.sheet_cases:  # only the contact sheets need frames
+                    del result["frames"]
+                results.append(result)
+                progress.update()
+    finally:
+        world.close()
+    summary = summarise_world(world_name, results, ended, config, chunk)
+    summary["plots"] = _write_world_plots(summary, results, out, config)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ overall
+def summarise_overall(worlds: list[dict]) -> dict:
+    hits = sum(w["action_following"]["hits"] for w in worlds)
+    trials = sum(w["action_following"]["n"] for w in worlds)
+    keys = ("psnr", "psnr_copy_last", "psnr_gain_db", "ssim", "ssim_copy_last")
+    return {
+        "next_chunk": {key: float(np.mean([w["next_chunk"][key] for w in worlds])) for key in keys},
+        "action_following": {
+            **binomial_summary(hits, trials),
+            "skipped_cases": sum(w["action_following"]["skipped_cases"] for w in worlds),
+        },
+        "all_bars_pass": all(v == PASS for w in worlds for v in w["bars"].values()),
+    }
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows] + [""]
+
+
+def render_markdown(results: dict) -> str:
+    """The human-readable report (see docs/eval.md for how to read it)."""
+    worlds, overall, setup = results["worlds"], results["overall"], results["config"]
+    bars = setup["bars"]
+    lines = [
+        "# Astra evaluation on held-out world episodes",
+        "",
+        f"Checkpoint `{results['checkpoint']}`; {setup['cases']} cases per world from held-out seeds "
+        f"{setup['seed']}+; context {setup['context_frames']} frames (the model starts from the last one); "
+        f"sampler {results['sampler']}. How to read this: docs/eval.md.",
+        "",
+        "## Bars",
+        "",
+    ]
+    lines += _table(
+        ["world", f"action following >= {bars['action_following']:.2f}",
+         f"one-chunk PSNR >= copy-last + {bars['psnr_gain_db']:g} dB",
+         f"no collapse in {bars['collapse_free_frames']} frames"],
+        [[w["world"], *w["bars"].values()] for w in worlds]
+        + [["**all**", f"**{PASS if overall['all_bars_pass'] else FAIL}**", "", ""]],
+    )  # fmt: skip
+
+    def chunk_row(name: str, n: dict, frames: Any) -> list[Any]:
+        return [name, frames, _fmt(n["psnr"]), _fmt(n["psnr_copy_last"]), _fmt(n["psnr_gain_db"]),
+                _fmt(n["ssim"], 3), _fmt(n["ssim_copy_last"], 3)]  # fmt: skip
+
+    lines += ["## Next-chunk prediction (first chunk after the context)", ""]
+    lines += _table(
+        ["world", "frames", "PSNR model", "PSNR copy-last", "gain dB", "SSIM model", "SSIM copy-last"],
+        [chunk_row(w["world"], w["next_chunk"], w["next_chunk"]["frames"]) for w in worlds]
+        + [chunk_row("**mean**", overall["next_chunk"], "")],
+    )
+
+    lines += ["## Action following (true vs mirrored actions, 0.5 = chance)", ""]
+    following = [(w["world"], w["action_following"]) for w in worlds] + [("**pooled**", overall["action_following"])]
+    lines += _table(
+        ["world", "score", "stderr", "generations n", "cases skipped (futures alike)"],
+        [[name, _fmt(a["score"]), _fmt(a["stderr"]), a["n"], a["skipped_cases"]] for name, a in following],
+    )
+
+    frames = [str(t) for t in setup["report_frames"]]
+    lines += ["## Long rollouts (PSNR dB at frame t: model / copy-last-context)", ""]
+    rows = []
+    for w in worlds:
+        long = w["long_rollout"]
+        cells = [f"{_fmt(long['psnr_at'].get(t))} / {_fmt(long['psnr_copy_last_at'].get(t))}" for t in frames]
+        rows.append([w["world"], *cells, long["collapse"]["cases_blank"], long["collapse"]["cases_frozen"]])
+    lines += _table(["world", *(f"t={t}" for t in frames), "blank cases", "frozen cases"], rows)
+
+    lines += ["## Plots", ""]
+    for w in worlds:
+        plots = w["plots"]
+        lines.append(
+            f"- {w['world']}: [PSNR over time]({plots['psnr']}), [frame statistics]({plots['stats']}), "
+            f"[contact sheet]({plots['contact_sheet']}), [true vs alternative actions]({plots['action_sheet']})"
+        )
+        lines.append(f"  ![{w['world']} contact sheet]({plots['contact_sheet']})")
+    ended = {w["world"]: w["seeds_skipped_episode_ended"] for w in worlds if w["seeds_skipped_episode_ended"]}
+    if ended:
+        lines += ["", f"Seeds replaced because the episode ended early: {ended}."]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def evaluate(
+    config: EvalConfig,
+    out: str | Path,
+    checkpoint: str | Path = "astra-small",
+    loaded: tuple | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Evaluate every world of `config` and write the report into `out`. `loaded` = (model, vae, metadata,
+    RolloutConfig) skips loading `checkpoint` (tests inject a random tiny model this way)."""
+    config.validate()
+    source = "in-process model" if loaded is not None else str(checkpoint)
+    if loaded is None:
+        loaded = load_rollout(checkpoint, steps=steps, guidance_scale=guidance_scale, seed=config.seed, device=device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)  # the sessions seed their own noise; this covers anything else that draws
+    worlds = [evaluate_world(name, loaded, config, out, device) for name in config.worlds]
+    rollout_config: RolloutConfig = loaded[3]
+    results = {
+        "checkpoint": source,
+        "sampler": f"{rollout_config.num_steps} Euler steps, shift {rollout_config.shift}, "
+        f"guidance {rollout_config.guidance_scale}",
+        "config": asdict(config),
+        "worlds": worlds,
+        "overall": summarise_overall(worlds),
+    }
+    _write_text(out / "results.json", json.dumps(results, indent=1))
+    _write_text(out / "report.md", render_markdown(results))
+    return results

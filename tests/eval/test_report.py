@@ -1,0 +1,70 @@
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from astra.cli import main
+from astra.eval.report import EvalConfig, evaluate
+from astra.model.checkpoints import save_astra
+from astra.model.config import AstraConfig
+from astra.model.transformer import AstraTransformer
+from astra.rollout.session import load_rollout
+from astra.vae.small import SMALL_VAE_PRESETS, SmallVAE, save_small_vae
+
+ROLLOUT_FRAMES = 16  # two chunks of the tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A random tiny model + random tiny VAE saved as a real checkpoint (checks the plumbing, not the numbers)."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny")
+    save_small_vae(SmallVAE(SMALL_VAE_PRESETS["astra-tiny-vae"]), root / "vae")
+    config = AstraConfig.from_preset("astra-tiny", text_dim=0, text_len=0)
+    metadata = {"vae": str(root / "vae"), "sampling": {"num_steps": 1, "guidance_scale": 1.0}}
+    return save_astra(AstraTransformer(config), root / "model", metadata)
+
+
+def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path):
+    out = tmp_path / "report"
+    flags = ["--worlds", "camera", "--cases", "1", "--context-frames", "5", "--seed", "4", "--out", str(out)]
+    code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--rollout-frames", str(ROLLOUT_FRAMES), *flags])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    (world,) = results["worlds"]
+    assert world["world"] == "camera" and world["seeds"] == [4]
+    assert world["next_chunk"]["frames"] == 8
+    assert len(world["long_rollout"]["psnr_per_frame"]) == ROLLOUT_FRAMES
+    # the copy-last baseline is a real measurement: finite, and the camera of seed 4 moves, so below the cap
+    assert 5.0 < world["next_chunk"]["psnr_copy_last"] < 60.0
+    assert 0.0 < world["next_chunk"]["ssim"] < 1.0
+    assert world["action_following"]["n"] + 2 * world["action_following"]["skipped_cases"] == 2
+    assert world["bars"]["no_collapse"] == "N/A"  # 16 frames cannot show 256 collapse-free frames
+    report = (out / "report.md").read_text()
+    assert "| camera |" in report and "copy-last" in report
+    for name in world["plots"].values():
+        assert name in report
+        with Image.open(out / name) as image:
+            assert image.width > 100 and image.height > 100
+
+    # same seed, same numbers (the model injected in-process this time)
+    loaded = load_rollout(tiny_checkpoint)
+    config = EvalConfig(worlds=("camera",), cases=1, context_frames=5, rollout_frames=ROLLOUT_FRAMES, seed=4)
+    again = evaluate(config, tmp_path / "again", loaded=loaded)["worlds"][0]
+    assert again["next_chunk"] == world["next_chunk"]
+    np.testing.assert_array_equal(again["long_rollout"]["psnr_per_frame"], world["long_rollout"]["psnr_per_frame"])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--worlds", "moon"], "unknown world"), (["--context-frames", "4"], "4k \\+ 1"), (["--cases", "0"], "--cases")],
+)
+def test_bad_options_fail_with_one_clear_line(tiny_checkpoint, tmp_path, capsys, flags, message):
+    code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), *flags])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "astra eval: error:" in error and "Traceback" not in error
+    assert re.search(message, error)

@@ -1,0 +1,76 @@
+import base64
+import io
+import json
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from astra.serve.app import MAX_MESSAGE_BYTES, ServerConfig, create_app
+
+
+def png_data_url(color) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), color).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def receive_until(socket, kind: str, limit: int = 20) -> dict:
+    for _ in range(limit):
+        message = socket.receive_json()
+        if message["type"] == kind:
+            return message
+    raise AssertionError(f"no {kind!r} message")
+
+
+def test_page_and_script_are_served_offline(factory):
+    client = TestClient(create_app(factory))
+    page = client.get("/")
+    assert page.status_code == 200 and "astra play" in page.text
+    assert "http" not in page.text.split("<script")[1], "no CDN: the page loads only local files"
+    assert client.get("/app.js").status_code == 200
+    assert client.get("/../pyproject.toml").status_code == 404
+
+
+def test_upload_start_play_and_keys_stream_frames(factory):
+    client = TestClient(create_app(factory, ServerConfig(target_fps=0)))
+    with client.websocket_connect("/ws") as socket:
+        socket.send_text(json.dumps({"type": "start", "world": "doom", "image": png_data_url((200, 30, 30)), "side_by_side": False}))
+        started = receive_until(socket, "started")
+        assert started["size"] == [32, 32] and started["modality"] == "keyboard_mouse"
+        socket.send_text(json.dumps({"type": "input", "keys": ["w", "ArrowLeft"], "mouse_dx": 4}))
+        frames = receive_until(socket, "frames")
+        assert len(frames["model"]) == started["frames_per_step"] and frames["sim"] is None
+        frame = np.asarray(Image.open(io.BytesIO(base64.b64decode(frames["model"][0]))))
+        assert frame.shape == (32, 32, 3)
+
+
+def test_side_by_side_runs_the_real_simulator(factory):
+    client = TestClient(create_app(factory, ServerConfig(target_fps=0)))
+    with client.websocket_connect("/ws") as socket:
+        socket.send_text(json.dumps({"type": "start", "world": "camera", "seed": 3, "side_by_side": True}))
+        receive_until(socket, "started")
+        frames = receive_until(socket, "frames")
+        assert len(frames["sim"]) == len(frames["model"])
+
+
+def test_malformed_messages_get_errors_and_the_server_survives(factory):
+    client = TestClient(create_app(factory, ServerConfig(target_fps=0)))
+    with client.websocket_connect("/ws") as socket:
+        for bad in ["not json", json.dumps([1, 2]), json.dumps({"type": "fly"}),
+                    json.dumps({"type": "start", "world": "mars"}),
+                    json.dumps({"type": "start", "image": "data:image/png;base64,AAAA"}),
+                    json.dumps({"type": "input", "keys": ["w"], "mouse_dx": "fast"}),
+                    json.dumps({"type": "input", "keys": ["w"]}),  # before start
+                    "x" * (MAX_MESSAGE_BYTES + 1)]:
+            socket.send_text(bad)
+            assert socket.receive_json()["type"] == "error"
+        socket.send_text(json.dumps({"type": "start", "world": "doom", "image": png_data_url((0, 0, 200))}))
+        assert receive_until(socket, "started")["world"] == "doom"
+
+
+def test_session_cap(factory):
+    client = TestClient(create_app(factory, ServerConfig(max_sessions=1, target_fps=0)))
+    with client.websocket_connect("/ws"):
+        with client.websocket_connect("/ws") as second:
+            assert "busy" in second.receive_json()["message"]
