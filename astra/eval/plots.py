@@ -21,7 +21,8 @@ class PlotStyle:
     height: int = 300
     margin_left: int = 60
     margin_right: int = 20
-    margin_top: int = 30
+    margin_top: int = 24  # above the legend, which sits between the title and the axes
+    legend_row: int = 14
     margin_bottom: int = 40
     ticks: int = 5
 
@@ -44,7 +45,7 @@ def line_plot(
     """One panel: each series is (x, y); NaN/inf points are left out."""
     image = Image.new("RGB", (style.width, style.height), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    left, top = style.margin_left, style.margin_top
+    left, top = style.margin_left, style.margin_top + style.legend_row * len(series)
     right, bottom = style.width - style.margin_right, style.height - style.margin_bottom
     finite = [(np.asarray(x, float), np.asarray(y, float)) for x, y in series.values()]
     all_x = np.concatenate([x[np.isfinite(y)] for x, y in finite] or [np.zeros(1)])
@@ -65,11 +66,12 @@ def line_plot(
         x_pixel, _ = to_pixel(x_value, y_low)
         draw.line([(left, y_pixel), (right, y_pixel)], fill=GRID)
         draw.text((4, y_pixel - 6), f"{y_value:.3g}", fill=INK)
-        draw.text((x_pixel - 10, bottom + 6), f"{x_value:.3g}", fill=INK)
+        x_label = f"{x_value:.0f}" if x_high - x_low > 10 else f"{x_value:.3g}"
+        draw.text((x_pixel - 10, bottom + 6), x_label, fill=INK)
     draw.rectangle([left, top, right, bottom], outline=INK)
     draw.text((left, 8), title, fill=INK)
     draw.text(((left + right) // 2 - 3 * len(xlabel), style.height - 16), xlabel, fill=INK)
-    draw.text((4, top - 20), ylabel, fill=INK)
+    draw.text((4, top - style.legend_row), ylabel, fill=INK)
 
     for index, (label, (x, y)) in enumerate(zip(series, finite)):
         color = COLORS[index % len(COLORS)]
@@ -78,9 +80,9 @@ def line_plot(
             draw.line(points, fill=color, width=2)
         elif points:
             draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=color)
-        legend_y = top + 6 + 14 * index
-        draw.line([(right - 150, legend_y + 6), (right - 130, legend_y + 6)], fill=color, width=2)
-        draw.text((right - 125, legend_y), label, fill=INK)
+        legend_y = style.margin_top + style.legend_row * index
+        draw.line([(left, legend_y + 6), (left + 20, legend_y + 6)], fill=color, width=2)
+        draw.text((left + 25, legend_y), label, fill=INK)
     return image
 
 

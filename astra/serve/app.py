@@ -265,6 +265,8 @@ def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()) -
                         await stop_runner()
                 except (ProtocolError, ValueError) as error:
                     await socket.send_json({"type": "error", "message": str(error)})
+                except Exception as error:  # a failure inside a session never takes the server down
+                    await socket.send_json({"type": "error", "message": f"{type(error).__name__}: {error}"})
         except WebSocketDisconnect:
             pass
         finally:

@@ -59,9 +59,12 @@ def check_quaternion(row: np.ndarray, world: str) -> None:
         raise ValueError(f"{world} world: the quaternion (qx, qy, qz, qw) = {row[3:7].tolist()} has zero norm")
 
 
-def check_size(size: int, world: str) -> int:
+def check_size(size: int | tuple[int, int], world: str) -> int:
+    """Frames are square: an int, or an (h, w) pair with h == w (the form the model's resolution takes)."""
+    if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= 1024:
-        raise ValueError(f"{world} world: size must be an integer in [8, 1024], got {size!r}")
+        raise ValueError(f"{world} world: size must be an integer in [8, 1024] (or a square (h, w)), got {size!r}")
     return int(size)
 
 
