@@ -13,7 +13,7 @@ def make_tiny(chunk_frames: int = 1, guidance: float = 3.0, seed: int = 0):
     vae = SmallVAE(SMALL_VAE_PRESETS["astra-tiny-vae"]).eval()
     config = AstraConfig.from_preset(
         "astra-tiny", in_channels=vae.latent_channels, out_channels=vae.latent_channels, text_dim=0, text_len=0,
-        chunk_frames=chunk_frames, kv_cache_chunks=3, resolution=(32, 32),
+        chunk_frames=chunk_frames, kv_cache_chunks=3, resolution=(16, 16),
     )
     model = AstraTransformer(config).eval()
     # Random non-zero expert outputs so that actions matter in these tests.

@@ -15,13 +15,13 @@ def test_start_resizes_any_image_and_steps_yield_frames(tiny_session):
     image = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
     with pytest.warns(UserWarning, match="resized and centre-cropped"):
         first = session.start(image)
-    assert first.shape == (32, 32, 3) and first.dtype == np.uint8
+    assert first.shape == (16, 16, 3) and first.dtype == np.uint8
     frames = session.step(keys(session.frames_per_step, 0))
-    assert frames.shape == (session.frames_per_step, 32, 32, 3)
+    assert frames.shape == (session.frames_per_step, 16, 16, 3)
 
 
 def test_same_seed_same_video_and_actions_change_it(tiny_session):
-    image = np.full((32, 32, 3), 100, np.uint8)
+    image = np.full((16, 16, 3), 100, np.uint8)
 
     def rollout(column: int, seed: int = 0) -> np.ndarray:
         session = tiny_session()
@@ -36,7 +36,7 @@ def test_same_seed_same_video_and_actions_change_it(tiny_session):
 
 def test_cache_stays_bounded_over_a_long_rollout(tiny_session):
     session = tiny_session()
-    session.start(np.zeros((32, 32, 3), np.uint8))
+    session.start(np.zeros((16, 16, 3), np.uint8))
     sizes = []
     for _ in range(8):
         session.step(keys(session.frames_per_step, 0))
@@ -48,7 +48,7 @@ def test_bad_input_is_a_clear_error(tiny_session):
     session = tiny_session()
     with pytest.raises(AstraError, match="start"):
         session.step(keys(session.frames_per_step, 0))
-    session.start(np.zeros((32, 32, 3), np.uint8))
+    session.start(np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(AstraError, match="rows"):
         session.step(np.zeros((3, 8), np.float32))
     bad = keys(session.frames_per_step, 0)
@@ -56,4 +56,4 @@ def test_bad_input_is_a_clear_error(tiny_session):
     with pytest.raises(AstraError, match="non-finite"):
         session.step(bad)
     with pytest.raises(AstraError, match="uint8"):
-        session.start(np.zeros((32, 32), np.float32))
+        session.start(np.zeros((16, 16), np.float32))

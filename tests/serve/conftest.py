@@ -14,6 +14,6 @@ def factory(tiny_parts):
     def make_simulator(world: str):
         from astra.worlds.base import make_world
 
-        return make_world(world, size=(32, 32))
+        return make_world(world, size=(16, 16))
 
     return SessionFactory(make_rollout, make_simulator)

@@ -37,12 +37,12 @@ def test_upload_start_play_and_keys_stream_frames(factory):
     with client.websocket_connect("/ws") as socket:
         socket.send_text(json.dumps({"type": "start", "world": "doom", "image": png_data_url((200, 30, 30)), "side_by_side": False}))
         started = receive_until(socket, "started")
-        assert started["size"] == [32, 32] and started["modality"] == "keyboard_mouse"
+        assert started["size"] == [16, 16] and started["modality"] == "keyboard_mouse"
         socket.send_text(json.dumps({"type": "input", "keys": ["w", "ArrowLeft"], "mouse_dx": 4}))
         frames = receive_until(socket, "frames")
         assert len(frames["model"]) == started["frames_per_step"] and frames["sim"] is None
         frame = np.asarray(Image.open(io.BytesIO(base64.b64decode(frames["model"][0]))))
-        assert frame.shape == (32, 32, 3)
+        assert frame.shape == (16, 16, 3)
 
 
 def test_side_by_side_runs_the_real_simulator(factory):
