@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from astra.actions.align import FRAMES_PER_LATENT, latent_actions, usable_frames
+from astra.actions.align import FRAMES_PER_LATENT, latent_actions, scales_from_meta, usable_frames
 from astra.data.format import list_episodes, read_episode
 from astra.errors import DataError
 
@@ -171,6 +171,7 @@ def encode_episodes(
                     "source": episode_source(path, episodes_root, episode.meta),
                     "split": episode.split,
                     "caption": episode.caption,
+                    "scales": scales_from_meta(episode.meta),  # rollout must convert actions the same way
                 }
             )
         report.encoded += 1

@@ -1,8 +1,9 @@
 """Attention for the Astra transformer: Wan2.1 self/cross-attention, 3-D RoPE, block-causal masks, the KV cache.
 
 RoPE is computed from float positions (angle = position * frequency) rather than read from a table, so that
-compressed history tokens can sit at the fractional centre of what they cover, and so that cached keys can be
-re-based after the rolling window drops old chunks. Keys are therefore cached BEFORE RoPE.
+compressed history tokens can sit at the fractional centre of what they cover. Keys are cached AFTER RoPE (a cached
+forward rotates only its own tokens); when the rolling window drops old chunks, the kept keys are re-based by
+rotating them back in time (a rotation by the position shift, exact up to float rounding).
 """
 
 from __future__ import annotations
@@ -17,30 +18,34 @@ from torch import nn
 def rope_tables(
     positions: torch.Tensor, split: tuple[int, int, int], theta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [N, head_dim // 2] for float positions [N, 3] (time, height, width), Wan's 3-D complex RoPE.
+    """Rotation tables [N, head_dim] for float positions [N, 3] (time, height, width), Wan's 3-D complex RoPE.
 
     Each axis owns `split[axis]` channels of the head (44/42/42 at head_dim 128) with frequencies
-    theta^(-2i/width), computed in float64 like the reference code.
+    theta^(-2i/width), computed in float64 like the reference code. Returned per channel, ready for `apply_rope`:
+    cos repeated for both channels of a pair, sin signed (-sin, +sin), so the rotation is two multiplies and an add.
     """
     angles = []
     for axis, width in enumerate(split):
         inv_freq = 1.0 / theta ** (torch.arange(0, width, 2, dtype=torch.float64, device=positions.device) / width)
         angles.append(positions[:, axis, None].double() * inv_freq)
     angle = torch.cat(angles, dim=-1)
-    return angle.cos().float(), angle.sin().float()
+    cos, sin = angle.cos().float(), angle.sin().float()
+    return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2i, 2i+1) of x [B, heads, N, head_dim] by the angles of its N positions."""
-    real, imag = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    """Rotate channel pairs (2i, 2i+1) of x [B, heads, N, head_dim] by the angles of its N positions:
+    (re, im) -> (re cos - im sin, im cos + re sin), with the tables of `rope_tables`."""
+    real = x.float()
+    swapped = real.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (im, re) per pair
+    return (real * cos + swapped * sin).type_as(x)
 
 
 def block_causal_mask(query_chunks: torch.Tensor, key_chunks: torch.Tensor) -> torch.Tensor | None:
     """Boolean mask [Nq, Nk]: a query attends keys of its own chunk and older ones. None when nothing is masked."""
-    mask = key_chunks[None, :] <= query_chunks[:, None]
-    return None if bool(mask.all()) else mask
+    if bool(query_chunks.min() >= key_chunks.max()):
+        return None
+    return key_chunks[None, :] <= query_chunks[:, None]
 
 
 class SelfAttention(nn.Module):
@@ -66,20 +71,17 @@ class SelfAttention(nn.Module):
         mask: torch.Tensor | None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x [B, N, dim]; rope covers the keys (past + new; queries use its last N rows).
+        """x [B, N, dim]; rope: the tables of the N new tokens; past: cached (keys after RoPE, values).
 
-        Returns the output and this call's (keys before RoPE, values), [B, heads, N, head_dim] each.
+        Returns the output and this call's (keys after RoPE, values), [B, heads, N, head_dim] each.
         """
-        num_queries = x.shape[1]
-        query = self._heads(self.norm_q(self.q(x)))
-        new_keys = self._heads(self.norm_k(self.k(x)))
+        cos, sin = rope
+        query = apply_rope(self._heads(self.norm_q(self.q(x))), cos, sin)
+        new_keys = apply_rope(self._heads(self.norm_k(self.k(x))), cos, sin)
         new_values = self._heads(self.v(x))
         keys, values = new_keys, new_values
         if past is not None:
             keys, values = torch.cat((past[0], new_keys), dim=2), torch.cat((past[1], new_values), dim=2)
-        cos, sin = rope
-        query = apply_rope(query, cos[-num_queries:], sin[-num_queries:])
-        keys = apply_rope(keys, cos, sin)
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
         return self.o(out.transpose(1, 2).flatten(2)), (new_keys, new_values)
 
@@ -110,11 +112,12 @@ class CrossAttention(nn.Module):
 
 @dataclass
 class KVCache:
-    """Per-layer keys (before RoPE) and values of clean, full-resolution history frames, oldest first.
+    """Per-layer keys (after RoPE) and values of clean, full-resolution history frames, oldest first.
 
     Every cached frame has `tokens_per_frame` tokens on the grid `grid` (height, width in tokens). The time
-    position of cached frame i is i: after the rolling window drops old chunks the kept frames are re-based to
-    consecutive positions, exactly as an uncached forward over the same kept frames would place them.
+    position of cached frame i is i: after the rolling window drops old chunks the kept keys are rotated back to
+    consecutive positions, as an uncached forward over the same kept frames would place them (`rope_split`,
+    `rope_theta`: the model's RoPE, needed for that rotation).
     Frame 0 (the video's first frame) is chunk 0 and is never dropped.
     """
 
@@ -122,6 +125,8 @@ class KVCache:
     values: list[torch.Tensor]
     frame_chunks: list[int]  # chunk id of every cached frame, oldest first
     grid: tuple[int, int]
+    rope_split: tuple[int, int, int]
+    rope_theta: float
     text: torch.Tensor | None = None  # raw text states given to prefill (reused by extend_cache)
     max_chunks: int = 8  # rolling window: chunks kept besides the first frame's
     batch_size: int = field(init=False)
@@ -162,8 +167,14 @@ class KVCache:
         dropped = set(later[: max(0, len(later) - self.max_chunks)])
         if not dropped:
             return
-        keep = torch.tensor([c not in dropped for c in self.frame_chunks], device=self.keys[0].device)
+        device = self.keys[0].device
+        keep = torch.tensor([c not in dropped for c in self.frame_chunks], device=device)
         token_keep = keep.repeat_interleave(self.tokens_per_frame)
-        self.keys = [k[:, :, token_keep] for k in self.keys]
+        # every kept frame moves back in time by the number of dropped frames older than it
+        frame_shift = (~keep).cumsum(0)[keep].double().repeat_interleave(self.tokens_per_frame)
+        shift = torch.zeros(frame_shift.shape[0], 3, dtype=torch.float64, device=device)
+        shift[:, 0] = -frame_shift
+        cos, sin = rope_tables(shift, self.rope_split, self.rope_theta)
+        self.keys = [apply_rope(k[:, :, token_keep], cos, sin) for k in self.keys]
         self.values = [v[:, :, token_keep] for v in self.values]
         self.frame_chunks = [c for c in self.frame_chunks if c not in dropped]

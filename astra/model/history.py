@@ -84,6 +84,7 @@ class PackedSequence:
     slot_of_token: torch.Tensor  # [N] long, index into the rows of slot_frames
     slot_frames: torch.Tensor  # [S, F] averaging weights over the input frames (rows sum to 1)
     num_target_tokens: int
+    tokens_per_slot: int | None = None  # set when every slot covers the same number of (consecutive) tokens
 
 
 def _centres(length: int, block: int, patch: int) -> torch.Tensor:
@@ -107,7 +108,7 @@ def pack_frames(
     frame (kept frames are numbered consecutively, dropped ones have none); frame_chunk the chunk id of every frame.
     """
     num_frames, height, width = latents.shape[2:]
-    tokens, positions, chunks, slot_of_token, slot_rows = [], [], [], [], []
+    tokens, positions, chunks, slot_of_token, slot_rows, slot_sizes = [], [], [], [], [], []
     num_target_tokens = 0
     for group in groups:
         scale = group.scale
@@ -131,6 +132,7 @@ def pack_frames(
             positions.append(torch.stack((torch.full_like(grid_h, time), grid_h, grid_w), dim=-1).flatten(0, 1))
             chunks.append(torch.full((nh * nw,), max(frame_chunk[f] for f in covered), dtype=torch.long))
             slot_of_token.append(torch.full((nh * nw,), len(slot_rows) - 1, dtype=torch.long))
+            slot_sizes.append(nh * nw)
         if group.is_target:
             num_target_tokens += nt * nh * nw
     device = latents.device
@@ -141,4 +143,5 @@ def pack_frames(
         slot_of_token=torch.cat(slot_of_token).to(device),
         slot_frames=torch.stack(slot_rows).to(device),
         num_target_tokens=num_target_tokens,
+        tokens_per_slot=slot_sizes[0] if len(set(slot_sizes)) == 1 else None,
     )

@@ -78,6 +78,33 @@ class Head(nn.Module):
         return self.head((fp32_layer_norm(self.norm, x) * (1 + scale) + shift).type_as(x))
 
 
+class SlotLayout:
+    """Applies per-slot values (timestep modulation, action embedding) to the tokens of each slot.
+
+    When every slot covers the same number of consecutive tokens (full-resolution frames: streaming, prefill,
+    uncompressed history) the tokens are viewed as [B, S, tokens_per_slot, dim] and per-slot values broadcast
+    over that view, so nothing per token is materialised; otherwise (compressed history) they are gathered per token.
+    """
+
+    def __init__(self, sequence: PackedSequence):
+        self.slot_of_token = sequence.slot_of_token
+        self.tokens_per_slot = sequence.tokens_per_slot
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, ...] tokens -> [B, S, tokens_per_slot, ...] (uniform) or unchanged."""
+        return x if self.tokens_per_slot is None else x.unflatten(1, (-1, self.tokens_per_slot))
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of `split`."""
+        return x if self.tokens_per_slot is None else x.flatten(1, 2)
+
+    def to_tokens(self, per_slot: torch.Tensor) -> torch.Tensor:
+        """[B, S, ...] -> broadcastable against `split(tokens)`."""
+        if self.tokens_per_slot is None:
+            return per_slot.index_select(1, self.slot_of_token)
+        return per_slot.unsqueeze(2)
+
+
 class AstraBlock(nn.Module):
     """Wan block with the action embedding added to the self-attention input and the ACT-Adapter on its output:
 
@@ -105,28 +132,30 @@ class AstraBlock(nn.Module):
         self,
         x: torch.Tensor,
         time_modulation: torch.Tensor,
+        layout: SlotLayout,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         context: torch.Tensor | None,
         action_embedding: torch.Tensor | None,
         past: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x [B, N, dim]; time_modulation [B, N, 6, dim]; action_embedding [B, N, dim] or None."""
+        """x [B, N, dim]; time_modulation [B, S, 6, dim] and action_embedding [B, S, dim] (or None) per slot."""
+        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (self.modulation + time_modulation.float()).unbind(2)
+        if action_embedding is not None:  # the action is added to the attention input: fold it into the shift
+            shift = shift + action_embedding.float()
         shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (
-            self.modulation.unsqueeze(0) + time_modulation.float()
-        ).unbind(2)
-        h = fp32_layer_norm(self.norm1, x) * (1 + scale) + shift
-        if action_embedding is not None:
-            h = h + action_embedding.float()
+            layout.to_tokens(m) for m in (shift, scale, gate, ffn_shift, ffn_scale, ffn_gate)
+        )
+        h = layout.merge(fp32_layer_norm(self.norm1, layout.split(x)) * (1 + scale) + shift)
         attended, keys_values = self.self_attn(h.type_as(x), rope, mask, past)
         if self.act_adapter is not None:
             attended = self.act_adapter(attended)
-        x = (x.float() + attended * gate).type_as(x)
+        x = layout.merge(layout.split(x.float()) + layout.split(attended) * gate).type_as(x)
         if context is not None:
             norm3 = fp32_layer_norm(self.norm3, x) if isinstance(self.norm3, nn.LayerNorm) else x
             x = x + self.cross_attn(norm3.type_as(x), context)
-        h = (fp32_layer_norm(self.norm2, x) * (1 + ffn_scale) + ffn_shift).type_as(x)
-        x = (x.float() + self.ffn(h).float() * ffn_gate).type_as(x)
+        h = layout.merge(fp32_layer_norm(self.norm2, layout.split(x)) * (1 + ffn_scale) + ffn_shift).type_as(x)
+        x = layout.merge(layout.split(x.float()) + layout.split(self.ffn(h).float()) * ffn_gate).type_as(x)
         return x, keys_values
 
 
@@ -241,7 +270,16 @@ class AstraTransformer(nn.Module):
         history_timesteps = self._check_timesteps("history_timesteps", history_timesteps, batch_size, num_history)
         chunks = history_chunk_ids(num_history, self.config.chunk_frames)
         keys, values = self._cache_frames(history_latents, history_timesteps, actions, text, None, 0, chunks)
-        cache = KVCache(keys, values, chunks, self._grid(height, width), text, self.config.kv_cache_chunks)
+        cache = KVCache(
+            keys,
+            values,
+            chunks,
+            self._grid(height, width),
+            self.config.rope_split,
+            self.config.rope_theta,
+            text,
+            self.config.kv_cache_chunks,
+        )
         cache.trim()
         return cache
 
@@ -277,17 +315,17 @@ class AstraTransformer(nn.Module):
         """The block stack over `sequence` (attending to `cache` too). Returns hidden states, per-layer new K/V,
         the per-slot time embedding (for the head), the mean aux loss and expert usage."""
         config = self.config
-        x, slots = sequence.tokens, sequence.slot_of_token
+        x = sequence.tokens
         slot_timesteps = timesteps.double() @ sequence.slot_frames.T  # [B, S]
         time_embedding = self.time_embedding(
             sinusoidal_embedding(slot_timesteps * TIMESTEP_SCALE, config.freq_dim).to(x.dtype)
         )
-        time_modulation = self.time_projection(time_embedding).unflatten(-1, (6, config.dim))[:, slots]
-        positions, key_chunks = sequence.positions, sequence.chunk_ids
+        time_modulation = self.time_projection(time_embedding).unflatten(-1, (6, config.dim))  # [B, S, 6, dim]
+        layout = SlotLayout(sequence)
+        key_chunks = sequence.chunk_ids
         if cache is not None:
-            positions = torch.cat((self._cache_positions(cache, x.device), positions))
             key_chunks = torch.cat((cache.token_chunks(x.device), key_chunks))
-        rope = rope_tables(positions, config.rope_split, config.rope_theta)
+        rope = rope_tables(sequence.positions, config.rope_split, config.rope_theta)
         mask = block_causal_mask(sequence.chunk_ids, key_chunks) if config.attention == "block_causal" else None
         if context is not None:
             context = self.text_embedding(context.to(x.dtype))
@@ -304,11 +342,11 @@ class AstraTransformer(nn.Module):
             action_embedding = None
             if features is not None:
                 experts = block.action_experts(features, fixed)
-                action_embedding = torch.einsum("sf,bfd->bsd", slot_frames, experts.embedding)[:, slots]
+                action_embedding = torch.einsum("sf,bfd->bsd", slot_frames, experts.embedding)
                 aux_losses.append(experts.aux_loss)
                 usages.append(experts.usage)
             past = None if cache is None else (cache.keys[index], cache.values[index])
-            x, layer_keys_values = block(x, time_modulation, rope, mask, context, action_embedding, past)
+            x, layer_keys_values = block(x, time_modulation, layout, rope, mask, context, action_embedding, past)
             keys_values.append(layer_keys_values)
         if aux_losses:
             aux_loss, usage = torch.stack(aux_losses).mean(), torch.stack(usages).mean(dim=0)
@@ -328,15 +366,6 @@ class AstraTransformer(nn.Module):
 
     def _grid(self, height: int, width: int) -> tuple[int, int]:
         return height // self.config.patch_size[1], width // self.config.patch_size[2]
-
-    def _cache_positions(self, cache: KVCache, device: torch.device) -> torch.Tensor:
-        """Positions of cached tokens: frame i at time i (re-based after trimming), integer grid in space."""
-        grid_h, grid_w = cache.grid
-        t, h, w = torch.meshgrid(
-            *(torch.arange(n, dtype=torch.float64, device=device) for n in (cache.num_frames, grid_h, grid_w)),
-            indexing="ij",
-        )
-        return torch.stack((t, h, w), dim=-1).flatten(0, 2)
 
     def _unpatchify(self, out: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
         pt, ph, pw = self.config.patch_size

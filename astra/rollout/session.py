@@ -186,13 +186,18 @@ class RolloutSession:
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
     """A shipped model name (a folder under astra/weights/) or a path to a checkpoint folder."""
+    from astra.vae import weights_root
+
     path = Path(name_or_path)
     if path.exists():
         return path
-    shipped = Path(__file__).resolve().parent.parent / "weights" / str(name_or_path)
+    shipped = weights_root() / str(name_or_path)
     if shipped.exists():
         return shipped
-    raise AstraError(f"no checkpoint {name_or_path!r}: not a path, and not a shipped model under {shipped.parent}")
+    raise AstraError(
+        f"no checkpoint {name_or_path!r}: not a path, and not a shipped model under {shipped.parent} "
+        "(set ASTRA_WEIGHTS to the folder holding the shipped weights if astra was not installed from a clone)"
+    )
 
 
 def load_rollout(
@@ -209,18 +214,15 @@ def load_rollout(
 
     folder = resolve_checkpoint(checkpoint)
     model, metadata = load_astra(folder, device=device)
-    vae_ref = metadata.get("vae", model.config.vae)
-    vae_path = folder / vae_ref if (folder / str(vae_ref)).exists() else vae_ref
-    try:
-        vae = load_vae(resolve_checkpoint(vae_path) if not Path(str(vae_path)).exists() else vae_path)
-    except AstraError:
-        vae = load_vae(vae_ref)
+    # The VAE the latents were encoded with: a path recorded at training time, else the config's shipped name.
+    vae_ref = metadata.get("vae") or model.config.vae
+    vae = load_vae(vae_ref if Path(str(vae_ref)).exists() else Path(str(vae_ref)).name)
     sampling = metadata.get("sampling", {})
     config = RolloutConfig(
         num_steps=steps or sampling.get("num_steps", RolloutConfig.num_steps),
         shift=sampling.get("shift", RolloutConfig.shift),
         guidance_scale=guidance_scale if guidance_scale is not None else sampling.get("guidance_scale", 3.0),
-        copy_prior_sigma=sampling.get("copy_prior_sigma"),
+        copy_prior_sigma=metadata.get("copy_prior_sigma"),
         seed=seed,
     )
     return model, vae, metadata, config

@@ -388,6 +388,25 @@ class Trainer:
         return rows
 
     # --- export -------------------------------------------------------------------------------------------
+    def _data_index(self) -> dict:
+        index = Path(self.config.data) / "index.json"
+        try:
+            return json.loads(index.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def data_vae(self) -> str | None:
+        """The VAE the training latents were encoded with (rollout decodes with the same one)."""
+        return self._data_index().get("vae")
+
+    def action_meta(self) -> dict[str, dict[str, float]]:
+        """Per source (world), the action scales used at encode time, so rollout converts actions identically."""
+        meta: dict[str, dict[str, float]] = {}
+        for entry in self._data_index().get("entries", []):
+            if "scales" in entry:
+                meta.setdefault(entry["source"], entry["scales"])
+        return meta
+
     def export(self, directory: str | Path | None = None, use_ema: bool = True) -> Path | None:
         """Write the model (EMA weights for the trainable set) with save_astra: model.safetensors + config.json."""
         from astra.model.checkpoints import save_astra
@@ -400,6 +419,9 @@ class Trainer:
         export_model = AstraTransformer(self.model_config)
         export_model.load_state_dict({**weights, **ema}, strict=True)
         metadata = {
+            "vae": self.data_vae(),
+            "action_meta": self.action_meta(),
+            "sampling": {"num_steps": 4, "shift": 1.0, "guidance_scale": 3.0},
             "train_config": self.config.to_dict(),
             "data": {"source": self.config.data, "world_weights": self.config.world_weights},
             "step": self.step,
