@@ -22,6 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     encode.add_argument("--rank", type=int, default=None, help="this process's share (default: $RANK or 0)")
     encode.add_argument("--world-size", type=int, default=None, help="number of processes (default: $WORLD_SIZE or 1)")
     encode.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    convert = commands.add_parser("convert", help="convert one of the paper's datasets into episodes")
+    convert.add_argument("dataset", help="nuscenes, sekai, spatialvid, rt1 or multicam")
+    convert.add_argument("source", help="the dataset's folder, in its published layout (docs/datasets.md)")
+    convert.add_argument("out", help="output folder of episodes")
+    convert.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="resize frames")
+    convert.add_argument("--max-frames", type=int, default=None, help="cut episodes to at most this many frames")
+    convert.add_argument("--heldout-fraction", type=float, default=None, help="share of episodes held out")
+    convert.add_argument("--overwrite", action="store_true", help="rewrite episodes already converted")
     info = commands.add_parser("info", help="counts per modality / split / source of episodes or latents")
     info.add_argument("dir", help="an episodes folder or an encoded latents folder (with index.json)")
 
@@ -61,9 +69,22 @@ def _info(directory: Path) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from astra.data.adapters import convert_dataset
+
+    options = {"size": tuple(args.size) if args.size else None, "max_frames": args.max_frames,
+               "heldout_fraction": args.heldout_fraction}
+    options = {key: value for key, value in options.items() if value is not None}
+    report = convert_dataset(args.dataset, args.source, args.out, overwrite=args.overwrite, **options)
+    print(report.summary())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "info":
         return _info(Path(args.dir))
+    if args.data_command == "convert":
+        return _convert(args)
     import torch
 
     from astra.data.encode import encode_episodes

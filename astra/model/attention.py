@@ -169,12 +169,12 @@ class KVCache:
             return
         device = self.keys[0].device
         keep = torch.tensor([c not in dropped for c in self.frame_chunks], device=device)
-        token_keep = keep.repeat_interleave(self.tokens_per_frame)
+        kept_tokens = keep.repeat_interleave(self.tokens_per_frame).nonzero().squeeze(1)
         # every kept frame moves back in time by the number of dropped frames older than it
         frame_shift = (~keep).cumsum(0)[keep].double().repeat_interleave(self.tokens_per_frame)
         shift = torch.zeros(frame_shift.shape[0], 3, dtype=torch.float64, device=device)
         shift[:, 0] = -frame_shift
         cos, sin = rope_tables(shift, self.rope_split, self.rope_theta)
-        self.keys = [apply_rope(k[:, :, token_keep], cos, sin) for k in self.keys]
-        self.values = [v[:, :, token_keep] for v in self.values]
+        self.keys = [apply_rope(k.index_select(2, kept_tokens), cos, sin) for k in self.keys]
+        self.values = [v.index_select(2, kept_tokens) for v in self.values]
         self.frame_chunks = [c for c in self.frame_chunks if c not in dropped]

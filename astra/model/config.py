@@ -155,22 +155,24 @@ PRESETS: dict[str, AstraConfig] = {
     # The real backbone: numbers from the Wan2.1-T2V-1.3B release (shared/spec/wan21.md).
     "wan2.1-t2v-1.3b": AstraConfig(),
     # The shipped small model: trained from scratch on CPU on our simulator worlds, no text.
+    # Streaming layout: history at full resolution only (first frame + the newest `full` frames), which is exactly
+    # what the rolling KV cache holds at inference (kv_cache_chunks * chunk_frames = full), so training matches play.
     "astra-small": AstraConfig(
         in_channels=16,
         out_channels=16,
-        dim=256,
-        ffn_dim=768,
-        num_heads=4,
-        num_layers=8,
+        dim=192,
+        ffn_dim=576,
+        num_heads=3,
+        num_layers=6,
         patch_size=(1, 2, 2),
         text_dim=0,
         text_len=0,
         rope_max_positions=256,
         action_space_dim=24,
         expert_hidden_dim=64,
-        history=HistoryBudget(keep_first=True, full=2, compressed_2x=2, compressed_4x=4),
+        history=HistoryBudget(keep_first=True, full=4, compressed_2x=0, compressed_4x=0),
         chunk_frames=1,
-        kv_cache_chunks=8,
+        kv_cache_chunks=4,
         trainable=None,
         vae="astra-small-vae",
         resolution=(64, 64),

@@ -61,6 +61,17 @@ class Row:
     note: str = ""
 
 
+def random_vae(config):
+    """The VAE architecture the preset's latents come from, randomly initialised (timing only)."""
+    if config.vae == "wan2.1":
+        from astra.vae.wan import WanVAE, build_autoencoder
+
+        return WanVAE(build_autoencoder(None))
+    from astra.vae.small import SMALL_VAE_PRESETS, SmallVAE
+
+    return SmallVAE(SMALL_VAE_PRESETS[config.vae])
+
+
 def build_session(args: argparse.Namespace, num_steps: int | None):
     from astra.rollout.session import RolloutConfig, RolloutSession, load_rollout
 
@@ -69,12 +80,11 @@ def build_session(args: argparse.Namespace, num_steps: int | None):
     if args.random:
         from astra.model.config import AstraConfig
         from astra.model.transformer import AstraTransformer
-        from astra.rollout.random_vae import RandomLatentVAE
 
         config = AstraConfig.from_preset(args.random)
         with torch.device(device):
             model = AstraTransformer(config).to(dtype)
-        vae = RandomLatentVAE(config, device=device, dtype=dtype)
+        vae = random_vae(config).to(device=device, dtype=dtype).eval()
         rollout = RolloutConfig(num_steps=num_steps or 4, guidance_scale=args.guidance)
     else:
         model, vae, _, rollout = load_rollout(args.checkpoint, steps=num_steps, guidance_scale=args.guidance, device=args.device)

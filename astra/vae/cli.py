@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every)
     train.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    train.add_argument("--init-from", default=None, help="start from this trained VAE (fresh optimizer)")
+    train.add_argument(
+        "--freeze-encoder", action="store_true",
+        help="train only the decoder of --init-from: latents (and models trained on them) stay valid",
+    )
 
     evaluate = commands.add_parser("eval", help="PSNR/SSIM per world on episodes, and decode ms/frame")
     evaluate.add_argument("--vae", default="astra-small-vae", help="weights name or path (either VAE)")
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
             gradient_weight=args.gradient_weight,
             checkpoint_every=args.checkpoint_every,
             seed=args.seed,
+            init_from=args.init_from,
+            freeze_encoder=args.freeze_encoder,
         )
         config.validate()
         pool = load_clip_pool(args.episodes, split="train")

@@ -48,6 +48,10 @@ class VAETrainConfig:
     checkpoint_every: int = 500
     stats_clips: int = 64  # clips used to measure the latent mean/std at the end
     seed: int = 0
+    # Fine-tune only the decoder of an existing VAE (`init_from`): the encoder, and so the latent space and its
+    # statistics, stay exactly as they are, so a transformer trained on its latents stays valid.
+    init_from: str | None = None
+    freeze_encoder: bool = False
 
     def validate(self) -> None:
         if self.preset not in SMALL_VAE_PRESETS:
@@ -56,6 +60,8 @@ class VAETrainConfig:
             raise AstraError(f"clip_frames must be 4k+1 (5, 9, 17, ...), got {self.clip_frames}")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise AstraError("steps, batch_size and checkpoint_every must be >= 1")
+        if self.freeze_encoder and self.init_from is None:
+            raise AstraError("freeze_encoder needs init_from: the VAE whose encoder is kept")
 
 
 class ClipPool:
@@ -160,6 +166,10 @@ def _save_checkpoint(vae, optimizer, generator, step: int, out: Path, config: VA
     atomic_write_bytes(out / TRAINING_STATE_FILE, buffer.getvalue())
 
 
+def _statistics_of(vae: SmallVAE) -> tuple[torch.Tensor, torch.Tensor]:
+    return vae.latents_mean.flatten().clone(), vae.latents_std.flatten().clone()
+
+
 def train_vae(pool: ClipPool, out: str | Path, config: VAETrainConfig, resume: bool = False) -> SmallVAE:
     """Train (or continue) a small VAE into `out`; returns it with latent statistics measured."""
     config.validate()
@@ -176,9 +186,15 @@ def train_vae(pool: ClipPool, out: str | Path, config: VAETrainConfig, resume: b
     else:
         if state_file.is_file():
             raise CheckpointError(f"{out} already holds a training run; pass --resume to continue it")
-        vae = SmallVAE(SMALL_VAE_PRESETS[config.preset])
+        vae = load_small_vae(config.init_from) if config.init_from else SmallVAE(SMALL_VAE_PRESETS[config.preset])
         training_state = None
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    kept_stats = _statistics_of(vae)
+    if config.freeze_encoder:
+        if training_state is not None:  # resuming a decoder fine-tune: the statistics are the encoder's
+            kept_stats = _statistics_of(load_small_vae(config.init_from))
+        vae.encoder.requires_grad_(False)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     start = 0
     if training_state is not None:
         optimizer.load_state_dict(training_state["optimizer"])
@@ -193,14 +209,17 @@ def train_vae(pool: ClipPool, out: str | Path, config: VAETrainConfig, resume: b
         loss, parts = vae_loss(vae, video, config, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.4f}", l1=f"{parts['l1']:.4f}")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             _save_checkpoint(vae, optimizer, generator, step + 1, out, config)
     # A generator of its own, so that a finished run resumed with more steps samples as one long run would.
     stats_generator = torch.Generator().manual_seed(config.seed + 1)
-    vae.set_latent_stats(*measure_latent_statistics(vae, pool, config, stats_generator))
+    if config.freeze_encoder:
+        vae.set_latent_stats(*kept_stats)
+    else:
+        vae.set_latent_stats(*measure_latent_statistics(vae, pool, config, stats_generator))
     _save_checkpoint(vae, optimizer, generator, config.steps, out, config)
     return vae.eval()
 

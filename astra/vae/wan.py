@@ -94,7 +94,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path)
     model.load_state_dict(state, strict=True)
 
 
-def _build(config: dict[str, Any] | None) -> nn.Module:
+def build_autoencoder(config: dict[str, Any] | None) -> nn.Module:
     from diffusers import AutoencoderKLWan
 
     if config is None:
@@ -115,7 +115,7 @@ def load_wan_vae(path: str | Path, config: dict[str, Any] | None = None) -> "Wan
     if path.is_dir():
         for folder in (path, path / "vae"):
             if (folder / "config.json").is_file() and (folder / DIFFUSERS_WEIGHTS).is_file():
-                model = _build(config or json.loads((folder / "config.json").read_text()))
+                model = build_autoencoder(config or json.loads((folder / "config.json").read_text()))
                 _load_strict(model, _read_state_dict(folder / DIFFUSERS_WEIGHTS), folder / DIFFUSERS_WEIGHTS)
                 return WanVAE(model.eval())
         if (path / ORIGINAL_WEIGHTS).is_file():
@@ -126,7 +126,7 @@ def load_wan_vae(path: str | Path, config: dict[str, Any] | None = None) -> "Wan
         )
     if config is None and (path.parent / "config.json").is_file():
         config = json.loads((path.parent / "config.json").read_text())
-    model = _build(config)
+    model = build_autoencoder(config)
     state = _read_state_dict(path)
     if "encoder.conv1.weight" in state:  # original naming; diffusers uses encoder.conv_in
         renames = original_key_map(model)

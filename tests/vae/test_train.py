@@ -108,3 +108,25 @@ def test_cli_train_and_eval(episodes, tmp_path, capsys):
     assert all(world in printed for world in WORLDS) and "ms/frame" in printed
     assert main(args + ["--steps", "2", "--clip-frames", "8"]) == 2
     assert "4k+1" in capsys.readouterr().err
+
+
+def test_decoder_finetune_keeps_the_latent_space(tmp_path):
+    """--freeze-encoder: encodings (and their statistics) are bit-identical, only the decoder changes."""
+    import torch
+
+    from astra.vae.small import SMALL_VAE_PRESETS, SmallVAE, load_small_vae, save_small_vae
+    from astra.vae.train import ClipPool, VAETrainConfig, train_vae
+
+    torch.manual_seed(0)
+    base = SmallVAE(SMALL_VAE_PRESETS["astra-tiny-vae"])
+    base.set_latent_stats(torch.full((4,), 0.5), torch.full((4,), 2.0))
+    save_small_vae(base, tmp_path / "base")
+    rng = np.random.default_rng(0)
+    pool = ClipPool({"doom": [rng.integers(0, 255, (9, 16, 16, 3), dtype=np.uint8)]})
+    config = VAETrainConfig(preset="astra-tiny-vae", steps=3, batch_size=2, clip_frames=5, checkpoint_every=10,
+                            init_from=str(tmp_path / "base"), freeze_encoder=True)
+    tuned = train_vae(pool, tmp_path / "tuned", config)
+    reloaded, original = load_small_vae(tmp_path / "tuned"), load_small_vae(tmp_path / "base")
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    assert torch.equal(reloaded.encode(video), original.encode(video))
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.decoder.parameters(), original.decoder.parameters()))

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the shipped small Astra from nothing: record the four worlds, train the VAE, encode latents, train the
+# transformer jointly on all worlds, export, evaluate. Every stage resumes where it stopped; run it again after an
+# interruption. On a GPU machine pass e.g. VAE_STEPS=20000 TRAIN_STEPS=200000 to train much longer.
+#
+#   bash scripts/build_small_model.sh [WORK_DIR]
+set -euo pipefail
+WORK=${1:-data/small-model}
+EPISODES=$WORK/episodes
+VAE_STEPS=${VAE_STEPS:-3000}
+TRAIN_STEPS=${TRAIN_STEPS:-4000}
+THREADS=${THREADS:-2}
+export OMP_NUM_THREADS=$THREADS
+
+record() {  # world train_episodes heldout_episodes
+  astra worlds record --world "$1" --episodes "$2" --frames 129 --size 64 --out "$EPISODES" --split train --seed 0
+  astra worlds record --world "$1" --episodes "$3" --frames 129 --size 64 --out "$EPISODES" --split heldout --seed 100000
+}
+record doom 400 24
+record camera 200 24
+record drive 200 24
+record robot 120 24
+
+astra vae train --episodes "$EPISODES" --out "$WORK/vae" --steps "$VAE_STEPS" --resume
+astra data encode --episodes "$EPISODES" --vae "$WORK/vae" --out "$WORK/latents"
+astra train --preset astra-small --out "$WORK/run" --set data="$WORK/latents" --set steps="$TRAIN_STEPS" --resume
+astra train --preset astra-small --out "$WORK/run" --set data="$WORK/latents" --export
+astra eval --checkpoint "$WORK/run/export" --cases 8 --out "$WORK/eval"
+echo "done: copy $WORK/vae to weights/astra-small-vae and $WORK/run/export to weights/astra-small if the eval is better"
