@@ -48,8 +48,9 @@ def block_causal_mask(query_chunks: torch.Tensor, key_chunks: torch.Tensor) -> t
     return key_chunks[None, :] <= query_chunks[:, None]
 
 
-class SelfAttention(nn.Module):
-    """Wan self-attention: q/k RMSNorm over all heads together, RoPE, optional past keys/values (KV cache)."""
+class HeadAttention(nn.Module):
+    """The projections Wan's self- and cross-attention share: q/k/v/o linears and q/k RMSNorm over all heads
+    together (parameter names match Wan's checkpoints)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
         super().__init__()
@@ -62,7 +63,16 @@ class SelfAttention(nn.Module):
         self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, dim] -> [B, heads, N, head_dim]."""
         return x.unflatten(2, (self.num_heads, -1)).transpose(1, 2)
+
+    def _output(self, out: torch.Tensor) -> torch.Tensor:
+        """[B, heads, N, head_dim] -> the output projection of [B, N, dim]."""
+        return self.o(out.transpose(1, 2).flatten(2))
+
+
+class SelfAttention(HeadAttention):
+    """Wan self-attention: q/k RMSNorm over all heads together, RoPE, optional past keys/values (KV cache)."""
 
     def forward(
         self,
@@ -83,31 +93,17 @@ class SelfAttention(nn.Module):
         if past is not None:
             keys, values = torch.cat((past[0], new_keys), dim=2), torch.cat((past[1], new_values), dim=2)
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
-        return self.o(out.transpose(1, 2).flatten(2)), (new_keys, new_values)
+        return self._output(out), (new_keys, new_values)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(HeadAttention):
     """Wan text cross-attention: queries from video tokens, keys/values from text states, no RoPE, no mask."""
 
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
-        self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
-
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.unflatten(2, (self.num_heads, -1)).transpose(1, 2)
-
-        query = heads(self.norm_q(self.q(x)))
-        keys = heads(self.norm_k(self.k(context)))
-        values = heads(self.v(context))
-        out = F.scaled_dot_product_attention(query, keys, values)
-        return self.o(out.transpose(1, 2).flatten(2))
+        query = self._heads(self.norm_q(self.q(x)))
+        keys = self._heads(self.norm_k(self.k(context)))
+        values = self._heads(self.v(context))
+        return self._output(F.scaled_dot_product_attention(query, keys, values))
 
 
 @dataclass

@@ -195,7 +195,7 @@ PRESETS: dict[str, AstraConfig] = {
         history=HistoryBudget(keep_first=True, full=1, compressed_2x=2, compressed_4x=4),
         chunk_frames=2,
         kv_cache_chunks=4,
-        vae="astra-small-vae",
+        vae="astra-tiny-vae",
         resolution=(32, 32),
     ),
 }

@@ -134,19 +134,23 @@ class RolloutSession:
         self.frames_generated = 1
         return video_to_frames(self.decoder.decode_chunk(latent))[0]
 
+    def _checked(self, values: np.ndarray, rows: int, what: str) -> np.ndarray:
+        """float32 [rows, width] after checking the session has started, the shape and finiteness."""
+        if self.cache is None:
+            raise AstraError("call start(image) before step(actions)")
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape != (rows, self.width):
+            raise AstraError(
+                f"{what} needs {rows} rows of {self.modality} actions (width {self.width}), got shape {list(values.shape)}"
+            )
+        if not np.isfinite(values).all():
+            raise AstraError(f"{what}: non-finite action in row {int(np.argmax(~np.isfinite(values).all(1)))}")
+        return values
+
     @torch.no_grad()
     def step(self, frame_rows: np.ndarray) -> np.ndarray:
         """Per-frame action rows [frames_per_step, width] -> the next frames, uint8 [frames_per_step, H, W, 3]."""
-        if self.cache is None:
-            raise AstraError("call start(image) before step(actions)")
-        rows = np.asarray(frame_rows, dtype=np.float32)
-        if rows.shape != (self.frames_per_step, self.width):
-            raise AstraError(
-                f"step() needs {self.frames_per_step} rows of {self.modality} actions (width {self.width}), "
-                f"got shape {list(rows.shape)}"
-            )
-        if not np.isfinite(rows).all():
-            raise AstraError(f"step(): non-finite action in row {int(np.argmax(~np.isfinite(rows).all(1)))}")
+        rows = self._checked(frame_rows, self.frames_per_step, "step()")
         # Rows 4c-4..4c-1 drive latent frame c; a trailing copy makes the 4k+1 layout latent_actions expects.
         padded = np.concatenate([rows, rows[-1:]], axis=0)
         return self.step_latent(latent_actions(self.modality, padded, meta=self.action_meta)[1:])
@@ -154,14 +158,7 @@ class RolloutSession:
     @torch.no_grad()
     def step_latent(self, chunk_actions: np.ndarray) -> np.ndarray:
         """One action vector per latent frame [chunk_frames, width] -> the next frames (uint8)."""
-        if self.cache is None:
-            raise AstraError("call start(image) before step(actions)")
-        chunk_actions = np.asarray(chunk_actions, dtype=np.float32)
-        if chunk_actions.shape != (self.chunk_frames, self.width):
-            raise AstraError(
-                f"step_latent() needs {self.chunk_frames} latent actions of width {self.width} for {self.modality}, "
-                f"got shape {list(chunk_actions.shape)}"
-            )
+        chunk_actions = self._checked(chunk_actions, self.chunk_frames, "step_latent()")
         actions = self._actions(chunk_actions)
         batch = 1
         latent_shape = self.newest_latent.shape

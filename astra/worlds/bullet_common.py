@@ -1,5 +1,5 @@
 """What the three PyBullet worlds (robot, camera, drive) share: a headless client, OpenCV-camera rendering,
-input validation, and the train / held-out palettes. Pose algebra lives in `astra.actions.geometry`.
+input validation, the `BulletWorld` base class, and the train / held-out palettes. Pose algebra lives in `astra.actions.geometry`.
 
 Camera conventions: poses are camera-to-world 4x4 matrices in OpenCV axes (x right, y down, z forward).
 PyBullet renders with OpenGL view matrices (x right, y up, z backward), so `render` flips the y and z axes
@@ -16,12 +16,13 @@ from __future__ import annotations
 import colorsys
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pybullet
 import pybullet_data
 
-from astra.worlds.base import SPLITS
+from astra.worlds.base import SPLITS, World
 
 DEFAULT_SIZE = 64
 NEAR_PLANE = 0.02  # metres
@@ -196,6 +197,44 @@ class BulletClient:
         for link in range(-1, pybullet.getNumJoints(body, physicsClientId=self.id)):
             pybullet.changeVisualShape(body, link, rgbaColor=list(color), physicsClientId=self.id)
         return body
+
+
+class BulletWorld(World):
+    """What the three PyBullet worlds share: a square OpenCV camera (`c2w`, updated by each world) rendered
+    through one `BulletClient`, the last action row, and the episode metadata that `reset` records."""
+
+    def __init__(self, size: int, fov_degrees: float, translation_scale: float, fps: float) -> None:
+        self.size = check_size(size, self.name)
+        self.fov_degrees = float(fov_degrees)
+        self.translation_scale = float(translation_scale)
+        self.fps = float(fps)
+        self.client = BulletClient()
+        self.meta: dict[str, Any] = {}
+
+    def _record_meta(self, seed: int, split: str, **scene: Any) -> None:
+        """Episode metadata: identity, what the scene holds (`scene`), then the world's scales."""
+        self.meta = dict(
+            world=self.name, seed=int(seed), split=split, **scene,
+            translation_scale=self.translation_scale, fps=self.fps, size=self.size, fov_degrees=self.fov_degrees,
+        )  # fmt: skip
+
+    def _render(self) -> np.ndarray:
+        return self.client.render(self.c2w, self.size, self.fov_degrees)
+
+    def action_row(self) -> np.ndarray:
+        return self.last_row.copy()
+
+    def pose(self) -> np.ndarray:
+        return self.c2w.copy()
+
+    def intrinsics(self) -> np.ndarray:
+        return intrinsics_from_fov(self.fov_degrees, self.size, self.size)
+
+    def episode_meta(self) -> dict[str, Any]:
+        return dict(self.meta)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from astra.actions.modalities import get_modality
 from astra.worlds.base import Policy, World
 from astra.worlds.bullet_common import (
     DEFAULT_SIZE,
-    BulletClient,
+    BulletWorld,
     CatalogueObject,
     check_control,
     check_quaternion,
@@ -42,7 +42,7 @@ START_PITCH = (-0.3, -0.05)  # radians (negative = looking down)
 IDENTITY_ROW = np.array([0, 0, 0, 0, 0, 0, 1], dtype=np.float32)
 
 
-class CameraWorld(World):
+class CameraWorld(BulletWorld):
     name = "camera"
     modality = "camera7"
     control_width = 7
@@ -55,14 +55,9 @@ class CameraWorld(World):
         translation_scale: float = 0.1,
         fps: float = 10.0,
     ) -> None:
-        self.size = check_size(size, self.name)
-        self.fov_degrees = float(fov_degrees)
-        self.translation_scale = float(translation_scale)
-        self.fps = float(fps)
-        self.client = BulletClient()
+        super().__init__(size, fov_degrees, translation_scale, fps)
         self.c2w = np.eye(4)
         self.last_row = IDENTITY_ROW.copy()
-        self.meta: dict[str, Any] = {}
 
     def reset(self, seed: int, split: str = "train") -> np.ndarray:
         rng = scene_rng(seed, split)
@@ -77,10 +72,7 @@ class CameraWorld(World):
         start = np.array([*rng.uniform(-0.5, 0.5, size=2), rng.uniform(*START_HEIGHT)])
         self.c2w = heading_pose(start, yaw, rng.uniform(*START_PITCH))
         self.last_row = IDENTITY_ROW.copy()
-        self.meta = dict(
-            world=self.name, seed=int(seed), split=split, layout=layout, objects=kinds,
-            translation_scale=self.translation_scale, fps=self.fps, size=self.size, fov_degrees=self.fov_degrees,
-        )  # fmt: skip
+        self._record_meta(seed, split, layout=layout, objects=kinds)
         return self._render()
 
     def _add_object(self, rng, split: str, x: float, y: float, models) -> str:
@@ -109,24 +101,6 @@ class CameraWorld(World):
         self.c2w = self.c2w @ motion
         self.last_row = pose_to_vector7(motion, self.translation_scale).astype(np.float32)
         return self._render()
-
-    def _render(self) -> np.ndarray:
-        return self.client.render(self.c2w, self.size, self.fov_degrees)
-
-    def action_row(self) -> np.ndarray:
-        return self.last_row.copy()
-
-    def pose(self) -> np.ndarray:
-        return self.c2w.copy()
-
-    def intrinsics(self) -> np.ndarray:
-        return intrinsics_from_fov(self.fov_degrees, self.size, self.size)
-
-    def episode_meta(self) -> dict[str, Any]:
-        return dict(self.meta)
-
-    def close(self) -> None:
-        self.client.close()
 
 
 def layout_positions(layout: str, rng: np.random.Generator) -> list[tuple[float, float]]:

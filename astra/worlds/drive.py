@@ -22,7 +22,7 @@ from astra.actions.geometry import pose_to_vector7, quaternion_to_matrix, relati
 from astra.worlds.base import Policy, World
 from astra.worlds.bullet_common import (
     DEFAULT_SIZE,
-    BulletClient,
+    BulletWorld,
     check_control,
     check_size,
     intrinsics_from_fov,
@@ -61,7 +61,7 @@ def camera_in_chassis() -> np.ndarray:
     return pose
 
 
-class DriveWorld(World):
+class DriveWorld(BulletWorld):
     name = "drive"
     modality = "vehicle7"
     control_width = 2
@@ -74,13 +74,8 @@ class DriveWorld(World):
         translation_scale: float = 0.1,
         fps: float = 10.0,
     ) -> None:
-        self.size = check_size(size, self.name)
-        self.fov_degrees = float(fov_degrees)
-        self.translation_scale = float(translation_scale)
-        self.fps = float(fps)
-        self.client = BulletClient()
+        super().__init__(size, fov_degrees, translation_scale, fps)
         self.camera_pose = camera_in_chassis()
-        self.meta: dict[str, Any] = {}
 
     def reset(self, seed: int, split: str = "train") -> np.ndarray:
         rng = scene_rng(seed, split)
@@ -101,10 +96,7 @@ class DriveWorld(World):
             self._simulate(0.0, 0.0)
         self.c2w = self._camera_to_world()
         self.last_row = pose_to_vector7(np.eye(4), self.translation_scale).astype(np.float32)
-        self.meta = dict(
-            world=self.name, seed=int(seed), split=split, arena_half_size=half_size, obstacles=obstacles,
-            translation_scale=self.translation_scale, fps=self.fps, size=self.size, fov_degrees=self.fov_degrees,
-        )  # fmt: skip
+        self._record_meta(seed, split, arena_half_size=half_size, obstacles=obstacles)
         return self._render()
 
     def _build_walls(self, rng: np.random.Generator, split: str, half_size: float) -> None:
@@ -163,24 +155,6 @@ class DriveWorld(World):
         chassis[:3, :3] = quaternion_to_matrix(np.array(orientation))
         chassis[:3, 3] = position
         return chassis @ self.camera_pose
-
-    def _render(self) -> np.ndarray:
-        return self.client.render(self.c2w, self.size, self.fov_degrees)
-
-    def action_row(self) -> np.ndarray:
-        return self.last_row.copy()
-
-    def pose(self) -> np.ndarray:
-        return self.c2w.copy()
-
-    def intrinsics(self) -> np.ndarray:
-        return intrinsics_from_fov(self.fov_degrees, self.size, self.size)
-
-    def episode_meta(self) -> dict[str, Any]:
-        return dict(self.meta)
-
-    def close(self) -> None:
-        self.client.close()
 
 
 # ----------------------------------------------------------------------------------------------------------

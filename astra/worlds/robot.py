@@ -21,7 +21,7 @@ from astra.actions.modalities import get_modality
 from astra.worlds.base import Policy, World
 from astra.worlds.bullet_common import (
     DEFAULT_SIZE,
-    BulletClient,
+    BulletWorld,
     CatalogueObject,
     check_control,
     check_size,
@@ -60,7 +60,7 @@ SUBSTEPS = 24  # at 240 Hz: one 10 fps frame
 SETTLE_STEPS = 60  # let objects fall onto the table at reset
 
 
-class RobotWorld(World):
+class RobotWorld(BulletWorld):
     name = "robot"
     modality = "robot7"
     control_width = 7
@@ -73,12 +73,7 @@ class RobotWorld(World):
         translation_scale: float = 0.01,
         fps: float = 10.0,
     ) -> None:
-        self.size = check_size(size, self.name)
-        self.fov_degrees = float(fov_degrees)
-        self.translation_scale = float(translation_scale)
-        self.fps = float(fps)
-        self.client = BulletClient()
-        self.meta: dict[str, Any] = {}
+        super().__init__(size, fov_degrees, translation_scale, fps)
 
     def reset(self, seed: int, split: str = "train") -> np.ndarray:
         rng = scene_rng(seed, split)
@@ -120,10 +115,7 @@ class RobotWorld(World):
             ]
         )
         self.c2w = look_at(CAMERA_TARGET + camera["distance"] * direction, CAMERA_TARGET)
-        self.meta = dict(
-            world=self.name, seed=int(seed), split=split, objects=names, camera=camera,
-            translation_scale=self.translation_scale, fps=self.fps, size=self.size, fov_degrees=self.fov_degrees,
-        )  # fmt: skip
+        self._record_meta(seed, split, objects=names, camera=camera)
         return self._render()
 
     def step(self, control: np.ndarray) -> np.ndarray:
@@ -157,30 +149,12 @@ class RobotWorld(World):
         for _ in range(SUBSTEPS):
             client.stepSimulation()
 
-    def _render(self) -> np.ndarray:
-        return self.client.render(self.c2w, self.size, self.fov_degrees)
-
     def end_effector_position(self) -> np.ndarray:
         """Where the gripper really is (metres, base frame)."""
         return np.array(self.client.getLinkState(self.robot, END_EFFECTOR_LINK)[4])
 
     def object_positions(self) -> list[np.ndarray]:
         return [np.array(self.client.getBasePositionAndOrientation(body)[0]) for body in self.objects]
-
-    def action_row(self) -> np.ndarray:
-        return self.last_row.copy()
-
-    def pose(self) -> np.ndarray:
-        return self.c2w.copy()
-
-    def intrinsics(self) -> np.ndarray:
-        return intrinsics_from_fov(self.fov_degrees, self.size, self.size)
-
-    def episode_meta(self) -> dict[str, Any]:
-        return dict(self.meta)
-
-    def close(self) -> None:
-        self.client.close()
 
 
 # ----------------------------------------------------------------------------------------------------------
