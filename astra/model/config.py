@@ -49,6 +49,7 @@ class AstraConfig:
     rope_max_positions: int = 1024
     qk_norm: bool = True
     cross_attn_norm: bool = True
+    zero_init_head: bool = False  # from-scratch training: start from a zero velocity (DiT's adaLN-Zero habit)
 
     # --- Mixture of Action Experts ----------------------------------------------------------------
     modalities: tuple[str, ...] = ("camera7", "camera12", "robot7", "keyboard_mouse", "vehicle7")
@@ -174,6 +175,7 @@ PRESETS: dict[str, AstraConfig] = {
         chunk_frames=1,
         kv_cache_chunks=4,
         trainable=None,
+        zero_init_head=True,
         vae="astra-small-vae",
         resolution=(64, 64),
         fps=16,

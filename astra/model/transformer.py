@@ -195,6 +195,9 @@ class AstraTransformer(nn.Module):
                 nn.init.zeros_(block.act_adapter.bias)
             if block.action_experts is not None:
                 block.action_experts.reset_last_layers()
+        if self.config.zero_init_head:  # the velocity starts at 0 (with the copy prior: the model starts by copying)
+            nn.init.zeros_(self.head.head.weight)
+            nn.init.zeros_(self.head.head.bias)
 
     # --- public API ------------------------------------------------------------------------------
     def forward(

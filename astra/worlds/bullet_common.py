@@ -1,5 +1,6 @@
 """What the three PyBullet worlds (robot, camera, drive) share: a headless client, OpenCV-camera rendering,
-input validation, the `BulletWorld` base class, and the train / held-out palettes. Pose algebra lives in `astra.actions.geometry`.
+input validation, the `BulletWorld` base class, and the train / held-out palettes. Pose algebra lives in
+`astra.actions.geometry`.
 
 Camera conventions: poses are camera-to-world 4x4 matrices in OpenCV axes (x right, y down, z forward).
 PyBullet renders with OpenGL view matrices (x right, y up, z backward), so `render` flips the y and z axes

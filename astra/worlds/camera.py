@@ -12,7 +12,6 @@ by one of `LAYOUTS`. Held-out scenes use the odd hue bands and `HELDOUT_MODELS`,
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -25,9 +24,7 @@ from astra.worlds.bullet_common import (
     CatalogueObject,
     check_control,
     check_quaternion,
-    check_size,
     heading_pose,
-    intrinsics_from_fov,
     random_color,
     scene_rng,
 )

@@ -14,7 +14,6 @@ Held-out scenes use the odd hue bands and barrels instead of cones (`HELDOUT_OBS
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -24,8 +23,6 @@ from astra.worlds.bullet_common import (
     DEFAULT_SIZE,
     BulletWorld,
     check_control,
-    check_size,
-    intrinsics_from_fov,
     random_color,
     scene_rng,
 )

@@ -13,7 +13,6 @@ Held-out scenes use `HELDOUT_OBJECTS` and the odd hue bands, never seen in train
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -24,8 +23,6 @@ from astra.worlds.bullet_common import (
     BulletWorld,
     CatalogueObject,
     check_control,
-    check_size,
-    intrinsics_from_fov,
     look_at,
     random_color,
     scene_rng,

@@ -14,6 +14,7 @@ import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,21 @@ def iterate_items(
         yield episode
 
 
+def load_items(
+    dataset: str,
+    items: Iterable[Item],
+    load_episode: Callable[..., Episode],
+    report: ConversionReport | None,
+    skip_bad: bool,
+    exclude: Iterable[str],
+    **options: Any,
+) -> Iterator[Episode]:
+    """An adapter's `iter_episodes` loop: `iterate_items` with `load_episode(item, **options)`, reporting into
+    `report` (a fresh one for `dataset` when None)."""
+    load = partial(load_episode, **options)
+    return iterate_items(items, load, report or ConversionReport(dataset), skip_bad, exclude)
+
+
 def episode_name(dataset: str, *parts: str) -> str:
     """A folder-safe unique episode name such as `sekai-walking-00001`."""
     text = "-".join((dataset, *parts))
@@ -116,6 +132,19 @@ def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise DataError(f"{path}: missing {what}")
     return path
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """The dataset folder an adapter was pointed at; DataError when it is not there."""
+    if not path.is_dir():
+        raise DataError(f"{path}: {what} folder not found")
+    return path
+
+
+def skip_if_missing(path: Path, what: str, listed_in: str | None = None) -> None:
+    """SkipItem for a file that the listing names but the download lacks (e.g. videos not shipped)."""
+    if not path.is_file():
+        raise SkipItem(f"{what} {path} not present" + (f" (listed in {listed_in})" if listed_in else ""))
 
 
 def load_json(path: Path) -> Any:
@@ -232,6 +261,25 @@ def normalized_intrinsics(fx: float, fy: float, cx: float, cy: float, size: tupl
     """3x3 pixel intrinsics from values normalised by the image width (x) and height (y)."""
     height, width = size
     return np.array([[fx * width, 0.0, cx * width], [0.0, fy * height, cy * height], [0.0, 0.0, 1.0]])
+
+
+def strided_indices(count: int, frame_stride: int, max_frames: int | None) -> list[int]:
+    """Source frame indices 0, s, 2s, ... below `count` (s = `frame_stride`), at most `max_frames` of them."""
+    return list(range(0, count, frame_stride))[:max_frames]
+
+
+def clip_meta(
+    dataset: str, indices: list[int], source_size: tuple[int, int], pose_convention: str, **details: Any
+) -> dict[str, Any]:
+    """Episode meta of a clip cut from a source video: the dataset, adapter-specific `details`, which source
+    frames were kept, their size before resizing and how the poses were read."""
+    return {
+        "dataset": dataset,
+        **details,
+        "source_frame_indices": indices,
+        "source_size": list(source_size),
+        "pose_convention": pose_convention,
+    }
 
 
 # ----------------------------------------------------------------------------- geometry

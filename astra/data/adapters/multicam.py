@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterable, Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,15 @@ from astra.data.adapters.common import (
     ConversionReport,
     Item,
     SkipItem,
+    clip_meta,
     episode_name,
-    iterate_items,
+    load_items,
     load_json,
     pose_episode,
     read_video,
+    require_dir,
     split_for,
+    strided_indices,
     video_info,
 )
 from astra.data.format import Episode
@@ -139,7 +141,7 @@ def load_episode(
     heldout_fraction: float,
 ) -> Episode:
     poses = load_poses(item.paths["extrinsics"], item.info["camera"])
-    indices = list(range(0, len(poses), frame_stride))[:max_frames]
+    indices = strided_indices(len(poses), frame_stride, max_frames)
     if len(indices) < 2:
         raise SkipItem(f"{len(indices)} frames after stride/max_frames, need at least 2")
     frames, source_size = read_video(item.paths["video"], indices, size)
@@ -152,13 +154,13 @@ def load_episode(
         intrinsics=intrinsics_for(item.info["focal_folder"], frames.shape[1:3]),
         caption=item.info["caption"],
         split=split_for(item.name, heldout_fraction),
-        meta={
-            "dataset": DATASET,
-            "camera": item.info["camera"],
-            "source_frame_indices": indices,
-            "source_size": list(source_size),
-            "pose_convention": "c2w, OpenCV camera axes, UE world with y mirrored (right-handed), metres",
-        },
+        meta=clip_meta(
+            DATASET,
+            indices,
+            source_size,
+            "c2w, OpenCV camera axes, UE world with y mirrored (right-handed), metres",
+            camera=item.info["camera"],
+        ),
     )
 
 
@@ -173,10 +175,6 @@ def iter_episodes(
     exclude: Iterable[str] = (),
 ) -> Iterator[Episode]:
     """One camera7 episode per camera video of every scene under `source_dir` (train/ and val/)."""
-    source_dir = Path(source_dir)
-    if not source_dir.is_dir():
-        raise DataError(f"{source_dir}: MultiCamVideo folder not found")
-    load = partial(
-        load_episode, frame_stride=frame_stride, max_frames=max_frames, size=size, heldout_fraction=heldout_fraction
-    )
-    yield from iterate_items(list_items(source_dir), load, report or ConversionReport(DATASET), skip_bad, exclude)
+    source_dir = require_dir(Path(source_dir), "MultiCamVideo")
+    options = dict(frame_stride=frame_stride, max_frames=max_frames, size=size, heldout_fraction=heldout_fraction)
+    yield from load_items(DATASET, list_items(source_dir), load_episode, report, skip_bad, exclude, **options)

@@ -9,7 +9,6 @@ global frame is the map frame in metres and the camera frame is OpenCV. Caption 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from astra.data.adapters.common import (
     Item,
     SkipItem,
     episode_name,
-    iterate_items,
+    load_items,
     load_json,
     pose_episode,
     read_images,
@@ -202,17 +201,8 @@ def iter_episodes(
     source_dir = Path(source_dir)
     version_dir = find_version_dir(source_dir, version)
     tables = load_tables(version_dir)
-    load = partial(
-        load_episode,
-        source_dir=source_dir,
-        version_dir=version_dir,
-        tables=tables,
-        keyframes=keyframes_by_sample(tables, channel, version_dir),
-        channel=channel,
-        frame_stride=frame_stride,
-        max_frames=max_frames,
-        min_frames=min_frames,
-        size=size,
-        heldout_fraction=heldout_fraction,
-    )
-    yield from iterate_items(list_items(tables), load, report or ConversionReport(DATASET), skip_bad, exclude)
+    keyframes = keyframes_by_sample(tables, channel, version_dir)
+    options = dict(source_dir=source_dir, version_dir=version_dir, tables=tables, keyframes=keyframes, channel=channel)
+    options.update(frame_stride=frame_stride, max_frames=max_frames, min_frames=min_frames, size=size)
+    options["heldout_fraction"] = heldout_fraction
+    yield from load_items(DATASET, list_items(tables), load_episode, report, skip_bad, exclude, **options)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +26,13 @@ import pyarrow.parquet as pq
 from astra.data.adapters.common import (
     ConversionReport,
     Item,
-    SkipItem,
     check_rows,
     episode_name,
-    iterate_items,
+    load_items,
     load_json,
     median_step,
     read_video,
+    skip_if_missing,
     split_for,
 )
 from astra.data.format import Episode
@@ -169,8 +168,7 @@ def load_episode(
     heldout_fraction: float,
 ) -> Episode:
     data, video = item.paths["data"], item.paths["video"]
-    if not video.is_file():
-        raise SkipItem(f"video {video} not present")
+    skip_if_missing(video, "video")
     rows = read_episode_table(data, item.info["episode_index"])
     try:
         actions = np.asarray(rows[ACTION_KEY], dtype=np.float64)[:max_frames]
@@ -218,15 +216,7 @@ def iter_episodes(
         raise ValueError("gripper_open and gripper_closed must differ")
     info = load_info(source_dir)
     camera = choose_camera(info, camera_key, source_dir / "meta" / "info.json")
-    load = partial(
-        load_episode,
-        fps=float(info["fps"]),
-        tasks=load_tasks(source_dir),
-        gripper_open=gripper_open,
-        gripper_closed=gripper_closed,
-        max_frames=max_frames,
-        size=size,
-        heldout_fraction=heldout_fraction,
-    )
+    options = dict(fps=float(info["fps"]), tasks=load_tasks(source_dir), gripper_open=gripper_open)
+    options.update(gripper_closed=gripper_closed, max_frames=max_frames, size=size, heldout_fraction=heldout_fraction)
     items = list_items(source_dir, info, camera)
-    yield from iterate_items(items, load, report or ConversionReport(DATASET), skip_bad, exclude)
+    yield from load_items(DATASET, items, load_episode, report, skip_bad, exclude, **options)

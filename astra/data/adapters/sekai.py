@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import zipfile
 from collections.abc import Iterable, Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,17 @@ import numpy as np
 from astra.data.adapters.common import (
     ConversionReport,
     Item,
-    SkipItem,
     check_rows,
+    clip_meta,
     episode_name,
-    iterate_items,
+    load_items,
     normalized_intrinsics,
     pose_episode,
     read_video,
+    require_dir,
+    skip_if_missing,
     split_for,
+    strided_indices,
     video_info,
 )
 from astra.data.format import Episode
@@ -98,17 +100,14 @@ def load_episode(
 ) -> Episode:
     camera, video = item.paths["camera"], item.paths["video"]
     for path, what in ((camera, "camera npz"), (video, "video")):
-        if not path.is_file():
-            raise SkipItem(
-                f"{what} {path} not present" + (f" (listed in {item.info['csv']})" if "csv" in item.info else "")
-            )
+        skip_if_missing(path, what, item.info.get("csv"))
     try:
         with np.load(camera, allow_pickle=False) as archive:
             if EXTRINSIC_KEY not in archive.files:
                 raise DataError(f"{camera}: no '{EXTRINSIC_KEY}' entry (has {', '.join(archive.files)})")
             extrinsics = np.asarray(archive[EXTRINSIC_KEY], dtype=np.float64)
             check_rows(extrinsics, (4, 4), str(camera), f"'{EXTRINSIC_KEY}'")
-            indices = list(range(0, len(extrinsics), frame_stride))[:max_frames]
+            indices = strided_indices(len(extrinsics), frame_stride, max_frames)
             frames, source_size = read_video(video, indices, size)
             intrinsics = load_intrinsics(archive, camera, frames.shape[1:3])
     except (OSError, ValueError, zipfile.BadZipFile) as error:
@@ -122,13 +121,13 @@ def load_episode(
         intrinsics=intrinsics,
         caption=item.info.get("caption") or default_caption,
         split=split_for(item.name, heldout_fraction),
-        meta={
-            "dataset": DATASET,
-            "clip": video.stem,
-            "source_frame_indices": indices,
-            "source_size": list(source_size),
-            "pose_convention": "c2w, OpenCV camera axes, translations normalised per video (|axis| <= 1)",
-        },
+        meta=clip_meta(
+            DATASET,
+            indices,
+            source_size,
+            "c2w, OpenCV camera axes, translations normalised per video (|axis| <= 1)",
+            clip=video.stem,
+        ),
     )
 
 
@@ -144,15 +143,7 @@ def iter_episodes(
     exclude: Iterable[str] = (),
 ) -> Iterator[Episode]:
     """One camera12 episode per Sekai clip under `source_dir` (CSV annotations + extracted camera zips)."""
-    source_dir = Path(source_dir)
-    if not source_dir.is_dir():
-        raise DataError(f"{source_dir}: Sekai folder not found")
-    load = partial(
-        load_episode,
-        frame_stride=frame_stride,
-        max_frames=max_frames,
-        size=size,
-        default_caption=default_caption,
-        heldout_fraction=heldout_fraction,
-    )
-    yield from iterate_items(list_items(source_dir), load, report or ConversionReport(DATASET), skip_bad, exclude)
+    source_dir = require_dir(Path(source_dir), "Sekai")
+    options = dict(frame_stride=frame_stride, max_frames=max_frames, size=size, heldout_fraction=heldout_fraction)
+    options["default_caption"] = default_caption
+    yield from load_items(DATASET, list_items(source_dir), load_episode, report, skip_bad, exclude, **options)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +24,16 @@ from astra.data.adapters.common import (
     ConversionReport,
     Item,
     SkipItem,
+    clip_meta,
     episode_name,
-    iterate_items,
+    load_items,
     load_json,
     load_npy,
     normalized_intrinsics,
     pose_episode,
     read_video,
+    require_dir,
+    skip_if_missing,
     split_for,
     video_info,
 )
@@ -116,8 +118,7 @@ def load_episode(
     heldout_fraction: float,
 ) -> Episode:
     annotation, video = item.paths["annotation"], item.paths["video"]
-    if not video.is_file():
-        raise SkipItem(f"video {video} not present")
+    skip_if_missing(video, "video")
     fps = item.info["fps"] or video_info(video)[0]
     if fps < min_fps:
         raise SkipItem(f"fps {fps} below min_fps={min_fps}")
@@ -142,14 +143,14 @@ def load_episode(
         intrinsics=intrinsics,
         caption=load_caption(annotation),
         split=split_for(item.name, heldout_fraction),
-        meta={
-            "dataset": DATASET,
-            "clip": annotation.name,
-            "source_fps": fps,
-            "source_frame_indices": indices,
-            "source_size": list(source_size),
-            "pose_convention": f"source read as {pose_convention}; stored c2w, OpenCV camera axes",
-        },
+        meta=clip_meta(
+            DATASET,
+            indices,
+            source_size,
+            f"source read as {pose_convention}; stored c2w, OpenCV camera axes",
+            clip=annotation.name,
+            source_fps=fps,
+        ),
     )
 
 
@@ -168,17 +169,9 @@ def iter_episodes(
 
     `max_frames` counts poses (= episode frames). Astra kept clips with fps >= 25 (`min_fps=25`).
     """
-    source_dir = Path(source_dir)
     if pose_convention not in POSE_CONVENTIONS:
         raise ValueError(f"pose_convention must be one of {POSE_CONVENTIONS}, got {pose_convention!r}")
-    if not source_dir.is_dir():
-        raise DataError(f"{source_dir}: SpatialVID folder not found")
-    load = partial(
-        load_episode,
-        pose_convention=pose_convention,
-        min_fps=min_fps,
-        max_frames=max_frames,
-        size=size,
-        heldout_fraction=heldout_fraction,
-    )
-    yield from iterate_items(list_items(source_dir), load, report or ConversionReport(DATASET), skip_bad, exclude)
+    source_dir = require_dir(Path(source_dir), "SpatialVID")
+    options = dict(pose_convention=pose_convention, min_fps=min_fps, max_frames=max_frames, size=size)
+    options["heldout_fraction"] = heldout_fraction
+    yield from load_items(DATASET, list_items(source_dir), load_episode, report, skip_bad, exclude, **options)
