@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
             simulator.close()
 
     chunk = session.chunk_frames
-    # Latent frame 0 is the start image; the actions of latent frames 1.. drive the chunks.
-    drive = latent_actions[1:] if len(latent_actions) > 1 else latent_actions
+    # Latent frame 0 is the start image; parse_actions returns the actions of the latent frames to generate.
+    drive = latent_actions
     usable = len(drive) - len(drive) % chunk
     if usable == 0:
         raise AstraError(f"the action sequence is shorter than one chunk ({chunk} latent frames)")

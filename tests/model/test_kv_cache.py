@@ -44,6 +44,22 @@ def uncached(model, latents, actions, text, target_t):
     ).velocity
 
 
+def cached(model, latents, actions, text, target_t, cache):
+    """The target chunk's velocity with the history read from `cache` instead of recomputed."""
+    return model(
+        latents[:, :, NUM_HISTORY:],
+        target_t,
+        actions=actions.frames(NUM_HISTORY, NUM_HISTORY + CHUNK),
+        text=text,
+        kv_cache=cache,
+    ).velocity
+
+
+def extend_by_chunk(model, cache, latents, actions, start):
+    """Append the chunk of frames starting at `start` to `cache`."""
+    model.extend_cache(cache, latents[:, :, start : start + CHUNK], actions=actions.frames(start, start + CHUNK))
+
+
 def test_prefill_then_cached_target_equals_uncached():
     model = make_model()
     latents, actions, text = make_inputs()
@@ -51,13 +67,7 @@ def test_prefill_then_cached_target_equals_uncached():
     with torch.no_grad():
         expected = uncached(model, latents, actions, text, target_t)
         cache = model.prefill(latents[:, :, :NUM_HISTORY], actions=actions.frames(0, NUM_HISTORY), text=text)
-        actual = model(
-            latents[:, :, NUM_HISTORY:],
-            target_t,
-            actions=actions.frames(NUM_HISTORY, NUM_HISTORY + CHUNK),
-            text=text,
-            kv_cache=cache,
-        ).velocity
+        actual = cached(model, latents, actions, text, target_t, cache)
     assert relative_error(actual, expected) < 1e-5
 
 
@@ -69,17 +79,9 @@ def test_streaming_chunk_by_chunk_equals_uncached():
         expected = uncached(model, latents, actions, text, target_t)
         cache = model.prefill(latents[:, :, : 1 + CHUNK], actions=actions.frames(0, 1 + CHUNK), text=text)
         for start in range(1 + CHUNK, NUM_HISTORY, CHUNK):
-            model.extend_cache(
-                cache, latents[:, :, start : start + CHUNK], actions=actions.frames(start, start + CHUNK)
-            )
+            extend_by_chunk(model, cache, latents, actions, start)
         assert cache.num_frames == NUM_HISTORY
-        actual = model(
-            latents[:, :, NUM_HISTORY:],
-            target_t,
-            actions=actions.frames(NUM_HISTORY, NUM_HISTORY + CHUNK),
-            text=text,
-            kv_cache=cache,
-        ).velocity
+        actual = cached(model, latents, actions, text, target_t, cache)
     assert relative_error(actual, expected) < 1e-5
 
 
@@ -125,9 +127,7 @@ def test_rolling_window_keeps_first_frame_and_bounds_memory():
         cache = model.prefill(latents[:, :, :1], text=text)
         sizes = []
         for start in range(1, latents.shape[2], CHUNK):
-            model.extend_cache(
-                cache, latents[:, :, start : start + CHUNK], actions=actions.frames(start, start + CHUNK)
-            )
+            extend_by_chunk(model, cache, latents, actions, start)
             sizes.append(cache.nbytes())
         assert cache.num_frames == 1 + 2 * CHUNK
         assert cache.frame_chunks[0] == 0 and cache.frame_chunks[1:] == [5] * CHUNK + [6] * CHUNK

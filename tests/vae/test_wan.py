@@ -43,38 +43,33 @@ def expected_original_names(base_dim, z_dim, dim_mult, num_res_blocks, temperal_
         conv(f"{prefix}.middle.1.proj")
         resblock(f"{prefix}.middle.2", dim, dim)
 
+    def levels(prefix, dims, blocks_per_level, temporal, halved_inputs=()):
+        """Encoder downsamples / decoder upsamples: resblocks per level, then a resample (with a time conv
+        where `temporal`) after every level but the last; levels in `halved_inputs` take half-width inputs."""
+        index = 0
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            if i in halved_inputs:
+                in_dim //= 2
+            for _ in range(blocks_per_level):
+                resblock(f"{prefix}.{index}", in_dim, out_dim)
+                in_dim, index = out_dim, index + 1
+            if i != len(dim_mult) - 1:
+                conv(f"{prefix}.{index}.resample.1")
+                if temporal[i]:
+                    conv(f"{prefix}.{index}.time_conv")
+                index += 1
+
     dims = [base_dim * m for m in [1] + dim_mult]
     conv("encoder.conv1")
-    index = 0
-    for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
-        for _ in range(num_res_blocks):
-            resblock(f"encoder.downsamples.{index}", in_dim, out_dim)
-            in_dim, index = out_dim, index + 1
-        if i != len(dim_mult) - 1:
-            conv(f"encoder.downsamples.{index}.resample.1")
-            if temperal_downsample[i]:
-                conv(f"encoder.downsamples.{index}.time_conv")
-            index += 1
+    levels("encoder.downsamples", dims, num_res_blocks, temperal_downsample)
     middle("encoder", dims[-1])
     names.add("encoder.head.0.gamma")
     conv("encoder.head.2")
 
-    temperal_upsample = temperal_downsample[::-1]
     dims = [base_dim * m for m in [dim_mult[-1]] + dim_mult[::-1]]
     conv("decoder.conv1")
     middle("decoder", dims[0])
-    index = 0
-    for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
-        if i in (1, 2, 3):
-            in_dim //= 2
-        for _ in range(num_res_blocks + 1):
-            resblock(f"decoder.upsamples.{index}", in_dim, out_dim)
-            in_dim, index = out_dim, index + 1
-        if i != len(dim_mult) - 1:
-            conv(f"decoder.upsamples.{index}.resample.1")
-            if temperal_upsample[i]:
-                conv(f"decoder.upsamples.{index}.time_conv")
-            index += 1
+    levels("decoder.upsamples", dims, num_res_blocks + 1, temperal_downsample[::-1], halved_inputs=(1, 2, 3))
     names.add("decoder.head.0.gamma")
     conv("decoder.head.2")
     return names
