@@ -1,0 +1,57 @@
+import json
+
+import av
+import pytest
+
+from astra.cli import main
+from astra.model.checkpoints import save_astra
+from astra.vae.small import save_small_vae
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_parts, monkeypatch):
+    """A tiny random model saved like a shipped one, with its VAE under a weights folder."""
+    model, vae, _ = tiny_parts()
+    weights = tmp_path / "weights"
+    save_small_vae(vae, weights / "astra-tiny-vae")
+    save_astra(model, weights / "tiny-model", {"sampling": {"num_steps": 2, "guidance_scale": 2.0},
+                                                  "action_meta": {"camera": {"translation_scale": 0.1}}})
+    monkeypatch.setenv("ASTRA_WEIGHTS", str(weights))
+    return "tiny-model"
+
+
+def test_generate_writes_video_and_gif_with_actions(checkpoint, tmp_path):
+    out = tmp_path / "camera.mp4"
+    code = main(["generate", "--checkpoint", checkpoint, "--world", "camera", "--actions", "forward",
+                 "--latent-frames", "3", "--out", str(out), "--gif", "--scale", "2"])
+    assert code == 0 and out.exists() and out.with_suffix(".gif").exists()
+    with av.open(str(out)) as container:
+        frames = [f for f in container.decode(video=0)]
+    assert len(frames) == 1 + 3 * 4 and frames[0].width == 32
+
+
+def test_generate_from_an_image_with_a_key_string(checkpoint, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "start.png"
+    Image.new("RGB", (50, 40), (10, 120, 200)).save(image)
+    out = tmp_path / "keys.mp4"
+    assert main(["generate", "--checkpoint", checkpoint, "--image", str(image), "--actions", "w*4,q*4",
+                 "--out", str(out), "--no-overlay", "--scale", "1"]) == 0
+    assert out.exists()
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--actions", "w*3"], "multiple of 4"),
+        (["--actions", "x*4"], "x"),
+        (["--world", "mars"], "mars"),
+        (["--image", "/no/such.png"], "such.png"),
+        (["--checkpoint", "/no/model"], "no checkpoint"),
+    ],
+)
+def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, arguments, message):
+    base = ["generate", "--checkpoint", checkpoint, "--out", str(tmp_path / "x.mp4")]
+    assert main(base + arguments) == 2
+    assert message in capsys.readouterr().err
