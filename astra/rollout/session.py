@@ -211,9 +211,10 @@ def load_rollout(
 
     folder = resolve_checkpoint(checkpoint)
     model, metadata = load_astra(folder, device=device)
-    # The VAE the latents were encoded with: a path recorded at training time, else the config's shipped name.
-    vae_ref = metadata.get("vae") or model.config.vae
-    vae = load_vae(vae_ref if Path(str(vae_ref)).exists() else Path(str(vae_ref)).name)
+    # The VAE the latents were encoded with: the path recorded at training time where it exists (a local run),
+    # else the shipped VAE the config names (a shipped model, its VAE committed beside it).
+    recorded = metadata.get("vae")
+    vae = load_vae(recorded if recorded and Path(recorded).exists() else model.config.vae)
     sampling = metadata.get("sampling", {})
     config = RolloutConfig(
         num_steps=steps or sampling.get("num_steps", RolloutConfig.num_steps),

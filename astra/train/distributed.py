@@ -55,7 +55,9 @@ def wrap_model(model: torch.nn.Module, mode: str, info: DistInfo) -> torch.nn.Mo
 
     DDP uses find_unused_parameters because a top-k router leaves some experts without gradient in a step.
     FSDP (torch.distributed.fsdp.fully_shard) shards each transformer block, then the root (full sharding);
-    parameter names stay those of the unwrapped model.
+    parameter names stay those of the unwrapped model. A block's action experts get their own unit because the
+    transformer calls them before the block's forward (FSDP gathers a unit's weights in its module's forward), and
+    unused experts reduce zero gradients so that every rank issues the same reduce-scatter (top-k routing).
     """
     if not info.distributed:
         return model
@@ -69,8 +71,10 @@ def wrap_model(model: torch.nn.Module, mode: str, info: DistInfo) -> torch.nn.Mo
         from torch.distributed.fsdp import fully_shard
 
         for block in model.blocks:
+            if block.action_experts is not None:
+                fully_shard(block.action_experts)
             fully_shard(block)
-        fully_shard(model)
+        fully_shard(model).set_reduce_scatter_unused_params(True)
         return model
     raise ValueError(f"unknown parallel mode {mode!r}; use 'ddp', 'fsdp' or 'auto'")
 

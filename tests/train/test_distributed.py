@@ -1,15 +1,20 @@
 import os
 import socket
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from astra.model.checkpoints import load_astra
+from astra.train.checkpointing import checkpoint_path, load_checkpoint
 from astra.train.config import get_preset
 from astra.train.distributed import DistInfo
 from astra.train.trainer import Trainer
 
 CONFIG = get_preset("astra-tiny").replace(model_overrides={"text_dim": 0, "text_len": 0}, steps=2, save_every=2)
+WORLD_SIZE = 2
 
 
 def _free_port() -> int:
@@ -18,27 +23,92 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+@contextmanager
+def _process_group(rank: int, port: int):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     try:
-        trainer = Trainer(CONFIG.replace(parallel="ddp"), out_dir, info=DistInfo(rank, world_size, rank), progress=False)
-        before = torch.cat([p.detach().flatten() for _, p in trainer.trainable]).clone()
-        trainer.fit()
-        flat = torch.cat([p.detach().flatten() for _, p in trainer.trainable])
-        gathered = [torch.empty_like(flat) for _ in range(world_size)]
-        dist.all_gather(gathered, flat)
-        if rank == 0:
-            torch.save({"ranks": gathered, "before": before}, os.path.join(out_dir, "params.pt"))
+        yield DistInfo(rank, WORLD_SIZE, rank)
     finally:
         dist.destroy_process_group()
 
 
+def _launch(worker, out_dir) -> None:
+    mp.spawn(worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+
+
+def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    with _process_group(rank, port) as info:
+        trainer = Trainer(CONFIG.replace(parallel="ddp"), out_dir, info=info, progress=False)
+        before = torch.cat([p.detach().flatten() for _, p in trainer.trainable]).clone()
+        trainer.fit()
+        flat = torch.cat([p.detach().flatten() for _, p in trainer.trainable])
+        gathered = [torch.empty_like(flat) for _ in range(WORLD_SIZE)]
+        dist.all_gather(gathered, flat)
+        if rank == 0:
+            torch.save({"ranks": gathered, "before": before}, os.path.join(out_dir, "params.pt"))
+
+
 def test_two_process_ddp_keeps_ranks_identical(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    _launch(_ddp_worker, tmp_path)
     result = torch.load(tmp_path / "params.pt")
     rank0, rank1 = result["ranks"]
     assert torch.equal(rank0, rank1)
     assert not torch.equal(rank0, result["before"])  # training moved the weights
     assert (tmp_path / "checkpoints" / "step-00000002.pt").exists()
+
+
+def _full_trainable_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """The unsharded trainable weights, gathered on every rank (a collective under FSDP)."""
+    weights = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True))
+    names = {name for name, _ in trainer.trainable}
+    return {name: tensor.detach().cpu().clone() for name, tensor in weights.items() if name in names}
+
+
+def _fsdp_worker(rank: int, port: int, out_dir: str) -> None:
+    # As the Wan preset trains: FSDP units mixing frozen and trainable weights, with per-block checkpointing.
+    config = CONFIG.replace(parallel="fsdp", grad_checkpointing=True, steps=3)
+    with _process_group(rank, port) as info:
+        reference = Trainer(config, os.path.join(out_dir, "full"), info=info, progress=False).fit()
+        interrupted = Trainer(config, os.path.join(out_dir, "resumed"), info=info, progress=False)
+        first = interrupted.fit(stop_after=2)
+        trained = _full_trainable_weights(interrupted)
+        resumed = Trainer(config, os.path.join(out_dir, "resumed"), info=info, progress=False)
+        resumed.resume()
+        result = {
+            "reference": reference,
+            "first": first,
+            "trained": trained,
+            "resumed_step": resumed.step,
+            "reloaded": _full_trainable_weights(resumed),
+            "rest": resumed.fit(),
+            "export": str(resumed.export()),  # collective: rank 0 writes, the others return None
+        }
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_two_process_fsdp_trains_saves_and_resumes(tmp_path):
+    _launch(_fsdp_worker, tmp_path)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE))
+    losses = [row["loss"] for row in rank0["reference"]]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    # The gathered full state dict is the same on both ranks and is what the checkpoint holds.
+    saved = load_checkpoint(checkpoint_path(tmp_path / "resumed", 2))["model"]
+    assert saved.keys() == rank0["trained"].keys() == rank1["trained"].keys()
+    for name, tensor in saved.items():
+        assert torch.equal(rank0["trained"][name], tensor) and torch.equal(rank1["trained"][name], tensor), name
+    # Resuming into a fresh FSDP model restores the weights and the step, and continues the exact loss curve.
+    for rank in (rank0, rank1):
+        assert rank["resumed_step"] == 2
+        assert all(torch.equal(rank["reloaded"][name], tensor) for name, tensor in saved.items())
+    assert [row["step"] for row in rank0["first"] + rank0["rest"]] == [1, 2, 3]
+    assert [row["loss"] for row in rank0["first"] + rank0["rest"]] == losses
+    # The export (rank 0 only) carries the gathered EMA weights of the last checkpoint.
+    assert rank1["export"] == "None"
+    exported, metadata = load_astra(rank0["export"])
+    final = load_checkpoint(checkpoint_path(tmp_path / "resumed", 3))
+    assert final["step"] == metadata["step"] == 3
+    assert final["ema"].keys() == saved.keys()
+    for name, tensor in final["ema"].items():
+        assert torch.equal(exported.state_dict()[name], tensor), name
