@@ -152,11 +152,15 @@ def controls_for(world: str):
         return lambda state: (keyboard_mouse_row(state)[:7], keyboard_mouse_row(state))
     if world == "camera":
         return lambda state: (camera7_row(state), camera7_row(state))
-    if world == "robot":
-        return lambda state: (robot7_row(state), robot7_row(state))
+    if world == "robot":  # native command in units of the world's translation_scale; the row in metres
+        return lambda state: (robot7_row(state), robot7_row(state) * ROBOT_ROW_FROM_COMMAND)
     if world == "drive":
         return lambda state: (drive_control(state), vehicle7_from_control(drive_control(state)))
     raise ValueError(f"unknown world {world!r}; known: doom, camera, robot, drive")
+
+
+ROBOT_TRANSLATION_SCALE = 0.01  # metres per command unit of the robot world (RobotWorld's default)
+ROBOT_ROW_FROM_COMMAND = np.array([ROBOT_TRANSLATION_SCALE] * 3 + [1.0] * 4, dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ MODALITIES: dict[str, Modality] = {
             "robot7",
             7,
             ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"),
-            "end-effector delta in the robot base frame (metres scaled, radians) + gripper (0 open .. 1 closed)",
+            "per-frame rows: end-effector delta in the robot base frame in metres and radians + gripper (0 open .. 1 closed); latent actions divide xyz by translation_scale",
         ),
         Modality(
             "keyboard_mouse",

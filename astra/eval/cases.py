@@ -93,9 +93,9 @@ def make_policy(world: str, seed: int) -> Policy:
     return importlib.import_module(module_name).make_policy(seed)
 
 
-def replay(world: World, seed: int, controls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """reset(seed, heldout) then the controls in order -> (frames [1 + N, H, W, 3], rows [N, width])."""
-    frames = [world.reset(seed, HELDOUT)]
+def replay(world: World, seed: int, controls: np.ndarray, split: str = HELDOUT) -> tuple[np.ndarray, np.ndarray]:
+    """reset(seed, split) then the controls in order -> (frames [1 + N, H, W, 3], rows [N, width])."""
+    frames = [world.reset(seed, split)]
     rows = []
     for control in controls:
         frames.append(world.step(control))
@@ -103,9 +103,11 @@ def replay(world: World, seed: int, controls: np.ndarray) -> tuple[np.ndarray, n
     return np.stack(frames), np.stack(rows).astype(np.float32)
 
 
-def record_policy(world: World, policy: Policy, seed: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """reset(seed, heldout) then `steps` policy controls -> (frames [1 + steps, ...], controls [steps, K])."""
-    frames = [world.reset(seed, HELDOUT)]
+def record_policy(
+    world: World, policy: Policy, seed: int, steps: int, split: str = HELDOUT
+) -> tuple[np.ndarray, np.ndarray]:
+    """reset(seed, split) then `steps` policy controls -> (frames [1 + steps, ...], controls [steps, K])."""
+    frames = [world.reset(seed, split)]
     policy.reset(seed)
     controls = []
     for index in range(steps):
@@ -121,23 +123,28 @@ def _check_same(what: str, expected: np.ndarray, replayed: np.ndarray, world: st
         raise ReplayMismatch(f"{world} seed {seed}: replaying the recorded controls changed {what} frame {differing}")
 
 
-def build_case(world: World, seed: int, context_frames: int, future_frames: int, alternative_frames: int) -> Case:
-    """Record one case (see the module docstring). Raises EpisodeEnded when the simulator ends the episode early."""
+def build_case(
+    world: World, seed: int, context_frames: int, future_frames: int, alternative_frames: int, split: str = HELDOUT
+) -> Case:
+    """Record one case (see the module docstring). Raises EpisodeEnded when the simulator ends the episode early.
+
+    `split` is "heldout" for every reported number; "train" exists to tune sampling settings without touching
+    the held-out episodes."""
     if context_frames < 1 or future_frames < alternative_frames or alternative_frames < 1:
         raise ValueError(
             f"need context_frames >= 1 and future_frames >= alternative_frames >= 1, "
             f"got {context_frames}, {future_frames}, {alternative_frames}"
         )
     policy = make_policy(world.name, seed)
-    recorded, controls = record_policy(world, policy, seed, context_frames - 1 + future_frames)
+    recorded, controls = record_policy(world, policy, seed, context_frames - 1 + future_frames, split)
     meta = world.episode_meta()
     context_controls, true_controls = controls[: context_frames - 1], controls[context_frames - 1 :]
 
-    replayed, rows = replay(world, seed, controls)
+    replayed, rows = replay(world, seed, controls, split)
     _check_same("the true episode's", recorded, replayed, world.name, seed)
 
     mirrored = alternative_controls(world.name, true_controls[:alternative_frames])
-    alternative, alternative_rows = replay(world, seed, np.concatenate([context_controls, mirrored]))
+    alternative, alternative_rows = replay(world, seed, np.concatenate([context_controls, mirrored]), split)
     _check_same("a context", recorded[:context_frames], alternative[:context_frames], world.name, seed)
 
     return Case(

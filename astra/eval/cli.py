@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rollout-frames", type=int, default=defaults.rollout_frames, help="long-rollout length")
     parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help="4k+1 policy frames first")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="first held-out seed (case i uses seed+i)")
+    parser.add_argument(
+        "--split", choices=("heldout", "train"), default=defaults.split,
+        help="held-out episodes (default; all reported numbers) or train episodes (only to tune sampling settings)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
     parser.add_argument(
@@ -36,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         context_frames=args.context_frames,
         rollout_frames=args.rollout_frames,
         seed=args.seed,
+        split=args.split,
     )
     results = evaluate(
         config,

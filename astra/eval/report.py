@@ -55,6 +55,7 @@ class EvalConfig:
     context_frames: int = 9  # 4k + 1 video frames under the policy before the model takes over
     rollout_frames: int = 256  # rounded up to whole chunks
     seed: int = 0  # case i uses held-out seed `seed + i` (later seeds replace episodes that end early)
+    split: str = "heldout"  # "train" only to tune sampling settings; every reported number uses "heldout"
     min_future_mse: float = 5e-4  # two ground-truth futures closer than this (in [0,1]^2 units) are not scored
     report_frames: tuple[int, ...] = (32, 64, 128, 256)
     sheet_cases: int = 3
@@ -245,7 +246,7 @@ def evaluate_world(world_name: str, loaded: tuple, config: EvalConfig, out: Path
                 if seed is None:
                     raise AstraError(f"{world_name}: too many held-out episodes ended early ({len(ended)})")
                 try:
-                    case = build_case(world, seed, config.context_frames, future, chunk)
+                    case = build_case(world, seed, config.context_frames, future, chunk, config.split)
                 except EpisodeEnded:
                     ended.append(seed)
                     continue
@@ -292,9 +293,11 @@ def render_markdown(results: dict) -> str:
     worlds, overall, setup = results["worlds"], results["overall"], results["config"]
     bars = setup["bars"]
     lines = [
-        "# Astra evaluation on held-out world episodes",
+        "# Astra evaluation on held-out world episodes"
+        if setup.get("split", "heldout") == "heldout"
+        else "# Astra evaluation on TRAIN-split episodes (for tuning only, not a result)",
         "",
-        f"Checkpoint `{results['checkpoint']}`; {setup['cases']} cases per world from held-out seeds "
+        f"Checkpoint `{results['checkpoint']}`; {setup['cases']} cases per world from {setup.get('split', 'heldout')} seeds "
         f"{setup['seed']}+; context {setup['context_frames']} frames (the model starts from the last one); "
         f"sampler {results['sampler']}. How to read this: docs/eval.md.",
         "",

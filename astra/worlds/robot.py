@@ -120,9 +120,9 @@ class RobotWorld(BulletWorld):
         position = np.clip(self.target_position + command[:3] * self.translation_scale, *WORKSPACE)
         angles = np.clip(self.target_angles + command[3:6], -ANGLE_LIMITS, ANGLE_LIMITS)
         gripper = float(np.clip(command[6], 0.0, 1.0))
-        executed = np.concatenate(
-            [(position - self.target_position) / self.translation_scale, angles - self.target_angles, [gripper]]
-        )
+        # The action row is in physical units (metres, radians), like every robot7 source (RT-1 too):
+        # astra.actions.align divides by the episode's translation_scale when it builds latent actions.
+        executed = np.concatenate([position - self.target_position, angles - self.target_angles, [gripper]])
         self.last_row = executed.astype(np.float32)
         self.target_position, self.target_angles, self.gripper = position, angles, gripper
         self._drive_robot()

@@ -33,7 +33,9 @@ def test_plus_x_command_moves_the_gripper_along_base_x(world):
     command = np.array([2.0, 0, 0, 0, 0, 0, 0], dtype=np.float32)
     for _ in range(6):
         world.step(command)
-        np.testing.assert_allclose(world.action_row(), command, atol=1e-5)
+        # the row is in metres: the command times translation_scale
+        scale = np.array([world.translation_scale] * 3 + [1.0] * 4)
+        np.testing.assert_allclose(world.action_row(), command * scale, atol=1e-6)
     moved = world.end_effector_position() - start
     expected = 6 * 2.0 * world.translation_scale
     assert moved[0] == pytest.approx(expected, abs=0.02)
@@ -45,7 +47,7 @@ def test_row_records_what_was_executed_after_clipping(world):
     height = world.target_position[2]
     world.step(np.array([0, 0, 1000.0, 0, 0, 5.0, 3.0]))
     row = world.action_row()
-    assert row[2] == pytest.approx((WORKSPACE[1, 2] - height) / world.translation_scale, rel=1e-5)
+    assert row[2] == pytest.approx(WORKSPACE[1, 2] - height, rel=1e-5)  # metres
     assert row[5] == pytest.approx(np.pi, rel=1e-5)  # yaw is limited to [-pi, pi]
     assert row[6] == 1.0  # gripper clipped to closed
     assert world.target_position[2] == pytest.approx(WORKSPACE[1, 2])
@@ -63,7 +65,7 @@ def test_policy_grasps_and_stays_in_the_workspace(world):
     rows = np.stack(rows)
     assert np.isfinite(rows).all() and rows.shape == (40, 7)
     assert rows[:, 6].max() == 1.0  # it closed the gripper at some point
-    assert np.abs(rows[:, :3]).max() > 1.0  # and moved
+    assert np.abs(rows[:, :3]).max() > 1.0 * world.translation_scale  # and moved (rows in metres)
 
 
 def test_camera_is_static_and_looks_at_the_table(world):
