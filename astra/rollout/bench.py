@@ -96,7 +96,7 @@ def build_session(args: argparse.Namespace, num_steps: int | None):
 def time_chunks(session, chunks: int, device: torch.device, desc: str) -> list[float]:
     rng = np.random.default_rng(0)
     times = []
-    for _ in tqdm(range(chunks), desc=desc, leave=False):
+    for _ in tqdm(range(chunks), desc=desc, leave=False, disable=not desc):
         rows = np.zeros((session.frames_per_step, session.width), np.float32)
         if session.modality == "keyboard_mouse":
             rows[:, rng.integers(0, 6)] = 1.0
