@@ -105,7 +105,15 @@ class RolloutSession:
         self.frames_per_step = FRAMES_PER_LATENT * self.chunk_frames
         self.passes = guidance_passes(config.guidance_scale, 1.0, True, False)
         self.generator = torch.Generator(device="cpu")
+        # Streaming (block-causal, per-frame timesteps) keeps a KV cache; other models (the authors' checkpoint in
+        # compatibility mode: bidirectional, shared timestep) recompute their packed history at every step.
+        self.streaming = model.config.attention == "block_causal" and model.config.per_frame_timesteps
+        budget = model.config.history
+        self.max_history = int(budget.keep_first) + budget.full + budget.compressed_2x + budget.compressed_4x
         self.cache = None
+        self.history_latents: torch.Tensor | None = None
+        self.history_actions: np.ndarray | None = None
+        self.started = False
         self.decoder = None
         self.newest_latent: torch.Tensor | None = None
         self.frames_generated = 0
@@ -128,15 +136,35 @@ class RolloutSession:
         self.generator.manual_seed(self.config.seed if seed is None else seed)
         latent = self.vae.encode(frames_to_video(frame[None]).to(self.device))
         identity = latent_actions(self.modality, np.zeros((1, self.width), np.float32), meta=self.action_meta)
-        self.cache = self.model.prefill(latent.repeat(self.passes, 1, 1, 1, 1), actions=self._actions(identity))
+        if self.streaming:
+            self.cache = self.model.prefill(latent.repeat(self.passes, 1, 1, 1, 1), actions=self._actions(identity))
+        else:
+            self.history_latents, self.history_actions = latent, identity
+        self.started = True
         self.decoder = self.vae.stream_decoder()
         self.newest_latent = latent
         self.frames_generated = 1
         return video_to_frames(self.decoder.decode_chunk(latent))[0]
 
+    def _step_recompute(self, noise: torch.Tensor, chunk_actions: np.ndarray, anchor: torch.Tensor) -> torch.Tensor:
+        """No cache: the whole (bounded) history runs with the target at every denoising step."""
+        actions = self._actions(np.concatenate([self.history_actions, chunk_actions]))
+        actions = dataclasses.replace(actions, values=actions.values[:1], modality=actions.modality[:1])
+        latents = sample_chunk(
+            self.model, noise, history_latents=self.history_latents, actions=actions, anchor=anchor,
+            config=self.config.sampler(),
+        )
+        history = torch.cat([self.history_latents, latents], dim=2)
+        rows = np.concatenate([self.history_actions, chunk_actions])
+        if history.shape[2] > self.max_history:  # the model would drop these frames anyway: keep the first
+            keep = [0] + list(range(history.shape[2] - self.max_history + 1, history.shape[2]))
+            history, rows = history[:, :, keep], rows[keep]
+        self.history_latents, self.history_actions = history, rows
+        return latents
+
     def _checked(self, values: np.ndarray, rows: int, what: str) -> np.ndarray:
         """float32 [rows, width] after checking the session has started, the shape and finiteness."""
-        if self.cache is None:
+        if not self.started:
             raise AstraError("call start(image) before step(actions)")
         values = np.asarray(values, dtype=np.float32)
         if values.shape != (rows, self.width):
@@ -166,15 +194,14 @@ class RolloutSession:
             (batch, latent_shape[1], self.chunk_frames, *latent_shape[3:]), generator=self.generator
         ).to(self.device)
         cond_actions = dataclasses.replace(actions, values=actions.values[:batch], modality=actions.modality[:batch])
-        latents = sample_chunk(
-            self.model,
-            noise,
-            actions=cond_actions,
-            kv_cache=self.cache,
-            anchor=self.newest_latent[:, :, -1:],
-            config=self.config.sampler(),
-        )
-        self.model.extend_cache(self.cache, latents.repeat(self.passes, 1, 1, 1, 1), actions=actions)
+        anchor = self.newest_latent[:, :, -1:]
+        if self.streaming:
+            latents = sample_chunk(
+                self.model, noise, actions=cond_actions, kv_cache=self.cache, anchor=anchor, config=self.config.sampler()
+            )
+            self.model.extend_cache(self.cache, latents.repeat(self.passes, 1, 1, 1, 1), actions=actions)
+        else:
+            latents = self._step_recompute(noise, chunk_actions, anchor)
         self.newest_latent = latents
         frames = video_to_frames(self.decoder.decode_chunk(latents))
         self.frames_generated += len(frames)

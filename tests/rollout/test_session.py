@@ -57,3 +57,19 @@ def test_bad_input_is_a_clear_error(tiny_session):
         session.step(bad)
     with pytest.raises(AstraError, match="uint8"):
         session.start(np.zeros((16, 16), np.float32))
+
+
+def test_a_non_streaming_model_recomputes_its_history(tiny_parts):
+    """The authors' layout (bidirectional attention, shared timestep) has no cache: history is recomputed."""
+    from astra.rollout.session import RolloutSession
+
+    model, vae, config = tiny_parts()
+    compat = type(model)(model.config.replace(attention="bidirectional", per_frame_timesteps=False)).eval()
+    compat.load_state_dict(model.state_dict())
+    session = RolloutSession(compat, vae, "keyboard_mouse", config)
+    assert not session.streaming
+    session.start(np.zeros((16, 16, 3), np.uint8))
+    for _ in range(session.max_history + 2):
+        frames = session.step(keys(session.frames_per_step, 4))
+        assert frames.shape == (session.frames_per_step, 16, 16, 3)
+    assert session.history_latents.shape[2] == session.max_history and session.cache is None
