@@ -219,6 +219,8 @@ class AstraTransformer(nn.Module):
                 raise ValueError("with kv_cache the history is in the cache: history_latents/timesteps must be None")
             if kv_cache.batch_size != batch_size or kv_cache.grid != self._grid(height, width):
                 raise ValueError("kv_cache was built for another batch size or frame size than target_latents")
+            if text is None:  # the prompt the cache was filled with (as extend_cache does)
+                text = kv_cache.text
             first_rank, first_chunk = kv_cache.num_frames, kv_cache.next_chunk
             groups = [FrameGroup(tuple(range(num_target)), 1, is_target=True)]
             latents, timesteps, num_history, frame_chunk = target_latents, target_timesteps, 0, []
