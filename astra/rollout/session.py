@@ -76,7 +76,7 @@ def frames_to_video(frames: np.ndarray) -> torch.Tensor:
 
 def video_to_frames(video: torch.Tensor) -> np.ndarray:
     """float [1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
-    frames = video[0].permute(1, 2, 3, 0).clamp(-1, 1).add(1).mul(127.5).round()
+    frames = video[0].permute(1, 2, 3, 0).float().clamp(-1, 1).add(1).mul(127.5).round()
     return frames.to(torch.uint8).cpu().numpy()
 
 
@@ -101,6 +101,8 @@ class RolloutSession:
         self.config = config
         self.action_meta = dict(action_meta or {})
         self.device = torch.device(device)
+        self.dtype = next(model.parameters()).dtype  # bf16 on GPU: inputs follow the weights
+        self.vae_dtype = next(vae.parameters()).dtype
         self.chunk_frames = model.config.chunk_frames
         self.frames_per_step = FRAMES_PER_LATENT * self.chunk_frames
         self.passes = guidance_passes(config.guidance_scale, 1.0, True, False)
@@ -127,14 +129,14 @@ class RolloutSession:
         max_width = max(get_modality(m).width for m in self.model.config.modalities)
         values = torch.zeros(self.passes, latent_rows.shape[0], max_width)
         values[:, :, : self.width] = torch.from_numpy(latent_rows).float()
-        return ActionInput(values.to(self.device), (self.modality,) * self.passes)
+        return ActionInput(values.to(self.device, self.dtype), (self.modality,) * self.passes)
 
     @torch.no_grad()
     def start(self, image: np.ndarray | Image.Image | str | Path, seed: int | None = None) -> np.ndarray:
         """Encode the start image as latent frame 0 and fill the cache; returns the frame as the model sees it."""
         frame = prepare_image(image, self.resolution)
         self.generator.manual_seed(self.config.seed if seed is None else seed)
-        latent = self.vae.encode(frames_to_video(frame[None]).to(self.device))
+        latent = self.vae.encode(frames_to_video(frame[None]).to(self.device, self.vae_dtype)).to(self.dtype)
         identity = latent_actions(self.modality, np.zeros((1, self.width), np.float32), meta=self.action_meta)
         if self.streaming:
             self.cache = self.model.prefill(latent.repeat(self.passes, 1, 1, 1, 1), actions=self._actions(identity))
@@ -144,7 +146,7 @@ class RolloutSession:
         self.decoder = self.vae.stream_decoder()
         self.newest_latent = latent
         self.frames_generated = 1
-        return video_to_frames(self.decoder.decode_chunk(latent))[0]
+        return video_to_frames(self.decoder.decode_chunk(latent.to(self.vae_dtype)))[0]
 
     def _step_recompute(self, noise: torch.Tensor, chunk_actions: np.ndarray, anchor: torch.Tensor) -> torch.Tensor:
         """No cache: the whole (bounded) history runs with the target at every denoising step."""
@@ -192,7 +194,7 @@ class RolloutSession:
         latent_shape = self.newest_latent.shape
         noise = torch.randn(
             (batch, latent_shape[1], self.chunk_frames, *latent_shape[3:]), generator=self.generator
-        ).to(self.device)
+        ).to(self.device, self.dtype)
         cond_actions = dataclasses.replace(actions, values=actions.values[:batch], modality=actions.modality[:batch])
         anchor = self.newest_latent[:, :, -1:]
         if self.streaming:
@@ -203,7 +205,7 @@ class RolloutSession:
         else:
             latents = self._step_recompute(noise, chunk_actions, anchor)
         self.newest_latent = latents
-        frames = video_to_frames(self.decoder.decode_chunk(latents))
+        frames = video_to_frames(self.decoder.decode_chunk(latents.to(self.vae_dtype)))
         self.frames_generated += len(frames)
         return frames
 

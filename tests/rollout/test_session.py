@@ -73,3 +73,15 @@ def test_a_non_streaming_model_recomputes_its_history(tiny_parts):
         frames = session.step(keys(session.frames_per_step, 4))
         assert frames.shape == (session.frames_per_step, 16, 16, 3)
     assert session.history_latents.shape[2] == session.max_history and session.cache is None
+
+
+def test_a_bfloat16_model_streams(tiny_parts):
+    """On a GPU the weights are bf16: the session feeds noise, actions and latents in the weights' dtype."""
+    import torch
+
+    from astra.rollout.session import RolloutSession
+
+    model, vae, config = tiny_parts()
+    session = RolloutSession(model.to(torch.bfloat16), vae, "keyboard_mouse", config)
+    session.start(np.zeros((16, 16, 3), np.uint8))
+    assert session.step(keys(session.frames_per_step, 0)).dtype == np.uint8
