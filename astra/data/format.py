@@ -122,7 +122,8 @@ def _check_rows(values: np.ndarray, shape: tuple[int, ...], what: str, where: st
         raise DataError(f"{where}: {what} has a NaN or inf in row {row}")
 
 
-def _write_video(path: Path, frames: np.ndarray, fps: float, codec: VideoCodec) -> None:
+def write_video(path: Path, frames: np.ndarray, fps: float, codec: VideoCodec) -> None:
+    """uint8 [T, H, W, 3] frames -> a video file with `codec` (not atomic: callers write to a temp name)."""
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec.name, rate=rate, options=dict(codec.options))
@@ -156,7 +157,7 @@ def write_episode(root: str | os.PathLike, name: str, episode: Episode, overwrit
     try:
         num_frames, height, width = episode.frames.shape[:3]
         codec = _choose_codec()
-        _write_video(temp / codec.file, episode.frames, episode.fps, codec)
+        write_video(temp / codec.file, episode.frames, episode.fps, codec)
         np.save(temp / ACTIONS_FILE, np.asarray(episode.actions, dtype=np.float32))
         if episode.poses is not None:
             np.save(temp / POSES_FILE, np.asarray(episode.poses, dtype=np.float64))

@@ -37,23 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
-    """Write uint8 [T, H, W, 3] frames as H.264 MP4, atomically (temp file, then rename)."""
-    import av
+    """Write uint8 [T, H, W, 3] frames as an H.264 MP4 that browsers play, atomically (temp file, then rename)."""
+    from astra.data.format import VideoCodec
+    from astra.data.format import write_video as encode
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[1:3]
+    even = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # yuv420p needs even sizes
     temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    with av.open(str(temporary), mode="w") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
-        stream.width, stream.height = width - width % 2, height - height % 2
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18"}
-        for frame in frames:
-            image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[: stream.height, : stream.width]), format="rgb24")
-            for packet in stream.encode(image):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    encode(temporary, even, fps, VideoCodec("libx264", path.name, "yuv420p", {"crf": "18"}))
     os.replace(temporary, path)
 
 

@@ -118,7 +118,6 @@ class RolloutSession:
         self.started = False
         self.decoder = None
         self.newest_latent: torch.Tensor | None = None
-        self.frames_generated = 0
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -145,7 +144,6 @@ class RolloutSession:
         self.started = True
         self.decoder = self.vae.stream_decoder()
         self.newest_latent = latent
-        self.frames_generated = 1
         return video_to_frames(self.decoder.decode_chunk(latent.to(self.vae_dtype)))[0]
 
     def _step_recompute(self, noise: torch.Tensor, chunk_actions: np.ndarray, anchor: torch.Tensor) -> torch.Tensor:
@@ -206,22 +204,18 @@ class RolloutSession:
             latents = self._step_recompute(noise, chunk_actions, anchor)
         self.newest_latent = latents
         frames = video_to_frames(self.decoder.decode_chunk(latents.to(self.vae_dtype)))
-        self.frames_generated += len(frames)
         return frames
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
-    """A shipped model name (a folder under astra/weights/) or a path to a checkpoint folder."""
-    from astra.vae import weights_root
+    """A shipped model name (a folder under weights/ or $ASTRA_WEIGHTS) or a path to a checkpoint folder."""
+    from astra.weights import resolve_weights, weights_root
 
-    path = Path(name_or_path)
-    if path.exists():
+    path = resolve_weights(name_or_path)
+    if path is not None:
         return path
-    shipped = weights_root() / str(name_or_path)
-    if shipped.exists():
-        return shipped
     raise AstraError(
-        f"no checkpoint {name_or_path!r}: not a path, and not a shipped model under {shipped.parent} "
+        f"no checkpoint {name_or_path!r}: not a path, and not a shipped model under {weights_root()} "
         "(set ASTRA_WEIGHTS to the folder holding the shipped weights if astra was not installed from a clone)"
     )
 

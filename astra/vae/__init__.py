@@ -9,10 +9,10 @@ original `Wan2.1_VAE.pth`). Both expose `encode`, `decode`, `stream_decoder()`, 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from astra.errors import CheckpointError
+from astra.weights import resolve_weights, weights_root
 from astra.vae.common import TEMPORAL_STRIDE
 from astra.vae.small import (
     CONFIG_FILE,
@@ -23,13 +23,6 @@ from astra.vae.small import (
     load_small_vae,
     save_small_vae,
 )
-
-WEIGHTS_ENV = "ASTRA_WEIGHTS"  # folder holding named weights; default: <repo>/weights
-
-
-def weights_root() -> Path:
-    return Path(os.environ.get(WEIGHTS_ENV, Path(__file__).resolve().parents[2] / "weights"))
-
 
 def _is_small_vae_folder(path: Path) -> bool:
     config = path / CONFIG_FILE
@@ -43,10 +36,8 @@ def _is_small_vae_folder(path: Path) -> bool:
 
 def load_vae(name_or_path: str | Path):
     """A name under the weights folder (`astra-small-vae`) or a path to either VAE's checkpoint."""
-    path = Path(name_or_path)
-    if not path.exists() and (weights_root() / path).exists():
-        path = weights_root() / path
-    if not path.exists():
+    path = resolve_weights(name_or_path)
+    if path is None:
         hint = " (train it with `astra vae train`, see weights/README.md)" if str(name_or_path) == VAE_TYPE else ""
         raise CheckpointError(f"no VAE named or found at {name_or_path!r}; looked in {weights_root()}{hint}")
     if _is_small_vae_folder(path):
