@@ -1,5 +1,6 @@
 import os
 import socket
+import time
 from contextlib import contextmanager
 
 import torch
@@ -34,8 +35,18 @@ def _process_group(rank: int, port: int):
         dist.destroy_process_group()
 
 
-def _launch(worker, out_dir) -> None:
-    mp.spawn(worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+def _launch(worker, out_dir, timeout_s: float = 120.0, attempts: int = 2) -> None:
+    """Run `worker` on WORLD_SIZE processes; a rendezvous that hangs (seen once on a loaded machine) is retried
+    on a fresh port instead of hanging the suite."""
+    for attempt in range(attempts):
+        context = mp.spawn(worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if context.join(timeout=1.0):
+                return
+        for process in context.processes:
+            process.terminate()
+    raise AssertionError(f"{worker.__name__} did not finish in {timeout_s:.0f} s, {attempts} attempts")
 
 
 def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
