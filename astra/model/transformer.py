@@ -209,10 +209,21 @@ class AstraTransformer(nn.Module):
         actions: ActionInput | None = None,
         text: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        causal_target: bool = False,
     ) -> AstraOutput:
-        """Velocity of the target chunk. `actions` covers history + target frames (uncached) or only the target
-        frames (with kv_cache). target_timesteps: [B, Ft] (or [B], shared by all target frames), in [0, 1]."""
+        """Velocity of the target frames. `actions` covers history + target frames (uncached) or only the target
+        frames (with kv_cache). target_timesteps: [B, Ft] (or [B], shared by all target frames), in [0, 1].
+
+        The target is one chunk (its frames attend to each other) unless `causal_target`: then it is a sequence
+        of chunks of `chunk_frames` frames, each attending only to the history and to older chunks, so one call
+        denoises several future chunks at once, each at its own flow time (diffusion forcing, used in training).
+        """
         batch_size, _, num_target, height, width = self._check_latents("target_latents", target_latents)
+        if causal_target and (self.config.attention != "block_causal" or num_target % self.config.chunk_frames):
+            raise ValueError(
+                f"causal_target needs attention='block_causal' and a whole number of {self.config.chunk_frames}-frame "
+                f"chunks; got attention={self.config.attention!r} and {num_target} target frames"
+            )
         target_timesteps = self._check_timesteps("target_timesteps", target_timesteps, batch_size, num_target)
         if kv_cache is not None:
             if history_latents is not None or history_timesteps is not None:
@@ -248,7 +259,8 @@ class AstraTransformer(nn.Module):
             timesteps = target_timesteps[:, :1].expand_as(timesteps)
         kept = sorted(f for group in groups for f in group.frames)
         frame_rank = {f: first_rank + i for i, f in enumerate(kept)}
-        frame_chunk = frame_chunk + [first_chunk] * num_target
+        chunk_frames = self.config.chunk_frames if causal_target else num_target
+        frame_chunk = frame_chunk + [first_chunk + i // chunk_frames for i in range(num_target)]
         sequence = pack_frames(latents, groups, self._embedders(), self.config.patch_size, frame_rank, frame_chunk)
         is_history = torch.arange(latents.shape[2], device=latents.device) < num_history
         hidden, _, time_embedding, aux_loss, usage = self._run(

@@ -20,7 +20,7 @@ class TrainConfig:
     # --- model ----------------------------------------------------------------------------------------
     model: str = "astra-tiny"  # an AstraConfig preset name or a path to a config.json
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    init_from: str | None = None  # Wan2.1 weights (original file or diffusers folder); None = from scratch
+    init_from: str | None = None  # Wan2.1 weights (file or diffusers folder) or an Astra checkpoint; None = scratch
 
     # --- data -----------------------------------------------------------------------------------------
     data: str = "synthetic"  # "synthetic" (random latents: smoke tests, benchmarks) or a latents dir
@@ -47,6 +47,7 @@ class TrainConfig:
     noisy_memory_range: tuple[float, float] = (0.0, 0.5)  # t_hist ~ U[lo, hi], told to the model per frame
     action_dropout: float = 0.1  # probability that a sample's target actions become the null action
     aux_loss_weight: float = 0.01  # weight of the experts' load-balancing loss
+    diffusion_forcing: bool = False  # several causal target chunks per sequence at their own noise levels
     copy_prior: bool = False  # predict the velocity relative to copying the newest history frame
     copy_prior_sigma: float = 0.5  # typical std of the latent change between frames (copy prior width)
 
@@ -113,6 +114,8 @@ class TrainConfig:
             raise AstraError(f"parallel must be 'auto', 'ddp' or 'fsdp', got {self.parallel!r}")
         if self.copy_prior and self.history_range[0] < 1:
             raise AstraError("copy_prior needs at least one history frame: set history_range lo >= 1")
+        if self.diffusion_forcing and self.history_range[0] < 1:
+            raise AstraError("diffusion_forcing needs at least one memory frame: set history_range lo >= 1")
         if self.copy_prior_sigma <= 0:
             raise AstraError(f"copy_prior_sigma must be > 0, got {self.copy_prior_sigma}")
 

@@ -40,6 +40,7 @@ from astra.errors import AstraError
 from astra.model.action_experts import ActionInput
 from astra.model.config import PRESETS as MODEL_PRESETS
 from astra.model.config import AstraConfig
+from astra.model.history import plan_history
 from astra.train.batches import BatchSource, SyntheticBatches, TrainBatch, step_generator
 from astra.train.checkpointing import (
     capture_rng_state,
@@ -82,7 +83,16 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     from astra.model.transformer import AstraTransformer
 
     model_config = build_model_config(config)
-    if config.init_from:
+    if config.init_from and is_astra_checkpoint(config.init_from):  # go on from our own weights (e.g. shipped ones)
+        from astra.model.checkpoints import load_astra
+
+        model, _ = load_astra(config.init_from, dtype=torch.float32)
+        if model.config != model_config:
+            raise AstraError(
+                f"init_from {config.init_from}: the checkpoint's model config differs from {config.model!r} "
+                f"(+ model_overrides); train with --set model=<its config.json> to go on from it"
+            )
+    elif config.init_from:
         from astra.model.checkpoints import load_wan_transformer
 
         model = load_wan_transformer(config.init_from, config=model_config)
@@ -91,6 +101,17 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         model = AstraTransformer(model_config)
     apply_freeze_policy(model, model_config)
     return model
+
+
+def is_astra_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a checkpoint in our own format (a directory with config.json + model.safetensors)."""
+    from astra.model.checkpoints import ASTRA_CONFIG, ASTRA_FORMAT
+
+    config_path = Path(path) / ASTRA_CONFIG if Path(path).is_dir() else Path(path).with_name(ASTRA_CONFIG)
+    try:
+        return json.loads(config_path.read_text()).get("format") == ASTRA_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
@@ -128,19 +149,33 @@ class StepOutput:
 
 
 def training_loss(
-    model: torch.nn.Module, batch: TrainBatch, config: TrainConfig, generator: torch.Generator
+    model: torch.nn.Module,
+    batch: TrainBatch,
+    config: TrainConfig,
+    generator: torch.Generator,
+    model_config: AstraConfig | None = None,
 ) -> StepOutput:
     """Flow-matching loss of the target chunk given (noisy) history and (possibly dropped) actions.
 
     All randomness comes from `generator` (CPU), so a step is reproducible from (seed, rank, step).
+    With `config.diffusion_forcing` the batch is first re-split by `diffusion_forcing_split` (needs `model_config`).
     """
+    causal_target = False
+    if config.diffusion_forcing:
+        if model_config is None:
+            raise AstraError("diffusion forcing needs the model config (its history budget and chunk size)")
+        batch = diffusion_forcing_split(batch, model_config, generator)
+        causal_target = True
     target = batch.target_latents
     device = target.device
     batch_size, _, target_frames = target.shape[:3]
     draw = lambda *shape: torch.rand(shape, generator=generator).to(device)  # noqa: E731
     normal = lambda shape: torch.randn(shape, generator=generator).to(device)  # noqa: E731
 
-    timesteps = sample_timesteps(batch_size, config.flow, generator).to(device)
+    # one flow time per sample, or per target chunk with diffusion forcing (each chunk its own noise level)
+    chunk_frames = model_config.chunk_frames if causal_target else target_frames
+    timesteps = sample_timesteps(batch_size * (target_frames // chunk_frames), config.flow, generator)
+    timesteps = timesteps.to(device).view(batch_size, -1).repeat_interleave(chunk_frames, dim=1)
     noise = normal(target.shape)
     noisy_target = add_noise(target, noise, timesteps)
 
@@ -157,20 +192,46 @@ def training_loss(
     null[:, history_frames:] = (draw(batch_size) < config.action_dropout)[:, None]
     actions = ActionInput(batch.action_values, batch.modality, null)
 
+    extra = {"causal_target": True} if causal_target else {}
     out = model(
         noisy_target,
-        timesteps[:, None].expand(batch_size, target_frames),
+        timesteps,
         history_latents=history,
         history_timesteps=history_timesteps,
         actions=actions,
         text=batch.text,
+        **extra,
     )
     velocity = out.velocity.float()
-    if config.copy_prior:
+    if config.copy_prior:  # anchored at the newest history frame, as at inference
         velocity = velocity + copy_prior_velocity(noisy_target, timesteps, history[:, :, -1:], config.copy_prior_sigma)
     flow_loss = flow_matching_loss(velocity, velocity_target(target, noise), timesteps, config.flow.loss_weighting)
     aux_loss = out.aux_loss.float()
     return StepOutput(flow_loss + config.aux_loss_weight * aux_loss, flow_loss, aux_loss, out.expert_usage.detach())
+
+
+def diffusion_forcing_split(batch: TrainBatch, model_config: AstraConfig, generator: torch.Generator) -> TrainBatch:
+    """Re-split a (history, one target chunk) batch into (memory, several causal target chunks).
+
+    The window is what the model keeps of the history (the first frame + the newest `history.full` frames, as at
+    inference) plus the target; a split drawn uniformly among the window's chunk boundaries after the first frame
+    decides which frames are memory (noised as history) and which are targets. The first target is exactly the
+    plain recipe's target; the later ones attend to it and to each other causally at their own noise levels
+    (diffusion forcing), so one sequence of the same length supervises on average half the window instead of one
+    chunk.
+    """
+    budget, chunk = model_config.history, model_config.chunk_frames
+    if budget.compressed_2x or budget.compressed_4x:
+        raise AstraError("diffusion forcing needs a history kept at full resolution (no compressed_2x/4x frames)")
+    if batch.history_latents is None:
+        return batch
+    history_frames = batch.history_latents.shape[2]
+    kept = sorted(frame for group in plan_history(history_frames, budget) for frame in group.frames)
+    window = torch.cat((batch.history_latents[:, :, kept], batch.target_latents), dim=2)
+    actions = torch.cat((batch.action_values[:, kept], batch.action_values[:, history_frames:]), dim=1)
+    boundaries = list(range(window.shape[2] - batch.target_latents.shape[2], 0, -chunk))  # >= 1 memory frame
+    split = boundaries[int(torch.randint(len(boundaries), (), generator=generator))]
+    return TrainBatch(window[:, :, :split], window[:, :, split:], actions, batch.modality, batch.text)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -334,7 +395,7 @@ class Trainer:
         batch = self.batches.batch(self.step, self.info.rank).to(self.info.device)
         generator = step_generator(self.config.seed, self.info.rank, self.step, stream=NOISE_STREAM)
         with torch.autocast(self.info.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-            out = training_loss(self.model, batch, self.config, generator)
+            out = training_loss(self.model, batch, self.config, generator, self.model_config)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], self.config.grad_clip)

@@ -115,3 +115,28 @@ def test_freeze_policy_follows_the_glob_patterns():
     assert sum(t for g, (t, _) in counts.items() if g != "total") == counts["total"][0]
     everything = apply_freeze_policy(make_model(), CONFIG.replace(trainable=None))
     assert all(p.requires_grad for p in everything.parameters())
+
+
+def test_causal_target_chunks_see_only_history_and_older_chunks():
+    """Diffusion forcing: with causal_target each target chunk is computed exactly as if it were the last one."""
+    model = make_model(CONFIG.replace(text_dim=0))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    chunk = CONFIG.chunk_frames
+    history, target = torch.randn(1, 4, 3, 4, 4), torch.randn(1, 4, 2 * chunk, 4, 4)
+    times = torch.tensor([[0.3] * chunk + [0.8] * chunk])
+    both = model(target, times, history_latents=history, causal_target=True).velocity
+    first_alone = model(target[:, :, :chunk], times[:, :chunk], history_latents=history).velocity
+    torch.testing.assert_close(both[:, :, :chunk], first_alone, rtol=1e-5, atol=1e-6)
+    changed = target.clone()
+    changed[:, :, chunk:] += 1.0  # a later chunk must not leak into an earlier one
+    again = model(changed, times, history_latents=history, causal_target=True).velocity
+    torch.testing.assert_close(again[:, :, :chunk], both[:, :, :chunk], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(again[:, :, chunk:], both[:, :, chunk:])
+    one_chunk = model(target, times, history_latents=history).velocity  # default: the target is one chunk
+    assert not torch.allclose(one_chunk[:, :, :chunk], both[:, :, :chunk])
+    with pytest.raises(ValueError, match="whole number"):
+        model(target[:, :, :1], times[:, :1], history_latents=history, causal_target=True)
+    with pytest.raises(ValueError, match="block_causal"):
+        make_model(CONFIG.replace(attention="bidirectional"))(target, times, causal_target=True)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from astra.errors import CheckpointError
+from astra.errors import AstraError, CheckpointError
 from astra.train.batches import SyntheticBatches, step_generator
 from astra.train.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
 from astra.train.config import get_preset
@@ -133,3 +133,68 @@ def test_export_writes_an_astra_checkpoint_with_ema_weights(tmp_path):
     assert metadata["step"] == 2 and metadata["weights"] == "ema" and "git_revision" in metadata
     name = next(iter(trainer.ema.shadow))
     assert torch.equal(model.state_dict()[name], trainer.ema.shadow[name])
+
+
+def test_diffusion_forcing_splits_the_kept_window_into_memory_and_causal_targets(tmp_path):
+    from astra.model.config import HistoryBudget
+    from astra.train.trainer import diffusion_forcing_split
+
+    overrides = {"text_dim": 0, "text_len": 0, "chunk_frames": 1,
+                 "history": HistoryBudget(keep_first=True, full=2, compressed_2x=0, compressed_4x=0)}  # fmt: skip
+    config = TINY.replace(model_overrides=overrides, history_range=(6, 6), diffusion_forcing=True, batch_size=2)
+    trainer = Trainer(config, tmp_path, progress=False)
+    batch = trainer.batches.batch(0, 0)  # 6 history frames + 1 target
+    window = torch.cat((batch.history_latents[:, :, [0, 4, 5]], batch.target_latents), dim=2)  # first + 2 newest
+    window_actions = batch.action_values[:, [0, 4, 5, 6]]
+    splits = set()
+    for seed in range(40):
+        split = diffusion_forcing_split(batch, trainer.model_config, torch.Generator().manual_seed(seed))
+        memory = split.history_latents.shape[2]
+        splits.add(memory)
+        assert torch.equal(torch.cat((split.history_latents, split.target_latents), dim=2), window)
+        assert torch.equal(split.action_values, window_actions)
+    assert splits == {1, 2, 3}  # every boundary after the first frame is drawn
+
+    spy = Spy(trainer.model)
+    out = training_loss(spy, batch, config, step_generator(0, 0, 0, 1), trainer.model_config)
+    kwargs = spy.calls[0]
+    assert kwargs["causal_target"] is True and torch.isfinite(out.loss)
+    with pytest.raises(AstraError, match="model config"):
+        training_loss(spy, batch, config, step_generator(0, 0, 0, 1))
+
+
+@pytest.mark.parametrize("chunk_frames", [1, 2])
+def test_diffusion_forcing_draws_one_flow_time_per_target_chunk(tmp_path, chunk_frames):
+    from astra.model.config import HistoryBudget
+
+    overrides = {"text_dim": 0, "text_len": 0, "chunk_frames": chunk_frames,
+                 "history": HistoryBudget(keep_first=True, full=3, compressed_2x=0, compressed_4x=0)}  # fmt: skip
+    config = TINY.replace(model_overrides=overrides, history_range=(4, 4), diffusion_forcing=True, batch_size=2)
+    trainer = Trainer(config, tmp_path, progress=False)
+    seen = []
+    model = trainer.model
+
+    def record(target, timesteps, **kwargs):
+        seen.append(timesteps.clone())
+        return model(target, timesteps, **kwargs)
+
+    for seed in range(10):
+        training_loss(record, trainer.batches.batch(0, 0), config, step_generator(0, 0, seed, 1), trainer.model_config)
+    several = [t.unflatten(1, (-1, chunk_frames)) for t in seen if t.shape[1] > chunk_frames]
+    assert several, "no draw gave more than one target chunk"
+    assert all(torch.all(t == t[..., :1]) for t in several)  # one level per chunk
+    assert all(not torch.all(t == t[:, :1]) for t in several)  # chunks of one sample have their own levels
+    assert Trainer(config.replace(steps=2), tmp_path / "fit", progress=False).fit()[-1]["step"] == 2
+
+
+def test_init_from_an_astra_checkpoint_continues_its_weights(tmp_path):
+    from astra.model.checkpoints import save_astra
+
+    source = Trainer(TINY, tmp_path / "source", progress=False)
+    save_astra(source.model, tmp_path / "ckpt")
+    follow = Trainer(TINY.replace(init_from=str(tmp_path / "ckpt")), tmp_path / "follow", progress=False)
+    for name, tensor in source.model.state_dict().items():
+        assert torch.equal(tensor, follow.model.state_dict()[name]), name
+    other = TINY.replace(init_from=str(tmp_path / "ckpt"), model_overrides={**TINY.model_overrides, "num_layers": 1})
+    with pytest.raises(AstraError, match="differs"):
+        Trainer(other, tmp_path / "other", progress=False)
