@@ -8,6 +8,7 @@ set -euo pipefail
 WORK=${1:-data/small-model}
 EPISODES=$WORK/episodes
 VAE_STEPS=${VAE_STEPS:-3000}
+DECODER_STEPS=${DECODER_STEPS:-1000}
 TRAIN_STEPS=${TRAIN_STEPS:-4000}
 THREADS=${THREADS:-2}
 export OMP_NUM_THREADS=$THREADS
@@ -21,9 +22,13 @@ record camera 200 24
 record drive 200 24
 record robot 120 24
 
-astra vae train --episodes "$EPISODES" --out "$WORK/vae" --steps "$VAE_STEPS" --resume
+resume_vae() { [ -f "$1/training_state.pt" ] && echo --resume || true; }  # --resume only once a run exists
+astra vae train --episodes "$EPISODES" --out "$WORK/vae" --steps "$VAE_STEPS" $(resume_vae "$WORK/vae")
+# decoder-only fine-tune: the encoder (and so every latent) stays as trained above
+astra vae train --episodes "$EPISODES" --out "$WORK/vae-decoder" --init-from "$WORK/vae" --freeze-encoder \
+  --steps "$DECODER_STEPS" --lr 1e-3 $(resume_vae "$WORK/vae-decoder")
 astra data encode --episodes "$EPISODES" --vae "$WORK/vae" --out "$WORK/latents"
 astra train --preset astra-small --out "$WORK/run" --set data="$WORK/latents" --set steps="$TRAIN_STEPS" --resume
 astra train --preset astra-small --out "$WORK/run" --set data="$WORK/latents" --export
 astra eval --checkpoint "$WORK/run/export" --cases 8 --out "$WORK/eval"
-echo "done: copy $WORK/vae to weights/astra-small-vae and $WORK/run/export to weights/astra-small if the eval is better"
+echo "done: copy $WORK/vae-decoder to weights/astra-small-vae and $WORK/run/export to weights/astra-small if the eval is better"
