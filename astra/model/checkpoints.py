@@ -498,6 +498,16 @@ def save_astra(model: AstraTransformer, directory: str | Path, metadata: dict[st
     return directory
 
 
+def is_astra_checkpoint(path: str | Path) -> bool:
+    """Whether `path` (a directory, or its model.safetensors) holds a checkpoint in our own format."""
+    path = Path(path)
+    config_path = (path if path.is_dir() else path.parent) / ASTRA_CONFIG
+    try:
+        return _read_json(config_path).get("format") == ASTRA_FORMAT
+    except (CheckpointError, AttributeError):
+        return False
+
+
 def load_astra(
     directory_or_file: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[AstraTransformer, dict[str, Any]]:

@@ -78,14 +78,13 @@ def build_model_config(config: TrainConfig) -> AstraConfig:
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:
-    """A fresh (or Wan-initialised) AstraTransformer with the config's freeze policy applied, in fp32."""
+    """A fresh, Wan-initialised or checkpoint-initialised AstraTransformer with the freeze policy applied, in fp32."""
+    from astra.model.checkpoints import is_astra_checkpoint, load_astra, load_wan_transformer
     from astra.model.freeze import apply_freeze_policy
     from astra.model.transformer import AstraTransformer
 
     model_config = build_model_config(config)
     if config.init_from and is_astra_checkpoint(config.init_from):  # go on from our own weights (e.g. shipped ones)
-        from astra.model.checkpoints import load_astra
-
         model, _ = load_astra(config.init_from, dtype=torch.float32)
         if model.config != model_config:
             raise AstraError(
@@ -93,25 +92,12 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
                 f"(+ model_overrides); train with --set model=<its config.json> to go on from it"
             )
     elif config.init_from:
-        from astra.model.checkpoints import load_wan_transformer
-
         model = load_wan_transformer(config.init_from, config=model_config)
     else:
         torch.manual_seed(config.seed)
         model = AstraTransformer(model_config)
     apply_freeze_policy(model, model_config)
     return model
-
-
-def is_astra_checkpoint(path: str | Path) -> bool:
-    """Whether `path` is a checkpoint in our own format (a directory with config.json + model.safetensors)."""
-    from astra.model.checkpoints import ASTRA_CONFIG, ASTRA_FORMAT
-
-    config_path = Path(path) / ASTRA_CONFIG if Path(path).is_dir() else Path(path).with_name(ASTRA_CONFIG)
-    try:
-        return json.loads(config_path.read_text()).get("format") == ASTRA_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
@@ -160,12 +146,10 @@ def training_loss(
     All randomness comes from `generator` (CPU), so a step is reproducible from (seed, rank, step).
     With `config.diffusion_forcing` the batch is first re-split by `diffusion_forcing_split` (needs `model_config`).
     """
-    causal_target = False
     if config.diffusion_forcing:
         if model_config is None:
             raise AstraError("diffusion forcing needs the model config (its history budget and chunk size)")
         batch = diffusion_forcing_split(batch, model_config, generator)
-        causal_target = True
     target = batch.target_latents
     device = target.device
     batch_size, _, target_frames = target.shape[:3]
@@ -173,7 +157,7 @@ def training_loss(
     normal = lambda shape: torch.randn(shape, generator=generator).to(device)  # noqa: E731
 
     # one flow time per sample, or per target chunk with diffusion forcing (each chunk its own noise level)
-    chunk_frames = model_config.chunk_frames if causal_target else target_frames
+    chunk_frames = model_config.chunk_frames if config.diffusion_forcing else target_frames
     timesteps = sample_timesteps(batch_size * (target_frames // chunk_frames), config.flow, generator)
     timesteps = timesteps.to(device).view(batch_size, -1).repeat_interleave(chunk_frames, dim=1)
     noise = normal(target.shape)
@@ -192,7 +176,6 @@ def training_loss(
     null[:, history_frames:] = (draw(batch_size) < config.action_dropout)[:, None]
     actions = ActionInput(batch.action_values, batch.modality, null)
 
-    extra = {"causal_target": True} if causal_target else {}
     out = model(
         noisy_target,
         timesteps,
@@ -200,7 +183,7 @@ def training_loss(
         history_timesteps=history_timesteps,
         actions=actions,
         text=batch.text,
-        **extra,
+        causal_target=config.diffusion_forcing,
     )
     velocity = out.velocity.float()
     if config.copy_prior:  # anchored at the newest history frame, as at inference
