@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 LOSS_WEIGHTINGS = ("none", "bell")
@@ -129,3 +130,20 @@ def copy_prior_velocity(
     deviation = noisy - (1.0 - t) * anchor
     variance = (1.0 - t) ** 2 * sigma**2 + t**2
     return (t - (1.0 - t) * sigma**2) / variance * deviation - anchor
+
+
+def warp_latents(anchor: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+    """The anchor `[B, C, 1, H, W]` moved by each target frame's global motion `[B, Ft, 3]` (shift x, shift y in
+    grid units where 2 / W is one latent pixel, log zoom) -> `[B, C, Ft, H, W]`. Bilinear, border padding; zero
+    motion returns the anchor exactly. Used as the copy-prior anchor of models with a motion prior."""
+    batch, channels, _, height, width = anchor.shape
+    frames = motion.shape[1]
+    shift_x, shift_y, log_zoom = motion.float().unbind(-1)
+    scale = torch.exp(-log_zoom).flatten()  # zooming in samples a smaller region of the anchor
+    theta = torch.zeros(batch * frames, 2, 3, device=anchor.device)
+    theta[:, 0, 0], theta[:, 1, 1] = scale, scale
+    theta[:, 0, 2], theta[:, 1, 2] = shift_x.flatten(), shift_y.flatten()
+    grid = F.affine_grid(theta, [batch * frames, channels, height, width], align_corners=False)
+    source = anchor[:, :, 0].float().repeat_interleave(frames, dim=0)
+    warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return warped.view(batch, frames, channels, height, width).transpose(1, 2).to(anchor.dtype)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from astra.diffusion.flow import copy_prior_velocity
+from astra.diffusion.flow import copy_prior_velocity, warp_latents
 
 
 def null_target_actions(actions: Any, target_frames: int) -> Any:
@@ -98,7 +98,7 @@ def guided_velocity(
     if use_text_guidance:
         batched_text = torch.cat([text] * (passes - 1) + [null_text])
 
-    velocity = model(
+    out = model(
         _repeat(target_latents, passes),
         _repeat(target_timesteps, passes),
         history_latents=_repeat(history_latents, passes),
@@ -106,22 +106,26 @@ def guided_velocity(
         actions=batched_actions,
         text=batched_text,
         kv_cache=kv_cache,
-    ).velocity
-    chunks = velocity.split(batch)
-    if passes == 1:
-        guided = chunks[0]
-    elif use_text_guidance and actions is not None:  # cond, null action, null action + null text
-        v_cond, v_text, v_none = chunks
-        guided = v_none + text_scale * (v_text - v_none) + action_scale * (v_cond - v_text)
-    else:  # cond and one null pass (the null action, or the null text when there are no actions)
-        v_cond, v_null = chunks
-        scale = action_scale if not use_text_guidance else text_scale
-        guided = v_null + scale * (v_cond - v_null)
+    )
 
+    def combine(chunks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if passes == 1:
+            return chunks[0]
+        if use_text_guidance and actions is not None:  # cond, null action, null action + null text
+            v_cond, v_text, v_none = chunks
+            return v_none + text_scale * (v_text - v_none) + action_scale * (v_cond - v_text)
+        v_cond, v_null = chunks  # cond and one null pass (the null action, or the null text when there are no actions)
+        scale = action_scale if not use_text_guidance else text_scale
+        return v_null + scale * (v_cond - v_null)
+
+    guided = combine(out.velocity.split(batch))
     if copy_prior_sigma is not None:
         if anchor is None:
             if history_latents is None:
                 raise ValueError("the copy prior needs an anchor: pass history_latents or anchor")
             anchor = history_latents[:, :, -1:]
+        motion = getattr(out, "motion", None)
+        if motion is not None:  # each pass moves the anchor by its own actions; the prior is affine in the anchor
+            anchor = combine(warp_latents(_repeat(anchor, passes), motion).split(batch))
         guided = guided + copy_prior_velocity(target_latents, target_timesteps, anchor, copy_prior_sigma)
     return guided

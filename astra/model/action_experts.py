@@ -1,7 +1,7 @@
 """Mixture of Action Experts (MoAE): per-modality projectors into a shared action space, then per-block experts.
 
-Pipeline per latent frame: raw action (modality width) -> `ActionProjectors` (Linear to `action_space_dim`, or the
-learned null action) -> append the history bit (1 history, 0 target) -> per block `ActionExperts`: a router picks
+Pipeline per latent frame: raw action (modality width) -> per-column standardisation (`ActionNormalizer`, when
+config.normalize_actions) -> `ActionProjectors` (Linear to `action_space_dim`, or the learned null action) -> append the history bit (1 history, 0 target) -> per block `ActionExperts`: a router picks
 top-k experts, only those run, their outputs are summed with the router weights -> an embedding of width `dim`
 added to the self-attention input of the tokens of that frame. The last layer of every expert starts at zero, so a
 fresh Astra on Wan weights computes exactly Wan.
@@ -79,6 +79,26 @@ def validate_action_input(actions: ActionInput, batch_size: int, num_frames: int
         )
 
 
+ACTION_STD_FLOOR = 1e-2  # a column that (almost) never moves is not blown up into noise
+
+
+class ActionNormalizer(nn.Module):
+    """(action - mean) / std per column, with the training data's statistics kept as buffers in the checkpoint.
+
+    Why: the columns of one modality differ in scale by 100x (a camera turn is a quaternion component of ~0.02, a
+    translation ~2); a Linear with AdamW moves every weight by ~lr per step, so a tiny column stays unread for
+    tens of thousands of steps. Standardised, every column is heard from the start.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self.mean) / self.std
+
+
 class ActionProjectors(nn.Module):
     """Per-modality Linear(width -> action_space_dim) plus a learned null action; appends the history bit."""
 
@@ -89,6 +109,33 @@ class ActionProjectors(nn.Module):
             {name: nn.Linear(get_modality(name).width, config.action_space_dim) for name in self.modalities}
         )
         self.null_action = nn.Parameter(torch.zeros(config.action_space_dim))
+        self.normalizers = (
+            nn.ModuleDict({name: ActionNormalizer(get_modality(name).width) for name in self.modalities})
+            if config.normalize_actions
+            else None
+        )
+
+    @torch.no_grad()
+    def set_statistics(self, statistics: dict[str, tuple[torch.Tensor, torch.Tensor]], keep_function: bool) -> None:
+        """Store per-modality (mean, std) of raw actions (std floored at ACTION_STD_FLOOR).
+
+        keep_function: the projectors were trained on raw actions (a checkpoint from before normalisation): fold the
+        statistics into their weights, W' = W diag(std), b' = b + W mean, so the model computes exactly what it did.
+        """
+        if self.normalizers is None:
+            raise ValueError("this model does not normalise actions (config.normalize_actions=False)")
+        for name, (mean, std) in statistics.items():
+            if name not in self.normalizers:
+                raise ValueError(f"action statistics for modality {name!r}, which this model has no projector for")
+            normalizer, projector = self.normalizers[name], self.projectors[name]
+            if mean.shape != normalizer.mean.shape or std.shape != normalizer.std.shape:
+                raise ValueError(f"action statistics for {name!r} must have shape {tuple(normalizer.mean.shape)}")
+            std = std.clamp_min(ACTION_STD_FLOOR)
+            if keep_function:
+                projector.bias += projector.weight @ mean.to(projector.weight)
+                projector.weight *= std.to(projector.weight)
+            normalizer.mean.copy_(mean)
+            normalizer.std.copy_(std)
 
     def forward(self, actions: ActionInput, is_history: torch.Tensor) -> torch.Tensor:
         """[B, F, max_width] raw actions + is_history [F] bool -> features [B, F, action_space_dim + 1]."""
@@ -99,7 +146,10 @@ class ActionProjectors(nn.Module):
         for name in set(actions.modality):
             rows = [b for b, m in enumerate(actions.modality) if m == name]
             width = get_modality(name).width
-            projected[rows] = self.projectors[name](actions.values[rows, :, :width].to(weight.dtype))
+            values = actions.values[rows, :, :width].to(weight.dtype)
+            if self.normalizers is not None:
+                values = self.normalizers[name](values)
+            projected[rows] = self.projectors[name](values)
         if actions.null is not None:
             projected = torch.where(actions.null[..., None], self.null_action.expand_as(projected), projected)
         history_bit = is_history.to(projected.dtype)[None, :, None].expand(batch_size, num_frames, 1)

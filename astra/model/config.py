@@ -59,7 +59,9 @@ class AstraConfig:
     expert_hidden_dim: int = 32
     expert_routing: str = "learned"  # "learned" (softmax router, top-k) or "fixed" (expert chosen by modality)
     fixed_expert_of_modality: tuple[tuple[str, int], ...] = ()  # used when expert_routing == "fixed"
+    normalize_actions: bool = False  # standardise each action column with the training data's mean/std (buffers)
     inject_actions: bool = True  # add the action embedding inside every block
+    motion_prior: bool = False  # actions also move the copy-prior anchor (model/motion_prior.py; small presets)
     act_adapter: bool = True  # identity-initialised Linear(dim, dim) after each self-attention
 
     # --- Attention and timesteps --------------------------------------------------------------------
@@ -80,6 +82,7 @@ class AstraConfig:
         "blocks.*.act_adapter",
         "blocks.*.action_experts",
         "action_projectors",
+        "motion_prior",
         "history_embedders",
     )
 
@@ -144,6 +147,8 @@ class AstraConfig:
             raise ValueError(f"attention must be 'block_causal' or 'bidirectional', got {self.attention!r}")
         if self.expert_routing not in ("learned", "fixed"):
             raise ValueError(f"expert_routing must be 'learned' or 'fixed', got {self.expert_routing!r}")
+        if self.motion_prior and not self.inject_actions:
+            raise ValueError("motion_prior needs the action module (inject_actions=True)")
         if self.chunk_frames < 1:
             raise ValueError("chunk_frames must be >= 1")
         if self.patch_size[0] != 1:
@@ -171,6 +176,8 @@ PRESETS: dict[str, AstraConfig] = {
         rope_max_positions=256,
         action_space_dim=24,
         expert_hidden_dim=64,
+        normalize_actions=True,
+        motion_prior=True,
         history=HistoryBudget(keep_first=True, full=4, compressed_2x=0, compressed_4x=0),
         chunk_frames=1,
         kv_cache_chunks=4,

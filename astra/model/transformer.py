@@ -29,6 +29,7 @@ from torch import nn
 from astra.model.action_experts import ActionExperts, ActionInput, ActionProjectors, fixed_experts_of
 from astra.model.attention import CrossAttention, KVCache, SelfAttention, block_causal_mask, rope_tables
 from astra.model.config import AstraConfig
+from astra.model.motion_prior import MotionPrior
 from astra.model.history import (
     FrameGroup,
     HistoryEmbedders,
@@ -62,6 +63,7 @@ class AstraOutput:
     velocity: torch.Tensor  # [B, C, Ft, H, W]
     aux_loss: torch.Tensor  # scalar load-balancing loss of the action experts (0 without actions)
     expert_usage: torch.Tensor  # [num_experts] fraction of routed action frames per expert
+    motion: torch.Tensor | None = None  # [B, Ft, 3] copy-prior anchor motion per target frame (motion_prior)
 
 
 class Head(nn.Module):
@@ -175,6 +177,7 @@ class AstraTransformer(nn.Module):
         self.blocks = nn.ModuleList(AstraBlock(config) for _ in range(config.num_layers))
         self.head = Head(config)
         self.action_projectors = ActionProjectors(config) if config.inject_actions else None
+        self.motion_prior = MotionPrior(config) if config.motion_prior else None
         self.history_embedders = HistoryEmbedders(config)
         self.init_weights()
 
@@ -195,6 +198,8 @@ class AstraTransformer(nn.Module):
                 nn.init.zeros_(block.act_adapter.bias)
             if block.action_experts is not None:
                 block.action_experts.reset_last_layers()
+        if self.motion_prior is not None:
+            self.motion_prior.reset_parameters()
         if self.config.zero_init_head:  # the velocity starts at 0 (with the copy prior: the model starts by copying)
             nn.init.zeros_(self.head.head.weight)
             nn.init.zeros_(self.head.head.bias)
@@ -263,13 +268,16 @@ class AstraTransformer(nn.Module):
         frame_chunk = frame_chunk + [first_chunk + i // chunk_frames for i in range(num_target)]
         sequence = pack_frames(latents, groups, self._embedders(), self.config.patch_size, frame_rank, frame_chunk)
         is_history = torch.arange(latents.shape[2], device=latents.device) < num_history
-        hidden, _, time_embedding, aux_loss, usage = self._run(
+        hidden, _, time_embedding, aux_loss, usage, features = self._run(
             sequence, timesteps, actions, is_history, self._check_text(text, batch_size), kv_cache
         )
         target_tokens = slice(hidden.shape[1] - sequence.num_target_tokens, None)
         target_slots = sequence.slot_of_token[target_tokens]
         out = self.head(hidden[:, target_tokens], time_embedding[:, target_slots])
-        return AstraOutput(self._unpatchify(out, num_target, height, width), aux_loss, usage)
+        motion = None
+        if self.motion_prior is not None and features is not None:
+            motion = self.motion_prior(features[:, -num_target:])
+        return AstraOutput(self._unpatchify(out, num_target, height, width), aux_loss, usage, motion)
 
     @torch.no_grad()
     def prefill(
@@ -325,12 +333,12 @@ class AstraTransformer(nn.Module):
         )
         is_history = torch.ones(len(frames), dtype=torch.bool, device=latents.device)
         text = self._check_text(text, latents.shape[0])
-        _, keys_values, _, _, _ = self._run(sequence, timesteps, actions, is_history, text, cache)
+        _, keys_values, _, _, _, _ = self._run(sequence, timesteps, actions, is_history, text, cache)
         return [k for k, _ in keys_values], [v for _, v in keys_values]
 
     def _run(self, sequence: PackedSequence, timesteps, actions, is_history, context, cache):
         """The block stack over `sequence` (attending to `cache` too). Returns hidden states, per-layer new K/V,
-        the per-slot time embedding (for the head), the mean aux loss and expert usage."""
+        the per-slot time embedding (for the head), the mean aux loss, expert usage and the projected actions."""
         config = self.config
         x = sequence.tokens
         slot_timesteps = timesteps.double() @ sequence.slot_frames.T  # [B, S]
@@ -370,7 +378,7 @@ class AstraTransformer(nn.Module):
         else:
             aux_loss = x.new_zeros((), dtype=torch.float32)
             usage = x.new_zeros(config.num_experts, dtype=torch.float32)
-        return x, keys_values, time_embedding, aux_loss, usage
+        return x, keys_values, time_embedding, aux_loss, usage, features
 
     def _embedders(self) -> dict[tuple[int, bool], nn.Conv3d]:
         history_1x = getattr(self.history_embedders, "proj_1x", self.patch_embedding)

@@ -4,7 +4,8 @@ One step: draw a batch (history chunk + target chunk + per-latent-frame actions)
 time t, corrupt the history with independent noise with probability `noisy_memory_prob` (the model is told each
 history frame's level through `history_timesteps`; inference uses clean history), null the target actions with
 probability `action_dropout` (the same frames action-free guidance nulls), regress the velocity on the target
-frames only, add the experts' load-balancing loss. AdamW with warmup + cosine, gradient clipping, an fp32 EMA of
+frames only, add the experts' load-balancing loss. A model that normalises its actions gets the per-column
+statistics of the training batches before the first step. AdamW with warmup + cosine, gradient clipping, an fp32 EMA of
 the trainable weights, bf16 autocast over fp32 master weights on GPU, optional per-block gradient checkpointing.
 """
 
@@ -35,7 +36,9 @@ from astra.diffusion.flow import (
     flow_matching_loss,
     sample_timesteps,
     velocity_target,
+    warp_latents,
 )
+from astra.actions.modalities import get_modality
 from astra.errors import AstraError
 from astra.model.action_experts import ActionInput
 from astra.model.config import PRESETS as MODEL_PRESETS
@@ -56,6 +59,9 @@ from astra.train.logging import TrainLogger
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 NOISE_STREAM = 1  # generator stream of the per-step noise (stream 0 is the data)
+ACTION_STATISTICS_BATCHES = 64  # batches the action normalisation statistics are taken from
+# Model options a checkpoint trained without them can be carried into, exactly: switch -> the keys it adds
+ADDITIONS = {"normalize_actions": ".normalizers.", "motion_prior": "motion_prior."}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -77,15 +83,31 @@ def build_model_config(config: TrainConfig) -> AstraConfig:
     return model_config
 
 
-def build_model(config: TrainConfig) -> torch.nn.Module:
-    """A fresh, Wan-initialised or checkpoint-initialised AstraTransformer with the freeze policy applied, in fp32."""
+def build_model(config: TrainConfig, batches: BatchSource | None = None) -> torch.nn.Module:
+    """A fresh, Wan-initialised or checkpoint-initialised AstraTransformer with the freeze policy applied, in fp32.
+
+    A model that normalises actions takes its statistics from `batches` unless its checkpoint already has them. A
+    checkpoint of the same config without the function-preserving additions (ADDITIONS: normalised actions, the
+    motion prior) is carried over exactly: statistics folded into its projectors, the motion prior at zero.
+    """
     from astra.model.checkpoints import is_astra_checkpoint, load_astra, load_wan_transformer
     from astra.model.freeze import apply_freeze_policy
     from astra.model.transformer import AstraTransformer
 
     model_config = build_model_config(config)
+    needs_statistics, keep_function = model_config.normalize_actions, False
     if config.init_from and is_astra_checkpoint(config.init_from):  # go on from our own weights (e.g. shipped ones)
         model, _ = load_astra(config.init_from, dtype=torch.float32)
+        added = {name: False for name in ADDITIONS if getattr(model_config, name) and not getattr(model.config, name)}
+        needs_statistics = needs_statistics and not model.config.normalize_actions
+        if added and model.config == model_config.replace(**added):
+            older = model
+            model = AstraTransformer(model_config)
+            missing, unexpected = model.load_state_dict(older.state_dict(), strict=False)
+            new_keys = tuple(ADDITIONS[name] for name in added)
+            if unexpected or not all(any(new in key for new in new_keys) for key in missing):
+                raise AstraError(f"init_from {config.init_from}: cannot carry over (missing {missing}, unexpected {unexpected})")
+            keep_function = "normalize_actions" in added
         if model.config != model_config:
             raise AstraError(
                 f"init_from {config.init_from}: the checkpoint's model config differs from {config.model!r} "
@@ -96,8 +118,30 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     else:
         torch.manual_seed(config.seed)
         model = AstraTransformer(model_config)
+    if needs_statistics:
+        if batches is None:
+            raise AstraError("a model that normalises actions needs training batches to take their statistics from")
+        model.action_projectors.set_statistics(action_statistics(batches), keep_function)
     apply_freeze_policy(model, model_config)
     return model
+
+
+def action_statistics(
+    batches: BatchSource, num_batches: int = ACTION_STATISTICS_BATCHES
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-modality (mean, std) of the raw actions of the first `num_batches` batches of rank 0 (the same on every
+    rank and on resume: batches are a pure function of the step). The first latent frame of a clip (no motion
+    yet, its action is zero by definition) counts like any other."""
+    rows: dict[str, list[torch.Tensor]] = {}
+    for step in range(num_batches):
+        batch = batches.batch(step, 0)
+        for values, name in zip(batch.action_values, batch.modality):
+            rows.setdefault(name, []).append(values[:, : get_modality(name).width].double())
+    statistics = {}
+    for name, parts in rows.items():
+        values = torch.cat(parts)
+        statistics[name] = (values.mean(0).float(), values.std(0, unbiased=False).float())
+    return statistics
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
@@ -186,8 +230,9 @@ def training_loss(
         causal_target=config.diffusion_forcing,
     )
     velocity = out.velocity.float()
-    if config.copy_prior:  # anchored at the newest history frame, as at inference
-        velocity = velocity + copy_prior_velocity(noisy_target, timesteps, history[:, :, -1:], config.copy_prior_sigma)
+    if config.copy_prior:  # anchored at the newest history frame (moved by the motion prior), as at inference
+        anchor = history[:, :, -1:] if out.motion is None else warp_latents(history[:, :, -1:], out.motion)
+        velocity = velocity + copy_prior_velocity(noisy_target, timesteps, anchor, config.copy_prior_sigma)
     flow_loss = flow_matching_loss(velocity, velocity_target(target, noise), timesteps, config.flow.loss_weighting)
     aux_loss = out.aux_loss.float()
     return StepOutput(flow_loss + config.aux_loss_weight * aux_loss, flow_loss, aux_loss, out.expert_usage.detach())
@@ -308,7 +353,8 @@ class Trainer:
         config.validate()
         self.config, self.out_dir, self.info, self.progress = config, Path(out_dir), info, progress
         self.model_config = build_model_config(config)
-        model = build_model(config).to(info.device)
+        self.batches = batches or make_batch_source(config, self.model_config)
+        model = build_model(config, self.batches).to(info.device)
         if config.grad_checkpointing:
             enable_gradient_checkpointing(model)
         self.trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -323,7 +369,6 @@ class Trainer:
             self.optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio)
         )
         self.ema = EMA(self.trainable, config.ema_decay) if config.ema_decay > 0 else None
-        self.batches = batches or make_batch_source(config, self.model_config)
         self.step = 0
         use_bf16 = config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and info.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None

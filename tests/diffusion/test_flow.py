@@ -1,3 +1,4 @@
+import math
 import pytest
 import torch
 
@@ -86,3 +87,17 @@ def test_copy_prior_is_bounded_at_the_ends_and_matches_gaussian_posterior():
         assert torch.isfinite(copy_prior_velocity(torch.randn(1, 1, 1, 1, 1), torch.tensor([end]), anchor, sigma)).all()
     with pytest.raises(ValueError, match="sigma"):
         copy_prior_velocity(xt.view(-1, 1, 1, 1, 1)[:1], torch.tensor([t]), anchor, 0.0)
+
+
+def test_warp_latents_is_exact_at_zero_motion_and_shifts_by_whole_latent_pixels():
+    from astra.diffusion.flow import warp_latents
+
+    anchor = torch.randn(2, 3, 1, 6, 8)
+    motion = torch.zeros(2, 2, 3)
+    assert torch.allclose(warp_latents(anchor, motion), anchor.expand(-1, -1, 2, -1, -1), atol=1e-6)
+    motion[:, 1, 0] = 2.0 / 8  # frame 1 samples one latent pixel to the right: the content moves left
+    motion[:, 1, 1] = -2.0 / 6  # and one up in the source: the content moves down
+    warped = warp_latents(anchor, motion)
+    assert torch.allclose(warped[:, :, 1, 1:, :-1], anchor[:, :, 0, :-1, 1:], atol=1e-5)
+    zoomed = warp_latents(anchor, torch.tensor([[[0.0, 0.0, math.log(2.0)]]]).expand(2, 1, 3))
+    assert not torch.allclose(zoomed, anchor, atol=1e-3)  # zooming in changes the picture

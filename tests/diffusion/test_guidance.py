@@ -89,3 +89,24 @@ def test_null_marks_only_the_target_frames(inputs):
     assert guidance_passes(3.0, 1.0, has_actions=True, has_text=True) == 2
     assert guidance_passes(1.0, 1.0, has_actions=True, has_text=True) == 1
     assert guidance_passes(3.0, 5.0, has_actions=True, has_text=True) == 3
+
+
+@torch.no_grad()
+def test_guidance_moves_the_copy_prior_anchor_by_each_pass_own_motion(inputs):
+    """guided = prior(a_null) + v_null + s (prior(a_cond) + v_cond - prior(a_null) - v_null): the prior is affine in
+    the anchor, so this is the prior around the guided anchor a_null + s (a_cond - a_null)."""
+    from astra.diffusion.flow import copy_prior_velocity, warp_latents
+
+    torch.manual_seed(0)
+    model = _perturb_zero_inits(AstraTransformer(CONFIG.replace(motion_prior=True, text_dim=0, text_len=0)))
+    x = dict(inputs)
+    scale, sigma = 3.0, 0.5
+    kwargs = dict(history_latents=x["history"], copy_prior_sigma=sigma)
+    guided = guided_velocity(model, x["target"], x["timesteps"], actions=x["actions"], action_scale=scale, **kwargs)
+    total = {}
+    for name, actions in (("cond", x["actions"]), ("null", null_target_actions(x["actions"], CONFIG.chunk_frames))):
+        out = model(x["target"], x["timesteps"], history_latents=x["history"], actions=actions)
+        anchor = warp_latents(x["history"][:, :, -1:], out.motion)
+        total[name] = out.velocity + copy_prior_velocity(x["target"], x["timesteps"], anchor, sigma)
+    assert (total["cond"] - total["null"]).abs().max() > 1e-3
+    torch.testing.assert_close(guided, total["null"] + scale * (total["cond"] - total["null"]), rtol=1e-4, atol=1e-4)

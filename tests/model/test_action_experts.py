@@ -118,3 +118,31 @@ def test_bad_actions_raise_clear_value_errors(mutate, message):
             history_latents=torch.randn(2, 4, 2, 4, 4),
             actions=mutate(actions),
         )
+
+
+def test_action_normalizer_standardises_columns_and_folding_keeps_the_function():
+    torch.manual_seed(0)
+    projectors = ActionProjectors(CONFIG.replace(normalize_actions=True))
+    actions = random_actions(frames=5)
+    is_history = torch.tensor([True, True, False, False, False])
+    raw = projectors(actions, is_history)
+    mean, std = 0.5 * torch.randn(7), torch.rand(7) + 0.1
+    std[3] = 0.0  # a column that never moves is floored, not divided by zero
+    projectors.set_statistics({"robot7": (mean, std)}, keep_function=True)
+    assert torch.allclose(projectors(actions, is_history), raw, atol=1e-5)  # folded: same function, new inputs
+    normalizer = projectors.normalizers["robot7"]
+    assert normalizer.std[3] == pytest.approx(1e-2) and torch.equal(normalizer.mean, mean)
+    fresh = ActionProjectors(CONFIG.replace(normalize_actions=True))
+    fresh.set_statistics({"robot7": (mean, std)}, keep_function=False)
+    expected = fresh.projectors["robot7"]((actions.values[0, :, :7] - mean) / std.clamp_min(1e-2))
+    assert torch.allclose(fresh(actions, is_history)[0, :, :-1], expected, atol=1e-6)
+
+
+def test_action_statistics_errors_name_the_problem():
+    with pytest.raises(ValueError, match="does not normalise"):
+        ActionProjectors(CONFIG).set_statistics({"robot7": (torch.zeros(7), torch.ones(7))}, keep_function=False)
+    projectors = ActionProjectors(CONFIG.replace(normalize_actions=True))
+    with pytest.raises(ValueError, match="no projector"):
+        projectors.set_statistics({"flying_carpet": (torch.zeros(7), torch.ones(7))}, keep_function=False)
+    with pytest.raises(ValueError, match="shape"):
+        projectors.set_statistics({"robot7": (torch.zeros(3), torch.ones(3))}, keep_function=False)

@@ -198,3 +198,72 @@ def test_init_from_an_astra_checkpoint_continues_its_weights(tmp_path):
     other = TINY.replace(init_from=str(tmp_path / "ckpt"), model_overrides={**TINY.model_overrides, "num_layers": 1})
     with pytest.raises(AstraError, match="differs"):
         Trainer(other, tmp_path / "other", progress=False)
+
+
+def test_action_statistics_are_the_per_column_mean_and_std_of_the_batches():
+    from astra.train.trainer import action_statistics
+
+    batches = SyntheticBatches(4, (4, 4), (1, 3), 2, batch_size=3)
+    mean, std = action_statistics(batches, num_batches=5)["keyboard_mouse"]
+    values = torch.cat([row for step in range(5) for row in batches.batch(step, 0).action_values])
+    assert torch.allclose(mean, values.mean(0)) and torch.allclose(std, values.std(0, unbiased=False))
+    assert 0.2 < float(mean[0]) < 0.6  # the 'forward' key is pressed in about half the frames
+
+
+def test_normalised_actions_take_data_statistics_and_a_raw_checkpoint_carries_over_exactly(tmp_path):
+    from astra.model.action_experts import ActionInput
+    from astra.model.checkpoints import load_astra, save_astra
+
+    normalised = {**TINY.model_overrides, "normalize_actions": True}
+    fresh = Trainer(TINY.replace(model_overrides=normalised), tmp_path / "fresh", progress=False).model
+    assert float(fresh.action_projectors.normalizers["keyboard_mouse"].mean[0]) > 0.1  # set from the batches
+    save_astra(fresh, tmp_path / "normalised")  # the statistics travel with the weights
+    assert torch.equal(load_astra(tmp_path / "normalised")[0].action_projectors.normalizers["keyboard_mouse"].std,
+                       fresh.action_projectors.normalizers["keyboard_mouse"].std)
+
+    raw = Trainer(TINY, tmp_path / "raw", progress=False).model
+    with torch.no_grad():
+        raw.action_projectors.projectors["keyboard_mouse"].weight.normal_()  # an action pathway that matters
+        for expert in (expert for block in raw.blocks for expert in block.action_experts.experts):
+            expert[-1].weight.normal_(std=0.1)
+    save_astra(raw, tmp_path / "raw-ckpt")
+    carried = Trainer(
+        TINY.replace(model_overrides=normalised, init_from=str(tmp_path / "raw-ckpt")), tmp_path / "carried", progress=False
+    ).model
+    batch = SyntheticBatches(4, (4, 4), (2, 2), 2, batch_size=2).batch(0, 0)
+    inputs = (torch.randn_like(batch.target_latents), torch.full((2,), 0.5))
+    kwargs = {"history_latents": batch.history_latents, "actions": ActionInput(batch.action_values, batch.modality)}
+    with torch.no_grad():
+        assert torch.allclose(carried(*inputs, **kwargs).velocity, raw(*inputs, **kwargs).velocity, atol=1e-5)
+    assert float(carried.action_projectors.normalizers["keyboard_mouse"].mean[0]) > 0.1
+
+
+def test_a_motion_prior_that_matches_the_actions_moves_the_copy_anchor_and_lowers_the_loss(tmp_path):
+    """Synthetic latents roll one pixel along width whenever 'forward' is held: a motion prior with that shift
+    makes a zero network's loss clearly lower than the plain copy prior."""
+    from astra.model.action_experts import ActionInput
+
+    motion = {**TINY.model_overrides, "motion_prior": True, "normalize_actions": True}
+    config = TINY.replace(model_overrides=motion, noisy_memory_prob=0.0, action_dropout=0.0, batch_size=8, copy_prior=True)
+    trainer = Trainer(config, tmp_path, progress=False)
+    model = trainer.model
+    with torch.no_grad():
+        model.head.head.weight.zero_()
+        model.head.head.bias.zero_()
+    batch = trainer.batches.batch(0, 0)
+    actions = ActionInput(batch.action_values, batch.modality)
+    out = model(batch.target_latents, torch.full((8,), 0.5), history_latents=batch.history_latents, actions=actions)
+    assert out.motion.abs().max() == 0  # a fresh motion prior is the plain copy prior
+
+    def loss():
+        return training_loss(model, batch, config, step_generator(0, 0, 0, 1)).flow_loss.item()
+
+    plain = loss()
+    with torch.no_grad():  # shift x = -1 pixel when 'forward' (normalised column 0) is held
+        mean, std = (float(v[0]) for v in (model.action_projectors.normalizers["keyboard_mouse"].mean,
+                                           model.action_projectors.normalizers["keyboard_mouse"].std))
+        projector = model.action_projectors.projectors["keyboard_mouse"]
+        projector.weight.zero_(), projector.bias.zero_()
+        projector.weight[0, 0], projector.bias[0] = std, mean  # feature 0 = the raw 'forward' value
+        model.motion_prior.proj.weight[0, 0] = -2.0 / batch.target_latents.shape[-1]
+    assert loss() < 0.8 * plain, (loss(), plain)
