@@ -1,9 +1,10 @@
 """Mixture of Action Experts (MoAE): per-modality projectors into a shared action space, then per-block experts.
 
 Pipeline per latent frame: raw action (modality width) -> per-column standardisation (`ActionNormalizer`, when
-config.normalize_actions) -> `ActionProjectors` (Linear to `action_space_dim`, or the learned null action) -> append the history bit (1 history, 0 target) -> per block `ActionExperts`: a router picks
-top-k experts, only those run, their outputs are summed with the router weights -> an embedding of width `dim`
-added to the self-attention input of the tokens of that frame. The last layer of every expert starts at zero, so a
+config.normalize_actions) -> `ActionProjectors` (Linear to `action_space_dim`, or the learned null action) ->
+append the history bit (1 history, 0 target) -> per block `ActionExperts`: a router picks top-k experts, only
+those run, their outputs are summed with the router weights -> an embedding of width `dim` added to the
+self-attention input of the tokens of that frame. The last layer of every expert starts at zero, so a
 fresh Astra on Wan weights computes exactly Wan.
 """
 

@@ -106,7 +106,9 @@ def build_model(config: TrainConfig, batches: BatchSource | None = None) -> torc
             missing, unexpected = model.load_state_dict(older.state_dict(), strict=False)
             new_keys = tuple(ADDITIONS[name] for name in added)
             if unexpected or not all(any(new in key for new in new_keys) for key in missing):
-                raise AstraError(f"init_from {config.init_from}: cannot carry over (missing {missing}, unexpected {unexpected})")
+                raise AstraError(
+                    f"init_from {config.init_from}: cannot carry over (missing {missing}, unexpected {unexpected})"
+                )
             keep_function = "normalize_actions" in added
         if model.config != model_config:
             raise AstraError(

@@ -227,9 +227,8 @@ def test_normalised_actions_take_data_statistics_and_a_raw_checkpoint_carries_ov
         for expert in (expert for block in raw.blocks for expert in block.action_experts.experts):
             expert[-1].weight.normal_(std=0.1)
     save_astra(raw, tmp_path / "raw-ckpt")
-    carried = Trainer(
-        TINY.replace(model_overrides=normalised, init_from=str(tmp_path / "raw-ckpt")), tmp_path / "carried", progress=False
-    ).model
+    carried_config = TINY.replace(model_overrides=normalised, init_from=str(tmp_path / "raw-ckpt"))
+    carried = Trainer(carried_config, tmp_path / "carried", progress=False).model
     batch = SyntheticBatches(4, (4, 4), (2, 2), 2, batch_size=2).batch(0, 0)
     inputs = (torch.randn_like(batch.target_latents), torch.full((2,), 0.5))
     kwargs = {"history_latents": batch.history_latents, "actions": ActionInput(batch.action_values, batch.modality)}
@@ -244,7 +243,9 @@ def test_a_motion_prior_that_matches_the_actions_moves_the_copy_anchor_and_lower
     from astra.model.action_experts import ActionInput
 
     motion = {**TINY.model_overrides, "motion_prior": True, "normalize_actions": True}
-    config = TINY.replace(model_overrides=motion, noisy_memory_prob=0.0, action_dropout=0.0, batch_size=8, copy_prior=True)
+    config = TINY.replace(
+        model_overrides=motion, noisy_memory_prob=0.0, action_dropout=0.0, batch_size=8, copy_prior=True
+    )
     trainer = Trainer(config, tmp_path, progress=False)
     model = trainer.model
     with torch.no_grad():
