@@ -132,6 +132,12 @@ def copy_prior_velocity(
     return (t - (1.0 - t) * sigma**2) / variance * deviation - anchor
 
 
+def copy_anchor(newest: torch.Tensor, motion: torch.Tensor | None) -> torch.Tensor:
+    """The copy prior's anchor: the newest history frame `[B, C, 1, H, W]`, moved by the motion prior's output
+    (`AstraOutput.motion`) when the model has one."""
+    return newest if motion is None else warp_latents(newest, motion)
+
+
 def warp_latents(anchor: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
     """The anchor `[B, C, 1, H, W]` moved by each target frame's global motion `[B, Ft, 3]` (shift x, shift y in
     grid units where 2 / W is one latent pixel, log zoom) -> `[B, C, Ft, H, W]`. Bilinear, border padding; zero

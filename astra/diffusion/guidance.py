@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from astra.diffusion.flow import copy_prior_velocity, warp_latents
+from astra.diffusion.flow import copy_anchor, copy_prior_velocity
 
 
 def null_target_actions(actions: Any, target_frames: int) -> Any:
@@ -124,8 +124,7 @@ def guided_velocity(
             if history_latents is None:
                 raise ValueError("the copy prior needs an anchor: pass history_latents or anchor")
             anchor = history_latents[:, :, -1:]
-        motion = getattr(out, "motion", None)
-        if motion is not None:  # each pass moves the anchor by its own actions; the prior is affine in the anchor
-            anchor = combine(warp_latents(_repeat(anchor, passes), motion).split(batch))
+        if out.motion is not None:  # each pass moves the anchor by its own actions; the prior is affine in the anchor
+            anchor = combine(copy_anchor(_repeat(anchor, passes), out.motion).split(batch))
         guided = guided + copy_prior_velocity(target_latents, target_timesteps, anchor, copy_prior_sigma)
     return guided

@@ -29,7 +29,6 @@ from torch import nn
 from astra.model.action_experts import ActionExperts, ActionInput, ActionProjectors, fixed_experts_of
 from astra.model.attention import CrossAttention, KVCache, SelfAttention, block_causal_mask, rope_tables
 from astra.model.config import AstraConfig
-from astra.model.motion_prior import MotionPrior
 from astra.model.history import (
     FrameGroup,
     HistoryEmbedders,
@@ -38,6 +37,7 @@ from astra.model.history import (
     pack_frames,
     plan_history,
 )
+from astra.model.motion_prior import MotionPrior
 
 TIMESTEP_SCALE = 1000.0  # flow time t in [0, 1] -> Wan's timestep in [0, 1000]
 SINUSOID_BASE = 10000.0

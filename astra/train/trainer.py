@@ -5,8 +5,9 @@ time t, corrupt the history with independent noise with probability `noisy_memor
 history frame's level through `history_timesteps`; inference uses clean history), null the target actions with
 probability `action_dropout` (the same frames action-free guidance nulls), regress the velocity on the target
 frames only, add the experts' load-balancing loss. A model that normalises its actions gets the per-column
-statistics of the training batches before the first step. AdamW with warmup + cosine, gradient clipping, an fp32 EMA of
-the trainable weights, bf16 autocast over fp32 master weights on GPU, optional per-block gradient checkpointing.
+statistics of the training batches before the first step. AdamW with warmup + cosine, gradient clipping, an fp32
+EMA of the trainable weights, bf16 autocast over fp32 master weights on GPU, optional per-block gradient
+checkpointing.
 """
 
 from __future__ import annotations
@@ -30,15 +31,15 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from astra.actions.modalities import get_modality
 from astra.diffusion.flow import (
     add_noise,
+    copy_anchor,
     copy_prior_velocity,
     flow_matching_loss,
     sample_timesteps,
     velocity_target,
-    warp_latents,
 )
-from astra.actions.modalities import get_modality
 from astra.errors import AstraError
 from astra.model.action_experts import ActionInput
 from astra.model.config import PRESETS as MODEL_PRESETS
@@ -233,7 +234,7 @@ def training_loss(
     )
     velocity = out.velocity.float()
     if config.copy_prior:  # anchored at the newest history frame (moved by the motion prior), as at inference
-        anchor = history[:, :, -1:] if out.motion is None else warp_latents(history[:, :, -1:], out.motion)
+        anchor = copy_anchor(history[:, :, -1:], out.motion)
         velocity = velocity + copy_prior_velocity(noisy_target, timesteps, anchor, config.copy_prior_sigma)
     flow_loss = flow_matching_loss(velocity, velocity_target(target, noise), timesteps, config.flow.loss_weighting)
     aux_loss = out.aux_loss.float()
