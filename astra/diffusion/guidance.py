@@ -82,7 +82,9 @@ def guided_velocity(
 
     With a `kv_cache`, the cache must hold `guidance_passes(...)` copies of the batch (cond first, then null).
     `copy_prior_sigma` adds `copy_prior_velocity` around `anchor` (default: the newest history frame) to the
-    network's residual; the guidance weights sum to 1, so adding it once after the combination is exact.
+    network's residual once, after the combination. A motion prior moves that anchor by the conditional pass's
+    actions only: the prior is already the data's mean motion for the action, and amplifying it s-fold (guiding the
+    anchors too) overshot: 0.8-1.7 dB less next-chunk PSNR per world (8 train-split cases per world, s = 3).
     """
     batch, _, target_frames = target_latents.shape[:3]
     passes = guidance_passes(action_scale, text_scale, actions is not None, text is not None)
@@ -124,7 +126,7 @@ def guided_velocity(
             if history_latents is None:
                 raise ValueError("the copy prior needs an anchor: pass history_latents or anchor")
             anchor = history_latents[:, :, -1:]
-        if out.motion is not None:  # each pass moves the anchor by its own actions; the prior is affine in the anchor
-            anchor = combine(copy_anchor(_repeat(anchor, passes), out.motion).split(batch))
+        if out.motion is not None:  # the conditional pass's motion; guidance amplifies only the network's residual
+            anchor = copy_anchor(anchor, out.motion.split(batch)[0])
         guided = guided + copy_prior_velocity(target_latents, target_timesteps, anchor, copy_prior_sigma)
     return guided

@@ -2,10 +2,11 @@
 
 Why: the copy prior (astra/diffusion/flow.py) lets a network that outputs 0 reproduce the newest history frame, so
 a small model learns "what changes" as a residual. Most of what an action changes in these worlds is a global
-image motion (a turn shifts the view, walking forward zooms it); a residual network learns that slowly, while a
-linear map from the action to (shift x, shift y, log zoom) of the anchor learns it in a few hundred steps and
-makes the generated chunk move the way the action says from the first step. The map starts at zero (the plain
-copy prior), so switching it on keeps a trained model's function.
+image motion (a turn shifts the view, walking forward zooms it); a linear map from the (normalised) action to
+(shift x, shift y, log zoom) of the anchor makes the generated chunk move the way the action says. The map reads
+the raw actions, not the trainable action projectors, so it keeps its meaning while the projectors train; it is
+fitted on its own objective before training (astra/train/motion_fit.py) and starts at zero (the plain copy prior),
+so switching it on keeps a trained model's function.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from astra.actions.modalities import get_modality
+from astra.model.action_experts import ActionInput
 from astra.model.config import AstraConfig
 
 MOTION_PARAMETERS = 3  # shift x, shift y (grid units: 2 / width is one latent pixel), log zoom
@@ -21,14 +24,28 @@ MOTION_PARAMETERS = 3  # shift x, shift y (grid units: 2 / width is one latent p
 class MotionPrior(nn.Module):
     def __init__(self, config: AstraConfig):
         super().__init__()
-        self.proj = nn.Linear(config.action_space_dim + 1, MOTION_PARAMETERS)
+        self.steps = nn.ModuleDict(
+            {name: nn.Linear(get_modality(name).width, MOTION_PARAMETERS) for name in config.modalities}
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        for step in self.steps.values():
+            nn.init.zeros_(step.weight)
+            nn.init.zeros_(step.bias)
 
-    def forward(self, target_features: torch.Tensor) -> torch.Tensor:
-        """Projected actions of the target frames [B, Ft, A+1] -> motion of each frame from the anchor [B, Ft, 3]:
-        the per-frame steps accumulate, so frame k of a chunk has moved by the actions of frames 1..k."""
-        return self.proj(target_features).float().cumsum(dim=1)
+    def forward(self, actions: ActionInput, normalizers: nn.ModuleDict | None = None) -> torch.Tensor:
+        """Raw actions of the target frames -> motion of each frame from the anchor [B, Ft, 3]. `normalizers` are
+        the action projectors' (the same standardisation). The per-frame steps accumulate, so frame k of a chunk
+        has moved by the actions of frames 1..k; a null (dropped) action does not move."""
+        batch_size, num_frames = actions.values.shape[:2]
+        steps = actions.values.new_zeros(batch_size, num_frames, MOTION_PARAMETERS, dtype=torch.float32)
+        for name in set(actions.modality):
+            rows = [b for b, m in enumerate(actions.modality) if m == name]
+            values = actions.values[rows, :, : get_modality(name).width].float()
+            if normalizers is not None:
+                values = normalizers[name](values)
+            steps[rows] = self.steps[name](values).float()
+        if actions.null is not None:
+            steps = steps.masked_fill(actions.null[..., None].to(torch.bool), 0.0)
+        return steps.cumsum(dim=1)

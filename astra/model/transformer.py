@@ -275,8 +275,9 @@ class AstraTransformer(nn.Module):
         target_slots = sequence.slot_of_token[target_tokens]
         out = self.head(hidden[:, target_tokens], time_embedding[:, target_slots])
         motion = None
-        if self.motion_prior is not None and features is not None:
-            motion = self.motion_prior(features[:, -num_target:])
+        if self.motion_prior is not None and actions is not None:
+            normalizers = self.action_projectors.normalizers
+            motion = self.motion_prior(actions.frames(actions.num_frames - num_target, actions.num_frames), normalizers)
         return AstraOutput(self._unpatchify(out, num_target, height, width), aux_loss, usage, motion)
 
     @torch.no_grad()

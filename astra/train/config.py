@@ -50,6 +50,8 @@ class TrainConfig:
     diffusion_forcing: bool = False  # several causal target chunks per sequence at their own noise levels
     copy_prior: bool = False  # predict the velocity relative to copying the newest history frame
     copy_prior_sigma: float = 0.5  # typical std of the latent change between frames (copy prior width)
+    motion_fit_batches: int = 0  # before step 0, fit the motion prior on this many batches (0 = leave it as is)
+    motion_fit_iterations: int = 300  # full-batch Adam steps of that fit (astra/train/motion_fit.py)
 
     # --- systems --------------------------------------------------------------------------------------
     mixed_precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "no"
@@ -116,6 +118,13 @@ class TrainConfig:
             raise AstraError("copy_prior needs at least one history frame: set history_range lo >= 1")
         if self.diffusion_forcing and self.history_range[0] < 1:
             raise AstraError("diffusion_forcing needs at least one memory frame: set history_range lo >= 1")
+        if self.motion_fit_batches < 0 or self.motion_fit_iterations < 1:
+            raise AstraError(
+                f"motion_fit_batches must be >= 0 and motion_fit_iterations >= 1, got {self.motion_fit_batches}, "
+                f"{self.motion_fit_iterations}"
+            )
+        if self.motion_fit_batches and not self.copy_prior:
+            raise AstraError("motion_fit_batches fits the copy prior's motion: it needs copy_prior=True")
         if self.copy_prior_sigma <= 0:
             raise AstraError(f"copy_prior_sigma must be > 0, got {self.copy_prior_sigma}")
 
@@ -159,6 +168,7 @@ PRESETS: dict[str, TrainConfig] = {
         noisy_memory_prob=0.7,  # stronger than the first 2,250 shipped steps (0.5, up to 0.5): against visual inertia
         noisy_memory_range=(0.2, 0.8),
         copy_prior=True,
+        motion_fit_batches=256,  # 2,048 frames, ~1 min on 2 CPU cores; redone identically on --resume
         log_every=20,
         save_every=250,
     ),

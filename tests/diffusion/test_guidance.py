@@ -92,9 +92,9 @@ def test_null_marks_only_the_target_frames(inputs):
 
 
 @torch.no_grad()
-def test_guidance_moves_the_copy_prior_anchor_by_each_pass_own_motion(inputs):
-    """guided = prior(a_null) + v_null + s (prior(a_cond) + v_cond - prior(a_null) - v_null): the prior is affine in
-    the anchor, so this is the prior around the guided anchor a_null + s (a_cond - a_null)."""
+def test_guidance_amplifies_the_network_and_moves_the_anchor_by_the_conditional_motion(inputs):
+    """guided = prior(a_cond) + v_null + s (v_cond - v_null), a_cond = the newest frame moved by the true actions'
+    motion: the null pass's motion does not enter."""
     from astra.diffusion.flow import copy_prior_velocity, warp_latents
 
     torch.manual_seed(0)
@@ -103,10 +103,12 @@ def test_guidance_moves_the_copy_prior_anchor_by_each_pass_own_motion(inputs):
     scale, sigma = 3.0, 0.5
     kwargs = dict(history_latents=x["history"], copy_prior_sigma=sigma)
     guided = guided_velocity(model, x["target"], x["timesteps"], actions=x["actions"], action_scale=scale, **kwargs)
-    total = {}
+    out, motion = {}, {}
     for name, actions in (("cond", x["actions"]), ("null", null_target_actions(x["actions"], CONFIG.chunk_frames))):
-        out = model(x["target"], x["timesteps"], history_latents=x["history"], actions=actions)
-        anchor = warp_latents(x["history"][:, :, -1:], out.motion)
-        total[name] = out.velocity + copy_prior_velocity(x["target"], x["timesteps"], anchor, sigma)
-    assert (total["cond"] - total["null"]).abs().max() > 1e-3
-    torch.testing.assert_close(guided, total["null"] + scale * (total["cond"] - total["null"]), rtol=1e-4, atol=1e-4)
+        passed = model(x["target"], x["timesteps"], history_latents=x["history"], actions=actions)
+        out[name], motion[name] = passed.velocity, passed.motion
+    assert (motion["cond"] - motion["null"]).abs().max() > 1e-3  # the null motion differs but must not matter
+    anchor = warp_latents(x["history"][:, :, -1:], motion["cond"])
+    prior = copy_prior_velocity(x["target"], x["timesteps"], anchor, sigma)
+    expected = prior + out["null"] + scale * (out["cond"] - out["null"])
+    torch.testing.assert_close(guided, expected, rtol=1e-4, atol=1e-4)

@@ -260,11 +260,45 @@ def test_a_motion_prior_that_matches_the_actions_moves_the_copy_anchor_and_lower
         return training_loss(model, batch, config, step_generator(0, 0, 0, 1)).flow_loss.item()
 
     plain = loss()
-    with torch.no_grad():  # shift x = -1 pixel when 'forward' (normalised column 0) is held
-        mean, std = (float(v[0]) for v in (model.action_projectors.normalizers["keyboard_mouse"].mean,
-                                           model.action_projectors.normalizers["keyboard_mouse"].std))
-        projector = model.action_projectors.projectors["keyboard_mouse"]
-        projector.weight.zero_(), projector.bias.zero_()
-        projector.weight[0, 0], projector.bias[0] = std, mean  # feature 0 = the raw 'forward' value
-        model.motion_prior.proj.weight[0, 0] = -2.0 / batch.target_latents.shape[-1]
+    with torch.no_grad():  # shift x = -1 pixel when 'forward' (raw column 0, standardised by the model) is held
+        normalizer = model.action_projectors.normalizers["keyboard_mouse"]
+        one_pixel = -2.0 / batch.target_latents.shape[-1]
+        step = model.motion_prior.steps["keyboard_mouse"]
+        step.weight[0, 0], step.bias[0] = one_pixel * normalizer.std[0], one_pixel * normalizer.mean[0]
     assert loss() < 0.8 * plain, (loss(), plain)
+
+
+def test_fitting_the_motion_prior_before_training_learns_the_datas_shift(tmp_path):
+    """Synthetic latents roll one pixel along width whenever 'forward' is held: the fit (astra/train/motion_fit.py)
+    must find that shift from the actions, on batches it did not see, and keep it (frozen) through training."""
+    from astra.diffusion.flow import copy_anchor
+    from astra.model.action_experts import ActionInput
+
+    motion = {**TINY.model_overrides, "motion_prior": True, "normalize_actions": True}
+    config = TINY.replace(
+        model_overrides=motion, batch_size=8, copy_prior=True, motion_fit_batches=8, motion_fit_iterations=200
+    )
+    trainer = Trainer(config, tmp_path, progress=False)
+    model = trainer.model
+    batch = trainer.batches.batch(100, 0)  # not among the fitted batches
+    target_frames = batch.target_latents.shape[2]
+    actions = ActionInput(batch.action_values[:, -target_frames:], batch.modality)
+    with torch.no_grad():
+        fitted = model.motion_prior(actions, model.action_projectors.normalizers)
+    forward = batch.action_values[:, -target_frames:, 0]
+    one_pixel = -2.0 / batch.target_latents.shape[-1]  # grid units; the content moves right by one latent pixel
+    assert 0 < forward.mean() < 1
+    assert torch.allclose(fitted[..., 0], one_pixel * forward.cumsum(dim=1), atol=0.1 * abs(one_pixel))
+    newest = batch.history_latents[:, :, -1:]
+    moved = ((copy_anchor(newest, fitted) - batch.target_latents) ** 2).mean()
+    still = ((newest - batch.target_latents) ** 2).mean()
+    assert moved < 0.5 * still, (moved, still)  # what remains: the column the roll wraps around (of 4)
+    assert not any(p.requires_grad for p in model.motion_prior.parameters())  # frozen as fitted
+    assert not any(name.startswith("motion_prior.") for name in trainer.ema.shadow)
+
+
+def test_fitting_a_motion_prior_needs_a_model_that_has_one(tmp_path):
+    with pytest.raises(AstraError, match="no motion prior"):
+        Trainer(TINY.replace(copy_prior=True, motion_fit_batches=2), tmp_path, progress=False)
+    with pytest.raises(AstraError, match="copy_prior"):
+        TINY.replace(motion_fit_batches=2).validate()
