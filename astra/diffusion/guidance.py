@@ -19,6 +19,7 @@ import dataclasses
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from astra.diffusion.flow import copy_anchor, copy_prior_velocity
 
@@ -36,14 +37,16 @@ def null_target_actions(actions: Any, target_frames: int) -> Any:
 
 
 def concat_actions(parts: list[Any]) -> Any:
-    """Concatenate ActionInputs along the batch (modality tuples are joined, missing null masks become False)."""
+    """Concatenate ActionInputs along the batch (modality tuples are joined, missing null masks become False, values
+    are zero-padded to the widest part: a batch is as wide as its widest modality)."""
+    width = max(p.values.shape[-1] for p in parts)
     nulls = [
         p.null.to(torch.bool) if p.null is not None else torch.zeros(p.values.shape[:2], dtype=torch.bool)
         for p in parts
     ]
     return dataclasses.replace(
         parts[0],
-        values=torch.cat([p.values for p in parts]),
+        values=torch.cat([F.pad(p.values, (0, width - p.values.shape[-1])) for p in parts]),
         modality=tuple(m for p in parts for m in p.modality),
         null=torch.cat([n.to(parts[0].values.device) for n in nulls]),
     )

@@ -100,6 +100,14 @@ class ActionNormalizer(nn.Module):
         return (values - self.mean) / self.std
 
 
+def standardised_by_modality(actions: ActionInput, normalizers: nn.ModuleDict | None):
+    """Yield (modality, sample rows, their actions [rows, F, width] as float, standardised when `normalizers`)."""
+    for name in sorted(set(actions.modality)):
+        rows = [b for b, m in enumerate(actions.modality) if m == name]
+        values = actions.values[rows, :, : get_modality(name).width].float()
+        yield name, rows, normalizers[name](values) if normalizers is not None else values
+
+
 class ActionProjectors(nn.Module):
     """Per-modality Linear(width -> action_space_dim) plus a learned null action; appends the history bit."""
 
@@ -144,13 +152,8 @@ class ActionProjectors(nn.Module):
         batch_size, num_frames = actions.values.shape[:2]
         weight = self.null_action
         projected = weight.new_zeros(batch_size, num_frames, weight.shape[0])
-        for name in set(actions.modality):
-            rows = [b for b, m in enumerate(actions.modality) if m == name]
-            width = get_modality(name).width
-            values = actions.values[rows, :, :width].to(weight.dtype)
-            if self.normalizers is not None:
-                values = self.normalizers[name](values)
-            projected[rows] = self.projectors[name](values)
+        for name, rows, values in standardised_by_modality(actions, self.normalizers):
+            projected[rows] = self.projectors[name](values.to(weight.dtype))
         if actions.null is not None:
             projected = torch.where(actions.null[..., None], self.null_action.expand_as(projected), projected)
         history_bit = is_history.to(projected.dtype)[None, :, None].expand(batch_size, num_frames, 1)

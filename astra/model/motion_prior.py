@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from astra.actions.modalities import get_modality
-from astra.model.action_experts import ActionInput
+from astra.model.action_experts import ActionInput, standardised_by_modality
 from astra.model.config import AstraConfig
 
 MOTION_PARAMETERS = 3  # shift x, shift y (grid units: 2 / width is one latent pixel), log zoom
@@ -40,11 +40,7 @@ class MotionPrior(nn.Module):
         has moved by the actions of frames 1..k; a null (dropped) action does not move."""
         batch_size, num_frames = actions.values.shape[:2]
         steps = actions.values.new_zeros(batch_size, num_frames, MOTION_PARAMETERS, dtype=torch.float32)
-        for name in set(actions.modality):
-            rows = [b for b, m in enumerate(actions.modality) if m == name]
-            values = actions.values[rows, :, : get_modality(name).width].float()
-            if normalizers is not None:
-                values = normalizers[name](values)
+        for name, rows, values in standardised_by_modality(actions, normalizers):
             steps[rows] = self.steps[name](values).float()
         if actions.null is not None:
             steps = steps.masked_fill(actions.null[..., None].to(torch.bool), 0.0)

@@ -268,7 +268,7 @@ class AstraTransformer(nn.Module):
         frame_chunk = frame_chunk + [first_chunk + i // chunk_frames for i in range(num_target)]
         sequence = pack_frames(latents, groups, self._embedders(), self.config.patch_size, frame_rank, frame_chunk)
         is_history = torch.arange(latents.shape[2], device=latents.device) < num_history
-        hidden, _, time_embedding, aux_loss, usage, features = self._run(
+        hidden, _, time_embedding, aux_loss, usage = self._run(
             sequence, timesteps, actions, is_history, self._check_text(text, batch_size), kv_cache
         )
         target_tokens = slice(hidden.shape[1] - sequence.num_target_tokens, None)
@@ -334,12 +334,12 @@ class AstraTransformer(nn.Module):
         )
         is_history = torch.ones(len(frames), dtype=torch.bool, device=latents.device)
         text = self._check_text(text, latents.shape[0])
-        _, keys_values, _, _, _, _ = self._run(sequence, timesteps, actions, is_history, text, cache)
+        _, keys_values, _, _, _ = self._run(sequence, timesteps, actions, is_history, text, cache)
         return [k for k, _ in keys_values], [v for _, v in keys_values]
 
     def _run(self, sequence: PackedSequence, timesteps, actions, is_history, context, cache):
         """The block stack over `sequence` (attending to `cache` too). Returns hidden states, per-layer new K/V,
-        the per-slot time embedding (for the head), the mean aux loss, expert usage and the projected actions."""
+        the per-slot time embedding (for the head), the mean aux loss and expert usage."""
         config = self.config
         x = sequence.tokens
         slot_timesteps = timesteps.double() @ sequence.slot_frames.T  # [B, S]
@@ -379,7 +379,7 @@ class AstraTransformer(nn.Module):
         else:
             aux_loss = x.new_zeros((), dtype=torch.float32)
             usage = x.new_zeros(config.num_experts, dtype=torch.float32)
-        return x, keys_values, time_embedding, aux_loss, usage, features
+        return x, keys_values, time_embedding, aux_loss, usage
 
     def _embedders(self) -> dict[tuple[int, bool], nn.Conv3d]:
         history_1x = getattr(self.history_embedders, "proj_1x", self.patch_embedding)

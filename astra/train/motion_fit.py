@@ -11,14 +11,13 @@ the copy anchor's error by 47 % (camera), 23 % (drive), 11 % (robot) and 11 % (d
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from astra.diffusion.flow import copy_anchor
+from astra.errors import AstraError
 from astra.diffusion.guidance import concat_actions
-from astra.model.action_experts import ActionInput
+from astra.model.action_experts import ActionInput, standardised_by_modality
 from astra.train.batches import BatchSource
 
 MOTION_FIT_LR = 3e-3  # Adam refinement from the least-squares start, cosine-decayed to 0 over the iterations
@@ -48,15 +47,9 @@ def least_squares_start(model: torch.nn.Module, actions: ActionInput, shifts: to
     """Set each modality's per-frame shift step to the ridge regression of the best whole-pixel shifts' steps on
     its normalised actions (convex: no wrong basin); zoom starts at 0. Null (dropped) frames do not take part."""
     steps = torch.diff(shifts, dim=1, prepend=torch.zeros_like(shifts[:, :1]))
-    normalizers = model.action_projectors.normalizers
-    for name, layer in model.motion_prior.steps.items():
-        rows = [b for b, m in enumerate(actions.modality) if m == name]
-        layer.weight.zero_()
-        layer.bias.zero_()
-        if not rows:
-            continue
-        values = actions.values[rows, :, : layer.in_features].float()
-        values = normalizers[name](values) if normalizers is not None else values
+    model.motion_prior.reset_parameters()  # a modality absent from the batches stays at zero
+    for name, rows, values in standardised_by_modality(actions, model.action_projectors.normalizers):
+        layer = model.motion_prior.steps[name]
         kept = torch.ones(values.shape[:2], dtype=torch.bool, device=values.device)
         if actions.null is not None:
             kept = ~actions.null[rows].to(torch.bool)
@@ -89,7 +82,7 @@ def fit_motion_prior(
     Returns {modality: (anchor error without motion, with the fitted motion)} on these batches.
     """
     if model.motion_prior is None:
-        raise ValueError("fit_motion_prior needs a model with a motion prior (config.motion_prior=True)")
+        raise AstraError("motion_fit_batches > 0 but the model has no motion prior (motion_prior=False)")
     device = next(model.motion_prior.parameters()).device
     newest, target, actions = [], [], []
     generator = torch.Generator().manual_seed(seed)
@@ -102,8 +95,6 @@ def fit_motion_prior(
             actions.append(ActionInput(batch.action_values[:, -target_frames:], batch.modality, null))
             newest.append(batch.history_latents[:, :, -1:])
             target.append(batch.target_latents)
-    width = max(part.values.shape[-1] for part in actions)  # a batch is as wide as its widest modality
-    actions = [replace(part, values=F.pad(part.values, (0, width - part.values.shape[-1]))) for part in actions]
     newest, target, actions = torch.cat(newest), torch.cat(target), concat_actions(actions)
 
     model.motion_prior.reset_parameters()

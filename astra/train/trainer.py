@@ -361,8 +361,6 @@ class Trainer:
         model = build_model(config, self.batches).to(info.device)
         if config.motion_fit_batches:  # before the EMA and the DDP/FSDP wrap; frozen after: the flow loss's
             # gradient (the network co-adapted to the unmoved anchor) shrank a fitted prior's motion 1.7x in 600 steps
-            if not self.model_config.motion_prior:
-                raise AstraError("motion_fit_batches > 0 but the model has no motion prior (motion_prior=False)")
             errors = fit_motion_prior(
                 model, self.batches, config.motion_fit_batches, config.motion_fit_iterations, config.action_dropout,
                 config.seed,
