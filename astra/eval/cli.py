@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guidance-scale", type=float, default=None, help="action-free guidance (default: the checkpoint's)"
     )
+    parser.add_argument(
+        "--history-noise", type=float, default=None,
+        help="noise level of the memory the model sees, 0 = clean (default: the checkpoint's)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         steps=args.steps,
         guidance_scale=args.guidance_scale,
+        history_noise=args.history_noise,
         device=args.device,
     )
     for world in results["worlds"]:

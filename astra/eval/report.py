@@ -366,6 +366,7 @@ def evaluate(
     loaded: tuple | None = None,
     steps: int | None = None,
     guidance_scale: float | None = None,
+    history_noise: float | None = None,
     device: str = "cpu",
 ) -> dict:
     """Evaluate every world of `config` and write the report into `out`. `loaded` = (model, vae, metadata,
@@ -373,7 +374,10 @@ def evaluate(
     config.validate()
     source = "in-process model" if loaded is not None else str(checkpoint)
     if loaded is None:
-        loaded = load_rollout(checkpoint, steps=steps, guidance_scale=guidance_scale, seed=config.seed, device=device)
+        loaded = load_rollout(
+            checkpoint, steps=steps, guidance_scale=guidance_scale, history_noise=history_noise, seed=config.seed,
+            device=device,
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)  # the sessions seed their own noise; this covers anything else that draws
@@ -382,7 +386,7 @@ def evaluate(
     results = {
         "checkpoint": source,
         "sampler": f"{rollout_config.num_steps} Euler steps, shift {rollout_config.shift}, "
-        f"guidance {rollout_config.guidance_scale}",
+        f"guidance {rollout_config.guidance_scale}, history noise {rollout_config.history_noise}",
         "config": asdict(config),
         "worlds": worlds,
         "overall": summarise_overall(worlds),

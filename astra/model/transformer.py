@@ -310,13 +310,22 @@ class AstraTransformer(nn.Module):
         return cache
 
     @torch.no_grad()
-    def extend_cache(self, cache: KVCache, chunk_latents: torch.Tensor, actions: ActionInput | None = None) -> KVCache:
-        """Run a finished chunk at t = 0 against the cache, append its K/V, apply the rolling window."""
+    def extend_cache(
+        self,
+        cache: KVCache,
+        chunk_latents: torch.Tensor,
+        actions: ActionInput | None = None,
+        timesteps: torch.Tensor | None = None,
+    ) -> KVCache:
+        """Run a finished chunk against the cache (at t = 0 unless `timesteps` [B, F] say how noised it is, as
+        with inference-time history noise), append its K/V, apply the rolling window."""
         self._check_streaming()
         batch_size, _, num_frames, height, width = self._check_latents("chunk_latents", chunk_latents)
         if cache.batch_size != batch_size or cache.grid != self._grid(height, width):
             raise ValueError("chunk_latents do not match the cache's batch size or frame size")
-        timesteps = chunk_latents.new_zeros(batch_size, num_frames)
+        if timesteps is None:
+            timesteps = chunk_latents.new_zeros(batch_size, num_frames)
+        timesteps = self._check_timesteps("timesteps", timesteps, batch_size, num_frames)
         chunks = [cache.next_chunk] * num_frames
         keys, values = self._cache_frames(
             chunk_latents, timesteps, actions, cache.text, cache, cache.num_frames, chunks

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-presets", action="store_true", help="list the presets of the modality and exit")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="action-free guidance scale (default 3.0)")
+    parser.add_argument(
+        "--history-noise", type=float, default=None, help="noise level of the model's memory (default: the model's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/generated.mp4", help="output .mp4 (a .gif is also written with --gif)")
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF next to the MP4")
@@ -72,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(list_presets(modality)))
         return 0
     latent_actions = parse_actions(args.actions, modality, args.latent_frames)
-    model, vae, metadata, config = load_rollout(args.checkpoint, steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
+    model, vae, metadata, config = load_rollout(
+        args.checkpoint, steps=args.steps, guidance_scale=args.guidance, history_noise=args.history_noise, seed=args.seed
+    )
     world = next((w for w, m in MODALITY_OF_WORLD.items() if m == modality), None)
     action_meta = metadata.get("action_meta", {}).get(world, {})
     session = RolloutSession(model, vae, modality, config, action_meta)

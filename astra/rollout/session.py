@@ -20,6 +20,7 @@ from PIL import Image
 
 from astra.actions.align import latent_actions
 from astra.actions.modalities import get_modality
+from astra.diffusion.flow import add_noise
 from astra.diffusion.guidance import guidance_passes
 from astra.diffusion.sampler import SamplerConfig, sample_chunk
 from astra.errors import AstraError
@@ -33,8 +34,17 @@ class RolloutConfig:
     num_steps: int = 4
     shift: float = 1.0
     guidance_scale: float = 3.0  # action-free guidance (the paper's s = 3)
+    # Noise level of the generated frames in the model's memory (what it attends to and copies from), told to it as
+    # their flow time (0 = clean). A model trained with noisy memory then sees its own output as it saw noised real
+    # frames in training instead of as perfect ground truth, so its errors stop compounding (GameNGen's noise
+    # augmentation). The start frame is real and stays clean.
+    history_noise: float = 0.0
     copy_prior_sigma: float | None = None  # must match training (read from the checkpoint's metadata)
     seed: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.history_noise < 1.0:
+            raise AstraError(f"history_noise must lie in [0, 1), got {self.history_noise}")
 
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(
@@ -98,6 +108,7 @@ class RolloutSession:
         self.vae = vae
         self.modality = modality
         self.width = get_modality(modality).width
+        config.validate()
         self.config = config
         self.action_meta = dict(action_meta or {})
         self.device = torch.device(device)
@@ -114,10 +125,12 @@ class RolloutSession:
         self.max_history = int(budget.keep_first) + budget.full + budget.compressed_2x + budget.compressed_4x
         self.cache = None
         self.history_latents: torch.Tensor | None = None
+        self.history_levels: torch.Tensor | None = None  # their flow times [1, F] (history_noise; 0 = the start)
         self.history_actions: np.ndarray | None = None
         self.started = False
         self.decoder = None
         self.newest_latent: torch.Tensor | None = None
+        self.newest_memory: torch.Tensor | None = None  # the newest latent as the model remembers it (noised)
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -137,29 +150,43 @@ class RolloutSession:
         self.generator.manual_seed(self.config.seed if seed is None else seed)
         latent = self.vae.encode(frames_to_video(frame[None]).to(self.device, self.vae_dtype)).to(self.dtype)
         identity = latent_actions(self.modality, np.zeros((1, self.width), np.float32), meta=self.action_meta)
+        # The start frame is real, not generated: it enters the memory clean (flow time 0).
         if self.streaming:
             self.cache = self.model.prefill(latent.repeat(self.passes, 1, 1, 1, 1), actions=self._actions(identity))
         else:
-            self.history_latents, self.history_actions = latent, identity
+            levels = torch.zeros(latent.shape[0], 1, device=self.device, dtype=self.dtype)
+            self.history_latents, self.history_levels, self.history_actions = latent, levels, identity
         self.started = True
         self.decoder = self.vae.stream_decoder()
-        self.newest_latent = latent
+        self.newest_latent = self.newest_memory = latent
         return video_to_frames(self.decoder.decode_chunk(latent.to(self.vae_dtype)))[0]
+
+    def _as_memory(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Finished latents -> (the memory the model attends to: noised to `history_noise` with seeded noise, and
+        its per-frame flow times [B, F])."""
+        level = self.config.history_noise
+        levels = torch.full(latents.shape[:1] + latents.shape[2:3], level, device=self.device, dtype=self.dtype)
+        if level == 0.0:
+            return latents, levels
+        noise = torch.randn(latents.shape, generator=self.generator).to(self.device, latents.dtype)
+        return add_noise(latents, noise, levels), levels
 
     def _step_recompute(self, noise: torch.Tensor, chunk_actions: np.ndarray, anchor: torch.Tensor) -> torch.Tensor:
         """No cache: the whole (bounded) history runs with the target at every denoising step."""
         actions = self._actions(np.concatenate([self.history_actions, chunk_actions]))
         actions = dataclasses.replace(actions, values=actions.values[:1], modality=actions.modality[:1])
         latents = sample_chunk(
-            self.model, noise, history_latents=self.history_latents, actions=actions, anchor=anchor,
-            config=self.config.sampler(),
+            self.model, noise, history_latents=self.history_latents, history_timesteps=self.history_levels,
+            actions=actions, anchor=anchor, config=self.config.sampler(),
         )
-        history = torch.cat([self.history_latents, latents], dim=2)
+        self.newest_memory, new_levels = self._as_memory(latents)
+        history = torch.cat([self.history_latents, self.newest_memory], dim=2)
+        levels = torch.cat([self.history_levels, new_levels], dim=1)
         rows = np.concatenate([self.history_actions, chunk_actions])
         if history.shape[2] > self.max_history:  # the model would drop these frames anyway: keep the first
             keep = [0] + list(range(history.shape[2] - self.max_history + 1, history.shape[2]))
-            history, rows = history[:, :, keep], rows[keep]
-        self.history_latents, self.history_actions = history, rows
+            history, levels, rows = history[:, :, keep], levels[:, keep], rows[keep]
+        self.history_latents, self.history_levels, self.history_actions = history, levels, rows
         return latents
 
     def _checked(self, values: np.ndarray, rows: int, what: str) -> np.ndarray:
@@ -194,12 +221,15 @@ class RolloutSession:
             (batch, latent_shape[1], self.chunk_frames, *latent_shape[3:]), generator=self.generator
         ).to(self.device, self.dtype)
         cond_actions = dataclasses.replace(actions, values=actions.values[:batch], modality=actions.modality[:batch])
-        anchor = self.newest_latent[:, :, -1:]
+        anchor = self.newest_memory[:, :, -1:]  # copied as the model remembers it, as in training
         if self.streaming:
             latents = sample_chunk(
                 self.model, noise, actions=cond_actions, kv_cache=self.cache, anchor=anchor, config=self.config.sampler()
             )
-            self.model.extend_cache(self.cache, latents.repeat(self.passes, 1, 1, 1, 1), actions=actions)
+            self.newest_memory, levels = self._as_memory(latents)
+            self.model.extend_cache(
+                self.cache, self.newest_memory.repeat(self.passes, 1, 1, 1, 1), actions, levels.repeat(self.passes, 1)
+            )
         else:
             latents = self._step_recompute(noise, chunk_actions, anchor)
         self.newest_latent = latents
@@ -225,6 +255,7 @@ def load_rollout(
     *,
     steps: int | None = None,
     guidance_scale: float | None = None,
+    history_noise: float | None = None,
     seed: int = 0,
     device: str = "cpu",
 ) -> tuple[torch.nn.Module, Any, dict[str, Any], RolloutConfig]:
@@ -244,8 +275,10 @@ def load_rollout(
         shift=sampling.get("shift", RolloutConfig.shift),
         guidance_scale=guidance_scale if guidance_scale is not None else sampling.get("guidance_scale", 3.0),
         copy_prior_sigma=metadata.get("copy_prior_sigma"),
+        history_noise=history_noise if history_noise is not None else sampling.get("history_noise", 0.0),
         seed=seed,
     )
+    config.validate()
     return model, vae, metadata, config
 
 
@@ -253,10 +286,16 @@ MODALITY_OF_WORLD = {"doom": "keyboard_mouse", "robot": "robot7", "camera": "cam
 
 
 def rollout_factory(
-    checkpoint: str | Path = "astra-small", *, steps: int | None = None, guidance_scale: float | None = None
+    checkpoint: str | Path = "astra-small",
+    *,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    history_noise: float | None = None,
 ) -> tuple[Callable[[str], RolloutSession], tuple[int, int]]:
     """Load a model once; return (world name -> new RolloutSession, the model's (height, width))."""
-    model, vae, metadata, config = load_rollout(checkpoint, steps=steps, guidance_scale=guidance_scale)
+    model, vae, metadata, config = load_rollout(
+        checkpoint, steps=steps, guidance_scale=guidance_scale, history_noise=history_noise
+    )
     action_meta = metadata.get("action_meta", {})
 
     def make(world: str) -> RolloutSession:

@@ -13,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="action-free guidance scale (default 3.0)")
+    parser.add_argument(
+        "--history-noise", type=float, default=None, help="noise level of the model's memory (default: the model's)"
+    )
     parser.add_argument("--max-sessions", type=int, default=4, help="concurrent players at most")
     parser.add_argument("--fps", type=float, default=20.0, help="pace of the stream (0 = as fast as generated)")
     parser.add_argument("--no-simulator", action="store_true", help="disable the side-by-side real simulator")
@@ -25,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from astra.serve.app import ServerConfig, SessionFactory, create_app
     from astra.worlds.base import make_world
 
-    make_rollout, resolution = rollout_factory(args.checkpoint, steps=args.steps, guidance_scale=args.guidance)
+    make_rollout, resolution = rollout_factory(
+        args.checkpoint, steps=args.steps, guidance_scale=args.guidance, history_noise=args.history_noise
+    )
     make_simulator = None if args.no_simulator else (lambda world: make_world(world, size=resolution))
     config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions, target_fps=args.fps)
     app = create_app(SessionFactory(make_rollout, make_simulator), config)

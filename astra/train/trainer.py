@@ -510,6 +510,21 @@ class Trainer:
                 meta.setdefault(entry["source"], entry["scales"])
         return meta
 
+    def sampling_defaults(self) -> dict[str, float]:
+        """The rollout settings the exported model plays with: the RolloutConfig defaults, and memory noised to the
+        lowest level training noised it at (0 = clean when training never did), so the model's own frames enter
+        its memory the way noised real frames did in training."""
+        from astra.rollout.session import RolloutConfig
+
+        rollout = RolloutConfig()
+        trained_noisy = self.config.noisy_memory_prob > 0 and self.config.noisy_memory_range[1] > 0
+        return {
+            "num_steps": rollout.num_steps,
+            "shift": rollout.shift,
+            "guidance_scale": rollout.guidance_scale,
+            "history_noise": self.config.noisy_memory_range[0] if trained_noisy else 0.0,
+        }
+
     def export(self, directory: str | Path | None = None, use_ema: bool = True) -> Path | None:
         """Write the model (EMA weights for the trainable set) with save_astra: model.safetensors + config.json."""
         from astra.model.checkpoints import save_astra
@@ -524,7 +539,7 @@ class Trainer:
         metadata = {
             "vae": self.data_vae(),
             "action_meta": self.action_meta(),
-            "sampling": {"num_steps": 4, "shift": 1.0, "guidance_scale": 3.0},
+            "sampling": self.sampling_defaults(),
             "train_config": self.config.to_dict(),
             "data": {"source": self.config.data, "world_weights": self.config.world_weights},
             "step": self.step,

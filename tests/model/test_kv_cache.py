@@ -85,6 +85,29 @@ def test_streaming_chunk_by_chunk_equals_uncached():
     assert relative_error(actual, expected) < 1e-5
 
 
+def test_noised_history_streams_like_uncached_noisy_memory():
+    """Inference-time history noise: chunks cached with their flow times equal one forward with noisy memory."""
+    model = make_model()
+    latents, actions, text = make_inputs()
+    target_t, level = torch.tensor([0.5, 0.5]), 0.3
+    history_t = torch.full((2, NUM_HISTORY), level)
+    with torch.no_grad():
+        expected = model(
+            latents[:, :, NUM_HISTORY:], target_t, history_latents=latents[:, :, :NUM_HISTORY],
+            history_timesteps=history_t, actions=actions, text=text,
+        ).velocity
+        clean = uncached(model, latents, actions, text, target_t)
+        cache = model.prefill(
+            latents[:, :, : 1 + CHUNK], history_t[:, : 1 + CHUNK], actions=actions.frames(0, 1 + CHUNK), text=text
+        )
+        for start in range(1 + CHUNK, NUM_HISTORY, CHUNK):
+            chunk_t = history_t[:, start : start + CHUNK]
+            model.extend_cache(cache, latents[:, :, start : start + CHUNK], actions.frames(start, start + CHUNK), chunk_t)
+        actual = cached(model, latents, actions, text, target_t, cache)
+    assert relative_error(actual, expected) < 1e-5
+    assert relative_error(clean, expected) > 1e-3, "the history's flow time must reach the model"
+
+
 def test_block_causal_mask_blocks_later_chunks():
     """Changing the newest history chunk leaves earlier history frames' keys (all layers) unchanged."""
     model = make_model()

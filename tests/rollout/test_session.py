@@ -59,20 +59,50 @@ def test_bad_input_is_a_clear_error(tiny_session):
         session.start(np.zeros((16, 16), np.float32))
 
 
-def test_a_non_streaming_model_recomputes_its_history(tiny_parts):
+@pytest.mark.parametrize("history_noise", [0.0, 0.2])
+def test_a_non_streaming_model_recomputes_its_history(tiny_parts, history_noise):
     """The authors' layout (bidirectional attention, shared timestep) has no cache: history is recomputed."""
+    import dataclasses
+
     from astra.rollout.session import RolloutSession
 
     model, vae, config = tiny_parts()
     compat = type(model)(model.config.replace(attention="bidirectional", per_frame_timesteps=False)).eval()
     compat.load_state_dict(model.state_dict())
-    session = RolloutSession(compat, vae, "keyboard_mouse", config)
+    session = RolloutSession(compat, vae, "keyboard_mouse", dataclasses.replace(config, history_noise=history_noise))
     assert not session.streaming
     session.start(np.zeros((16, 16, 3), np.uint8))
     for _ in range(session.max_history + 2):
         frames = session.step(keys(session.frames_per_step, 4))
         assert frames.shape == (session.frames_per_step, 16, 16, 3)
     assert session.history_latents.shape[2] == session.max_history and session.cache is None
+
+
+def test_history_noise_is_seeded_shown_to_the_model_and_validated(tiny_parts):
+    """Memory noised to `history_noise`: the same seed gives the same video, the model sees the level, and the
+    anchor it copies is the noised memory (as in training), not the clean latent."""
+    import dataclasses
+
+    import torch
+
+    from astra.rollout.session import RolloutSession
+
+    model, vae, config = tiny_parts()
+    image = np.full((16, 16, 3), 100, np.uint8)
+
+    def rollout(level: float) -> tuple[np.ndarray, RolloutSession]:
+        session = RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, history_noise=level))
+        session.start(image, seed=3)
+        return np.concatenate([session.step(keys(session.frames_per_step, 4)) for _ in range(3)]), session
+
+    noisy, session = rollout(0.3)
+    assert np.array_equal(noisy, rollout(0.3)[0])
+    assert not np.array_equal(noisy, rollout(0.0)[0])
+    assert not torch.equal(session.newest_memory, session.newest_latent)
+    clean_session = rollout(0.0)[1]
+    assert torch.equal(clean_session.newest_memory, clean_session.newest_latent)
+    with pytest.raises(AstraError, match="history_noise"):
+        RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, history_noise=1.0))
 
 
 def test_a_bfloat16_model_streams(tiny_parts):

@@ -135,6 +135,19 @@ def test_export_writes_an_astra_checkpoint_with_ema_weights(tmp_path):
     assert torch.equal(model.state_dict()[name], trainer.ema.shadow[name])
 
 
+def test_exported_sampling_noises_memory_as_training_did(tmp_path):
+    """The exported model plays with its memory at the lowest level training noised memory at, else clean."""
+    from astra.model.checkpoints import load_astra
+
+    noisy = Trainer(TINY.replace(steps=0, noisy_memory_prob=0.5, noisy_memory_range=(0.25, 0.7)), tmp_path / "a",
+                    progress=False)  # fmt: skip
+    clean = Trainer(TINY.replace(steps=0, noisy_memory_prob=0.0), tmp_path / "b", progress=False)
+    assert noisy.sampling_defaults()["history_noise"] == 0.25
+    assert clean.sampling_defaults()["history_noise"] == 0.0
+    _, metadata = load_astra(noisy.export())
+    assert metadata["sampling"]["history_noise"] == 0.25
+
+
 def test_diffusion_forcing_splits_the_kept_window_into_memory_and_causal_targets(tmp_path):
     from astra.model.config import HistoryBudget
     from astra.train.trainer import diffusion_forcing_split
