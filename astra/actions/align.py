@@ -19,6 +19,7 @@ from astra.actions.modalities import KEYBOARD_KEYS, get_modality
 
 FRAMES_PER_LATENT = 4  # the VAE's temporal compression
 POSE_MODALITIES = ("camera7", "camera12", "vehicle7")
+MIN_QUATERNION_NORM = 1e-6
 DEFAULT_SCALES = {
     "translation_scale": 1.0,  # pose and robot translations are divided by this (metres per unit)
     "rotation_scale": 1.0,  # robot roll/pitch/yaw deltas are divided by this (radians per unit)
@@ -106,6 +107,14 @@ def latent_actions(
         raise ValueError(f"{modality} rows must have shape [T, {spec.width}], got {list(rows.shape)}")
     if not np.isfinite(rows).all():
         raise ValueError(f"{modality} rows: non-finite value in row {int(np.argmax(~np.isfinite(rows).all(1)))}")
+    if poses is None and "qw" in spec.columns:  # a zero quaternion is no rotation at all, not the identity
+        quaternion = [spec.columns.index(name) for name in ("qx", "qy", "qz", "qw")]
+        bad = np.flatnonzero(np.linalg.norm(rows[:, quaternion], axis=1) < MIN_QUATERNION_NORM)
+        if len(bad):
+            raise ValueError(
+                f"{modality} rows: row {int(bad[0])} has a zero-length rotation quaternion (qx, qy, qz, qw); "
+                "no rotation is (0, 0, 0, 1)"
+            )
     scales = scales_from_meta(meta)
     num_latents = num_latent_frames(rows.shape[0])
     out = np.empty((num_latents, spec.width), np.float64)

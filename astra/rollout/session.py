@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from astra.actions.align import latent_actions
+from astra.actions.align import identity_action, latent_actions
 from astra.actions.modalities import get_modality
 from astra.diffusion.flow import add_noise
 from astra.diffusion.guidance import guidance_passes
@@ -149,7 +149,7 @@ class RolloutSession:
         frame = prepare_image(image, self.resolution)
         self.generator.manual_seed(self.config.seed if seed is None else seed)
         latent = self.vae.encode(frames_to_video(frame[None]).to(self.device, self.vae_dtype)).to(self.dtype)
-        identity = latent_actions(self.modality, np.zeros((1, self.width), np.float32), meta=self.action_meta)
+        identity = identity_action(self.modality)[None]  # latent frame 0's action: nothing happened yet
         # The start frame is real, not generated: it enters the memory clean (flow time 0).
         if self.streaming:
             self.cache = self.model.prefill(latent.repeat(self.passes, 1, 1, 1, 1), actions=self._actions(identity))
@@ -208,7 +208,11 @@ class RolloutSession:
         rows = self._checked(frame_rows, self.frames_per_step, "step()")
         # Rows 4c-4..4c-1 drive latent frame c; a trailing copy makes the 4k+1 layout latent_actions expects.
         padded = np.concatenate([rows, rows[-1:]], axis=0)
-        return self.step_latent(latent_actions(self.modality, padded, meta=self.action_meta)[1:])
+        try:
+            latent_rows = latent_actions(self.modality, padded, meta=self.action_meta)
+        except ValueError as error:
+            raise AstraError(f"step(): {error}") from None
+        return self.step_latent(latent_rows[1:])
 
     @torch.no_grad()
     def step_latent(self, chunk_actions: np.ndarray) -> np.ndarray:

@@ -84,6 +84,10 @@ def test_validation_errors():
         align.latent_actions("joystick", np.zeros((9, 7)))
     with pytest.raises(ValueError, match="mouse_scale must be positive"):
         align.latent_actions("keyboard_mouse", np.zeros((9, 8)), meta={"mouse_scale": 0})
+    identity = np.tile([0, 0, 0, 0, 0, 0, 1.0], (9, 1))
+    identity[2, 3:] = 0.0  # a zero quaternion is no rotation at all (it would divide by zero)
+    with pytest.raises(ValueError, match="row 2 has a zero-length rotation quaternion"):
+        align.latent_actions("vehicle7", identity)
 
 
 def test_convert_pose_actions_round_trip():

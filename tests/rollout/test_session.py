@@ -57,6 +57,10 @@ def test_bad_input_is_a_clear_error(tiny_session):
         session.step(bad)
     with pytest.raises(AstraError, match="uint8"):
         session.start(np.zeros((16, 16), np.float32))
+    camera = tiny_session("camera7")
+    camera.start(np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(AstraError, match=r"step\(\): camera7 rows: row 0 has a zero-length rotation quaternion"):
+        camera.step(np.zeros((camera.frames_per_step, 7), np.float32))
 
 
 @pytest.mark.parametrize("history_noise", [0.0, 0.2])
