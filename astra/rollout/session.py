@@ -274,12 +274,16 @@ def load_rollout(
     recorded = metadata.get("vae")
     vae = load_vae(recorded if recorded and Path(recorded).exists() else model.config.vae)
     sampling = metadata.get("sampling", {})
+
+    def setting(name: str, given: Any) -> Any:  # the caller's value, else the checkpoint's, else the default
+        return given if given is not None else sampling.get(name, getattr(RolloutConfig, name))
+
     config = RolloutConfig(
-        num_steps=steps or sampling.get("num_steps", RolloutConfig.num_steps),
-        shift=sampling.get("shift", RolloutConfig.shift),
-        guidance_scale=guidance_scale if guidance_scale is not None else sampling.get("guidance_scale", 3.0),
+        num_steps=steps or setting("num_steps", None),
+        shift=setting("shift", None),
+        guidance_scale=setting("guidance_scale", guidance_scale),
         copy_prior_sigma=metadata.get("copy_prior_sigma"),
-        history_noise=history_noise if history_noise is not None else sampling.get("history_noise", 0.0),
+        history_noise=setting("history_noise", history_noise),
         seed=seed,
     )
     config.validate()
