@@ -15,8 +15,8 @@ import math
 import torch
 
 from astra.diffusion.flow import copy_anchor
-from astra.errors import AstraError
 from astra.diffusion.guidance import concat_actions
+from astra.errors import AstraError
 from astra.model.action_experts import ActionInput, standardised_by_modality
 from astra.train.batches import BatchSource
 
@@ -61,11 +61,10 @@ def least_squares_start(model: torch.nn.Module, actions: ActionInput, shifts: to
         layer.bias[:2] = solution[-1].to(layer.bias)
 
 
-def _anchor_errors(model, newest, target, actions) -> dict[str, float]:
-    """Mean squared error of the (moved) anchor per modality."""
-    motion = model.motion_prior(actions, model.action_projectors.normalizers)
-    error = ((copy_anchor(newest, motion) - target) ** 2).mean(dim=(1, 2, 3, 4))
-    return {name: float(error[[m == name for m in actions.modality]].mean()) for name in sorted(set(actions.modality))}
+def _anchor_errors(anchor: torch.Tensor, target: torch.Tensor, modality: tuple[str, ...]) -> dict[str, float]:
+    """Mean squared error of the copy anchor (one frame, or moved per target frame) per modality."""
+    error = ((anchor - target) ** 2).mean(dim=(1, 2, 3, 4))
+    return {name: float(error[[m == name for m in modality]].mean()) for name in sorted(set(modality))}
 
 
 def fit_motion_prior(
@@ -97,9 +96,7 @@ def fit_motion_prior(
             target.append(batch.target_latents)
     newest, target, actions = torch.cat(newest), torch.cat(target), concat_actions(actions)
 
-    model.motion_prior.reset_parameters()
-    with torch.no_grad():
-        before = _anchor_errors(model, newest, target, actions)
+    before = _anchor_errors(newest, target, actions.modality)
     least_squares_start(model, actions, best_pixel_shifts(newest, target, SHIFT_SEARCH_RADIUS))
     parameters = list(model.motion_prior.parameters())
     optimizer = torch.optim.Adam(parameters, lr=MOTION_FIT_LR)
@@ -114,5 +111,5 @@ def fit_motion_prior(
     for parameter in parameters:
         parameter.grad = None
     with torch.no_grad():
-        after = _anchor_errors(model, newest, target, actions)
+        after = _anchor_errors(copy_anchor(newest, model.motion_prior(actions, normalizers)), target, actions.modality)
     return {name: (before[name], after[name]) for name in before}

@@ -517,12 +517,11 @@ class Trainer:
         from astra.rollout.session import RolloutConfig
 
         rollout = RolloutConfig()
-        trained_noisy = self.config.noisy_memory_prob > 0 and self.config.noisy_memory_range[1] > 0
         return {
             "num_steps": rollout.num_steps,
             "shift": rollout.shift,
             "guidance_scale": rollout.guidance_scale,
-            "history_noise": self.config.noisy_memory_range[0] if trained_noisy else 0.0,
+            "history_noise": self.config.noisy_memory_range[0] if self.config.noisy_memory_prob > 0 else 0.0,
         }
 
     def export(self, directory: str | Path | None = None, use_ema: bool = True) -> Path | None:
