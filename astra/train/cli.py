@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from astra.train.trainer import Trainer
 
     info = init_distributed()
+    finished = False
     try:
         trainer = Trainer(config, args.out, info=info, progress=not args.no_progress)
         if args.export:
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         path = trainer.export()
         if path is not None:
             print(f"exported step {trainer.step} to {path}")
+        finished = True
     finally:
-        cleanup()
+        cleanup(synchronize=finished)
     return 0

@@ -88,6 +88,11 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value / info.world_size
 
 
-def cleanup() -> None:
+def cleanup(synchronize: bool = True) -> None:
+    """Leave the process group. After a clean run the ranks leave together: one that tears down while another
+    still talks to the store (rank 0 hosts it) can abort the other with std::terminate. After an error, pass
+    synchronize=False: a barrier would wait for ranks that are not coming."""
     if dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()

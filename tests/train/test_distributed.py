@@ -11,7 +11,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from astra.model.checkpoints import load_astra
 from astra.train.checkpointing import checkpoint_path, load_checkpoint
 from astra.train.config import get_preset
-from astra.train.distributed import DistInfo
+from astra.train.distributed import DistInfo, cleanup
 from astra.train.trainer import Trainer
 
 CONFIG = get_preset("astra-tiny").replace(model_overrides={"text_dim": 0, "text_len": 0}, steps=2, save_every=2)
@@ -29,10 +29,12 @@ def _process_group(rank: int, port: int):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    finished = False
     try:
         yield DistInfo(rank, WORLD_SIZE, rank)
+        finished = True
     finally:
-        dist.destroy_process_group()
+        cleanup(synchronize=finished)
 
 
 def _launch(worker, out_dir, timeout_s: float = 120.0, attempts: int = 2) -> None:
