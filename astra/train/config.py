@@ -52,6 +52,7 @@ class TrainConfig:
     copy_prior_sigma: float = 0.5  # typical std of the latent change between frames (copy prior width)
     motion_fit_batches: int = 0  # before step 0, fit the motion prior on this many batches (0 = leave it as is)
     motion_fit_iterations: int = 300  # full-batch Adam steps of that fit (astra/train/motion_fit.py)
+    motion_fit_radius: int = 3  # latent pixels each way the fit's whole-pixel shift search covers per frame
 
     # --- systems --------------------------------------------------------------------------------------
     mixed_precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "no"
@@ -123,6 +124,8 @@ class TrainConfig:
                 f"motion_fit_batches must be >= 0 and motion_fit_iterations >= 1, got {self.motion_fit_batches}, "
                 f"{self.motion_fit_iterations}"
             )
+        if self.motion_fit_radius < 1:
+            raise AstraError(f"motion_fit_radius must be >= 1 latent pixel, got {self.motion_fit_radius}")
         if self.motion_fit_batches and not self.copy_prior:
             raise AstraError("motion_fit_batches fits the copy prior's motion: it needs copy_prior=True")
         if self.copy_prior_sigma <= 0:

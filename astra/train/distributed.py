@@ -44,10 +44,12 @@ def init_distributed() -> DistInfo:
 
 
 def resolve_parallel(mode: str, model: torch.nn.Module) -> str:
-    """'auto' -> FSDP when part of the model is frozen (the Wan backbone preset), DDP otherwise."""
+    """'auto' -> FSDP when the model's freeze policy keeps a backbone frozen (the Wan preset), DDP when the whole
+    model trains (the small presets). Decided by the policy, not by requires_grad: a small model's fitted and then
+    frozen motion prior must not switch it to FSDP."""
     if mode != "auto":
         return mode
-    return "fsdp" if any(not p.requires_grad for p in model.parameters()) else "ddp"
+    return "fsdp" if model.config.trainable is not None else "ddp"
 
 
 def wrap_model(model: torch.nn.Module, mode: str, info: DistInfo) -> torch.nn.Module:

@@ -21,7 +21,6 @@ from astra.model.action_experts import ActionInput, standardised_by_modality
 from astra.train.batches import BatchSource
 
 MOTION_FIT_LR = 3e-3  # Adam refinement from the least-squares start, cosine-decayed to 0 over the iterations
-SHIFT_SEARCH_RADIUS = 3  # latent pixels each way searched for every frame's best whole-pixel shift
 RIDGE = 1e-3  # of the least-squares start, relative to the mean squared input
 
 
@@ -74,10 +73,12 @@ def fit_motion_prior(
     iterations: int,
     action_dropout: float,
     seed: int,
+    radius: int,
 ) -> dict[str, tuple[float, float]]:
     """Fit `model.motion_prior` in place on rank 0's first `num_batches` batches (the same on every rank).
 
     A fraction `action_dropout` of the samples has its target actions dropped, as in training (they do not move).
+    The least-squares start searches whole-pixel shifts up to `radius` latent pixels each way.
     Returns {modality: (anchor error without motion, with the fitted motion)} on these batches.
     """
     if model.motion_prior is None:
@@ -97,7 +98,7 @@ def fit_motion_prior(
     newest, target, actions = torch.cat(newest), torch.cat(target), concat_actions(actions)
 
     before = _anchor_errors(newest, target, actions.modality)
-    least_squares_start(model, actions, best_pixel_shifts(newest, target, SHIFT_SEARCH_RADIUS))
+    least_squares_start(model, actions, best_pixel_shifts(newest, target, radius))
     parameters = list(model.motion_prior.parameters())
     optimizer = torch.optim.Adam(parameters, lr=MOTION_FIT_LR)
     normalizers = model.action_projectors.normalizers

@@ -363,7 +363,7 @@ class Trainer:
             # gradient (the network co-adapted to the unmoved anchor) shrank a fitted prior's motion 1.7x in 600 steps
             errors = fit_motion_prior(
                 model, self.batches, config.motion_fit_batches, config.motion_fit_iterations, config.action_dropout,
-                config.seed,
+                config.seed, config.motion_fit_radius,
             )
             if info.is_main:
                 changes = (f"{name} {before:.4f} -> {after:.4f}" for name, (before, after) in errors.items())

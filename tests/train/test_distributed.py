@@ -9,13 +9,25 @@ import torch.multiprocessing as mp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from astra.model.checkpoints import load_astra
+from astra.model.config import PRESETS
+from astra.model.transformer import AstraTransformer
 from astra.train.checkpointing import checkpoint_path, load_checkpoint
 from astra.train.config import get_preset
-from astra.train.distributed import DistInfo, cleanup
+from astra.train.distributed import DistInfo, cleanup, resolve_parallel
 from astra.train.trainer import Trainer
 
 CONFIG = get_preset("astra-tiny").replace(model_overrides={"text_dim": 0, "text_len": 0}, steps=2, save_every=2)
 WORLD_SIZE = 2
+
+
+def test_auto_parallel_follows_the_freeze_policy_not_requires_grad():
+    small = AstraTransformer(PRESETS["astra-small"].replace(num_layers=1))
+    assert small.config.trainable is None and small.motion_prior is not None
+    small.motion_prior.requires_grad_(False)  # as after the motion fit: still a model that trains whole
+    assert resolve_parallel("auto", small) == "ddp"
+    frozen_backbone = AstraTransformer(small.config.replace(trainable=("blocks.*.self_attn",)))
+    assert resolve_parallel("auto", frozen_backbone) == "fsdp"
+    assert resolve_parallel("ddp", frozen_backbone) == "ddp"
 
 
 def _free_port() -> int:

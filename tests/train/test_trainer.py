@@ -310,6 +310,21 @@ def test_fitting_the_motion_prior_before_training_learns_the_datas_shift(tmp_pat
     assert not any(name.startswith("motion_prior.") for name in trainer.ema.shadow)
 
 
+def test_the_shift_search_finds_shifts_up_to_its_radius_only():
+    """The least-squares start only sees motion inside the search radius (motion_fit_radius): a fast turn of 3
+    latent pixels per frame is found with radius 3 and clipped with radius 1."""
+    from astra.train.motion_fit import best_pixel_shifts
+
+    newest = torch.randn(2, 4, 1, 8, 16, generator=torch.Generator().manual_seed(0))
+    target = torch.roll(newest, shifts=3, dims=-1)  # content moves right by 3 latent pixels
+    found = best_pixel_shifts(newest, target, radius=3)
+    assert torch.allclose(found[..., 0], torch.tensor(-2.0 * 3 / 16)) and torch.all(found[..., 1] == 0)
+    clipped = best_pixel_shifts(newest, target, radius=1)
+    assert torch.all(clipped[..., 0].abs() <= 2.0 / 16 + 1e-6)
+    with pytest.raises(AstraError, match="motion_fit_radius"):
+        TINY.replace(motion_fit_radius=0).validate()
+
+
 def test_fitting_a_motion_prior_needs_a_model_that_has_one(tmp_path):
     with pytest.raises(AstraError, match="no motion prior"):
         Trainer(TINY.replace(copy_prior=True, motion_fit_batches=2), tmp_path, progress=False)
