@@ -30,5 +30,5 @@ astra vae train --episodes "$EPISODES" --out "$WORK/vae-decoder" --init-from "$W
 astra data encode --episodes "$EPISODES" --vae "$WORK/vae" --out "$WORK/latents"
 astra train --preset astra-small --out "$WORK/run" --set data="$WORK/latents" --set steps="$TRAIN_STEPS" --resume
 astra train --preset astra-small --out "$WORK/run" --set data="$WORK/latents" --export
-astra eval --checkpoint "$WORK/run/export" --cases 8 --out "$WORK/eval"
+astra eval --checkpoint "$WORK/run/export" --out "$WORK/eval"
 echo "done: copy $WORK/vae-decoder to weights/astra-small-vae and $WORK/run/export to weights/astra-small if the eval is better"
