@@ -80,16 +80,19 @@ def run(args: argparse.Namespace) -> int:
     info = init_distributed()
     finished = False
     try:
-        trainer = Trainer(config, args.out, info=info, progress=not args.no_progress)
-        if args.export:
-            if not trainer.resume():
-                raise AstraError(f"{args.out}: no checkpoint to export")
-        else:
-            trainer.fit(resume=args.resume)
-        path = trainer.export()
-        if path is not None:
-            print(f"exported step {trainer.step} to {path}")
+        _fit_and_export(Trainer(config, args.out, info=info, progress=not args.no_progress), args)
         finished = True
     finally:
-        cleanup(synchronize=finished)
+        cleanup(synchronize=finished)  # the trainer is gone by now (see cleanup)
     return 0
+
+
+def _fit_and_export(trainer, args: argparse.Namespace) -> None:
+    if args.export:
+        if not trainer.resume():
+            raise AstraError(f"{args.out}: no checkpoint to export")
+    else:
+        trainer.fit(resume=args.resume)
+    path = trainer.export()
+    if path is not None:
+        print(f"exported step {trainer.step} to {path}")
