@@ -43,6 +43,8 @@ class RolloutConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        if self.num_steps < 1:
+            raise AstraError(f"num_steps (--steps) must be >= 1, got {self.num_steps}")
         if not 0.0 <= self.history_noise < 1.0:
             raise AstraError(f"history_noise must lie in [0, 1), got {self.history_noise}")
 
@@ -279,7 +281,7 @@ def load_rollout(
         return given if given is not None else sampling.get(name, getattr(RolloutConfig, name))
 
     config = RolloutConfig(
-        num_steps=steps or setting("num_steps", None),
+        num_steps=setting("num_steps", steps),
         shift=setting("shift", None),
         guidance_scale=setting("guidance_scale", guidance_scale),
         copy_prior_sigma=metadata.get("copy_prior_sigma"),

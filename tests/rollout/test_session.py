@@ -107,6 +107,8 @@ def test_history_noise_is_seeded_shown_to_the_model_and_validated(tiny_parts):
     assert torch.equal(clean_session.newest_memory, clean_session.newest_latent)
     with pytest.raises(AstraError, match="history_noise"):
         RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, history_noise=1.0))
+    with pytest.raises(AstraError, match="num_steps"):
+        RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, num_steps=0))
 
 
 def test_a_bfloat16_model_streams(tiny_parts):
