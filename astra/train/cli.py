@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from astra.errors import AstraError
+
+if TYPE_CHECKING:  # torch is imported lazily, after the config is validated
+    from astra.train.trainer import Trainer
 
 HELP = "train an Astra model (flow matching, noisy memory, action dropout)"
 
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit_and_export(trainer, args: argparse.Namespace) -> None:
+def _fit_and_export(trainer: Trainer, args: argparse.Namespace) -> None:
+    """A helper so that the trainer (and the DDP wrapper holding the process group) is dropped on return."""
     if args.export:
         if not trainer.resume():
             raise AstraError(f"{args.out}: no checkpoint to export")

@@ -87,12 +87,12 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_process_ddp_keeps_ranks_identical(tmp_path):
-    tmp_path = _launch(_ddp_worker, tmp_path)
-    result = torch.load(tmp_path / "params.pt")
+    run_dir = _launch(_ddp_worker, tmp_path)
+    result = torch.load(run_dir / "params.pt")
     rank0, rank1 = result["ranks"]
     assert torch.equal(rank0, rank1)
     assert not torch.equal(rank0, result["before"])  # training moved the weights
-    assert (tmp_path / "checkpoints" / "step-00000002.pt").exists()
+    assert (run_dir / "checkpoints" / "step-00000002.pt").exists()
 
 
 def _full_trainable_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -126,12 +126,12 @@ def _fsdp_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_process_fsdp_trains_saves_and_resumes(tmp_path):
-    tmp_path = _launch(_fsdp_worker, tmp_path)
-    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE))
+    run_dir = _launch(_fsdp_worker, tmp_path)
+    rank0, rank1 = (torch.load(run_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE))
     losses = [row["loss"] for row in rank0["reference"]]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     # The gathered full state dict is the same on both ranks and is what the checkpoint holds.
-    saved = load_checkpoint(checkpoint_path(tmp_path / "resumed", 2))["model"]
+    saved = load_checkpoint(checkpoint_path(run_dir / "resumed", 2))["model"]
     assert saved.keys() == rank0["trained"].keys() == rank1["trained"].keys()
     for name, tensor in saved.items():
         assert torch.equal(rank0["trained"][name], tensor) and torch.equal(rank1["trained"][name], tensor), name
@@ -144,7 +144,7 @@ def test_two_process_fsdp_trains_saves_and_resumes(tmp_path):
     # The export (rank 0 only) carries the gathered EMA weights of the last checkpoint.
     assert rank1["export"] == "None"
     exported, metadata = load_astra(rank0["export"])
-    final = load_checkpoint(checkpoint_path(tmp_path / "resumed", 3))
+    final = load_checkpoint(checkpoint_path(run_dir / "resumed", 3))
     assert final["step"] == metadata["step"] == 3
     assert final["ema"].keys() == saved.keys()
     for name, tensor in final["ema"].items():
