@@ -11,3 +11,7 @@ class CheckpointError(AstraError):
 
 class DataError(AstraError):
     """A dataset file is corrupt, truncated or inconsistent: names the file and the row."""
+
+
+class ConfigError(AstraError, ValueError):
+    """A config value of the wrong kind or an unknown setting: names the setting by its dotted path."""

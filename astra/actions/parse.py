@@ -167,7 +167,8 @@ def parse_actions(spec: str, modality: str, num_latent_frames: int | None = None
     """A preset name, a .json file or an action string -> float32 [F, width] per latent frame to generate."""
     spec = spec.strip()
     if spec in PRESETS[get_modality(modality).name]:
-        return get_preset(spec, modality, num_latent_frames or DEFAULT_PRESET_LATENT_FRAMES)
+        frames = DEFAULT_PRESET_LATENT_FRAMES if num_latent_frames is None else num_latent_frames
+        return get_preset(spec, modality, frames)
     if spec.endswith(".json"):
         return load_action_file(spec, modality)
     return frame_rows_to_latent(parse_frame_rows(spec, modality), modality, f"action string {spec!r}")

@@ -74,6 +74,14 @@ PRESETS: dict[str, dict[str, Segments]] = {
     "keyboard_mouse": KEYBOARD_PRESETS,
     "robot7": ROBOT_PRESETS,
 }
+# What `astra generate` plays when no --actions are given: a preset that shows the modality's main motions.
+DEFAULT_PRESET = {
+    "camera7": "s_curve",
+    "camera12": "s_curve",
+    "vehicle7": "left_turn",
+    "keyboard_mouse": "explore",
+    "robot7": "lift",
+}
 INTENTS = {"keyboard_mouse": KEYBOARD_INTENTS, "robot7": ROBOT_INTENTS} | {m: POSE_INTENTS for m in POSE_MODALITIES}
 
 

@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from astra.data.format import list_episodes, read_meta
+from astra.errors import DataError
 
 HELP = "encode episodes to latents; inspect datasets"
 
@@ -59,7 +60,10 @@ def _info(directory: Path) -> int:
             rows[key][0] = len(names)
         _print_table(f"{directory}: latents from VAE {dataset.vae!r}", rows, ("episodes", "clips", "latent frames"))
         return 0
-    for path in list_episodes(directory):
+    episodes = list_episodes(directory)
+    if not episodes:
+        raise DataError(f"{directory}: no episodes (folders with meta.json) and no {INDEX_FILE} of encoded latents")
+    for path in episodes:
         meta = read_meta(path)
         counts = rows[(meta["modality"], meta["split"], episode_source(path, directory, meta["meta"]))]
         counts[0] += 1

@@ -116,6 +116,9 @@ def encode_episodes(
     rank, world_size = rank_and_world_size(rank, world_size)
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    episodes = list_episodes(episodes_root)
+    if not episodes:
+        raise DataError(f"no episodes (folders with meta.json) under {episodes_root}")
     out.mkdir(parents=True, exist_ok=True)
     fragment_path = out / f"index-r{rank}.json"
     fragment = {"vae": vae_name, "entries": []}
@@ -124,7 +127,7 @@ def encode_episodes(
         if fragment["vae"] != vae_name:
             raise DataError(f"{fragment_path}: encoded with VAE {fragment['vae']!r}, not {vae_name!r}; use another --out")
     done = {entry["episode"] for entry in fragment["entries"]}  # skipped episodes are retried (and reported) again
-    mine = list_episodes(episodes_root)[rank::world_size]
+    mine = episodes[rank::world_size]
     report = EncodeReport(already_done=sum(str(p.relative_to(episodes_root)) in done for p in mine))
     todo = [p for p in mine if str(p.relative_to(episodes_root)) not in done]
     shard_number = len({entry["shard"] for entry in fragment["entries"]})

@@ -31,8 +31,13 @@ class LatentDataset:
             index = json.loads(index_path.read_text())
         except FileNotFoundError:
             raise DataError(f"{index_path}: missing; run `astra data encode` first") from None
-        if index.get("format_version") != LATENT_FORMAT_VERSION:
-            raise DataError(f"{index_path}: format_version {index.get('format_version')!r}, expected {LATENT_FORMAT_VERSION}")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(f"{index_path}: unreadable ({error}); encode again with `astra data encode`") from None
+        if not isinstance(index, dict) or index.get("format_version") != LATENT_FORMAT_VERSION:
+            version = index.get("format_version") if isinstance(index, dict) else None
+            raise DataError(f"{index_path}: format_version {version!r}, expected {LATENT_FORMAT_VERSION}")
+        if not isinstance(index.get("entries"), list) or "vae" not in index:
+            raise DataError(f"{index_path}: needs 'vae' and a list of 'entries'")
         self.vae: str | None = index["vae"]
         self.entries: list[dict] = index["entries"]
 

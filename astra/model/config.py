@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from astra.config_fields import dataclass_from_dict
+
 
 @dataclass(frozen=True)
 class HistoryBudget:
@@ -111,21 +113,7 @@ class AstraConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AstraConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown AstraConfig field(s): {', '.join(unknown)}")
-        data = dict(data)
-        if isinstance(data.get("history"), dict):
-            data["history"] = HistoryBudget(**data["history"])
-        for key in ("patch_size", "resolution", "modalities"):
-            if key in data and data[key] is not None:
-                data[key] = tuple(data[key])
-        if "fixed_expert_of_modality" in data:
-            data["fixed_expert_of_modality"] = tuple(tuple(p) for p in data["fixed_expert_of_modality"])
-        if data.get("trainable") is not None:
-            data["trainable"] = tuple(data["trainable"])
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "AstraConfig")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", help="action modality (default: the world's; required with --image unless keyboard_mouse)")
     parser.add_argument(
         "--actions",
-        default="explore",
-        help="a preset name (see --list-presets), a compact string such as 'w*16,a*8,wd*8', or a JSON file",
+        default=None,
+        help="a preset name (see --list-presets), a compact string such as 'w*16,a*8,wd*8', or a JSON file "
+        "(default: a preset showing the modality's main motions, e.g. 'explore' for keyboard_mouse)",
     )
     parser.add_argument("--latent-frames", type=int, default=None, help="length for presets, in latent frames (4 video frames each)")
     parser.add_argument("--list-presets", action="store_true", help="list the presets of the modality and exit")
@@ -47,8 +48,11 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     even = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # yuv420p needs even sizes
     temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    encode(temporary, even, fps, VideoCodec("libx264", path.name, "yuv420p", {"crf": "18"}))
-    os.replace(temporary, path)
+    try:
+        encode(temporary, even, fps, VideoCodec("libx264", path.name, "yuv420p", {"crf": "18"}))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
@@ -56,25 +60,38 @@ def write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
 
     images = [Image.fromarray(f) for f in frames]
     temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.gif")
-    images[0].save(temporary, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    os.replace(temporary, path)
+    try:
+        images[0].save(temporary, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from astra.actions.parse import parse_actions
-    from astra.actions.presets import list_presets
+    from astra.actions.presets import DEFAULT_PRESET, list_presets
     from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession, load_rollout
     from astra.worlds.preview import draw_action
 
-    modality = args.modality or (MODALITY_OF_WORLD.get(args.world) if not args.image else "keyboard_mouse")
-    if modality is None:
+    if not args.image and args.world not in MODALITY_OF_WORLD:
         raise AstraError(f"unknown world {args.world!r}; known: {', '.join(MODALITY_OF_WORLD)}")
+    modality = args.modality or (MODALITY_OF_WORLD[args.world] if not args.image else "keyboard_mouse")
+    if not args.image and modality != MODALITY_OF_WORLD[args.world]:
+        raise AstraError(
+            f"--modality {modality} does not fit --world {args.world}, whose actions are "
+            f"{MODALITY_OF_WORLD[args.world]} (use --image to drive another modality from a picture)"
+        )
     if args.list_presets:
         print("\n".join(list_presets(modality)))
         return 0
-    latent_actions = parse_actions(args.actions, modality, args.latent_frames)
+    if args.scale < 1:
+        raise AstraError(f"--scale must be >= 1, got {args.scale}")
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise AstraError(f"--out must name an .mp4 file (add --gif for a GIF beside it), got {args.out}")
+    latent_actions = parse_actions(args.actions or DEFAULT_PRESET[modality], modality, args.latent_frames)
     model, vae, metadata, config = load_rollout(
         args.checkpoint, steps=args.steps, guidance_scale=args.guidance, history_noise=args.history_noise, seed=args.seed
     )
@@ -114,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
     elif args.scale > 1:
         size = (frames.shape[2] * args.scale, frames.shape[1] * args.scale)
         frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.NEAREST)) for f in frames])
-    out = Path(args.out)
     fps = float(model.config.fps)
     write_video(out, frames, fps)
     print(f"wrote {out} ({len(frames)} frames, {len(frames) / fps:.1f} s at {fps:g} fps)")

@@ -9,6 +9,7 @@ stream equals a one-shot decode of the same latents).
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,13 @@ class RolloutConfig:
             raise AstraError(f"num_steps (--steps) must be >= 1, got {self.num_steps}")
         if not 0.0 <= self.history_noise < 1.0:
             raise AstraError(f"history_noise must lie in [0, 1), got {self.history_noise}")
+        if not math.isfinite(self.guidance_scale):
+            raise AstraError(f"guidance scale (--guidance) must be a finite number, got {self.guidance_scale}")
+        if not (math.isfinite(self.shift) and self.shift > 0):
+            raise AstraError(f"shift must be a finite number > 0, got {self.shift}")
+        sigma = self.copy_prior_sigma
+        if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
+            raise AstraError(f"copy_prior_sigma must be a finite number > 0, got {sigma}")
 
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(

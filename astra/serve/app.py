@@ -20,6 +20,7 @@ import asyncio
 import base64
 import io
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +32,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
 from astra.actions.controls import ControlState, controls_for
+from astra.errors import AstraError
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # an uploaded start image fits; anything larger is refused
 MAX_KEYS = 16
+MAX_PORT = 65535
 PLAY_WORLDS = ("doom", "drive", "robot", "camera")
 
 
@@ -50,6 +53,16 @@ class ServerConfig:
     jpeg_quality: int = 90
     seed: int = 0
     target_fps: float = 20.0  # pace generation to what the page shows; 0 = as fast as possible
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= MAX_PORT:
+            raise AstraError(f"--port must lie in [0, {MAX_PORT}], got {self.port}")
+        if self.max_sessions < 1:
+            raise AstraError(f"--max-sessions must be >= 1, got {self.max_sessions}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise AstraError(f"jpeg_quality must lie in [1, 100], got {self.jpeg_quality}")
+        if not (math.isfinite(self.target_fps) and self.target_fps >= 0):
+            raise AstraError(f"--fps must be a finite number >= 0, got {self.target_fps}")
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> str:
@@ -171,6 +184,7 @@ class SessionFactory:
 
 
 def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()) -> FastAPI:
+    config.validate()
     app = FastAPI(title="astra play")
     active = {"sessions": 0}
 

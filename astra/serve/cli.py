@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import socket
+
+from astra.errors import AstraError
 
 HELP = "play a world model live in the browser (127.0.0.1 by default)"
 
@@ -21,6 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-simulator", action="store_true", help="disable the side-by-side real simulator")
 
 
+def check_address_free(host: str, port: int) -> None:
+    """Bind `host:port` once and let go, so a taken port or an unknown host is one clear line, not a traceback."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise AstraError(f"cannot listen on {host}:{port}: {error.strerror or error} (check --host and --port)") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -28,11 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from astra.serve.app import ServerConfig, SessionFactory, create_app
     from astra.worlds.base import make_world
 
+    config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions, target_fps=args.fps)
+    config.validate()
+    check_address_free(args.host, args.port)  # before minutes of model loading, not after
     make_rollout, resolution = rollout_factory(
         args.checkpoint, steps=args.steps, guidance_scale=args.guidance, history_noise=args.history_noise
     )
     make_simulator = None if args.no_simulator else (lambda world: make_world(world, size=resolution))
-    config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions, target_fps=args.fps)
     app = create_app(SessionFactory(make_rollout, make_simulator), config)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: anyone who can reach this address can use the server")

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from astra.config_fields import dataclass_from_dict
 from astra.diffusion.flow import FlowConfig
 from astra.errors import AstraError
 
@@ -73,15 +74,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        data = dict(data)
-        _check_keys(cls, data, "TrainConfig")
-        if isinstance(data.get("flow"), dict):
-            _check_keys(FlowConfig, data["flow"], "TrainConfig.flow")
-            data["flow"] = FlowConfig(**data["flow"])
-        for key in ("history_range", "latent_size", "betas", "noisy_memory_range"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "TrainConfig")
 
     def with_updates(self, updates: dict[str, Any]) -> "TrainConfig":
         """Apply (possibly dotted, e.g. "flow.shift") updates; values are validated by `validate`."""
@@ -130,13 +123,6 @@ class TrainConfig:
             raise AstraError("motion_fit_batches fits the copy prior's motion: it needs copy_prior=True")
         if self.copy_prior_sigma <= 0:
             raise AstraError(f"copy_prior_sigma must be > 0, got {self.copy_prior_sigma}")
-
-
-def _check_keys(cls: type, data: dict[str, Any], where: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise AstraError(f"unknown {where} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
 PRESETS: dict[str, TrainConfig] = {

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from astra.errors import AstraError, CheckpointError
+from astra.config_fields import dataclass_from_dict
+from astra.errors import AstraError, CheckpointError, ConfigError
 from astra.vae.common import TEMPORAL_STRIDE, atomic_write_bytes, check_latents, check_state_dict, check_video
 
 WEIGHTS_FILE = "model.safetensors"
@@ -66,12 +67,7 @@ class SmallVAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SmallVAEConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise AstraError(f"unknown SmallVAEConfig field(s): {', '.join(unknown)}")
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "SmallVAEConfig")
 
     def validate(self) -> None:
         if len(self.frame_channels) < 1 or min(self.frame_channels) < 1:
@@ -353,10 +349,13 @@ def read_small_vae_config(folder: str | Path) -> tuple[SmallVAEConfig, dict[str,
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"cannot read small-VAE config {path}: {error}") from error
-    if data.pop("type", None) != VAE_TYPE:
+    if not isinstance(data, dict) or data.pop("type", None) != VAE_TYPE:
         raise CheckpointError(f"{path} is not an {VAE_TYPE} config (its 'type' field differs)")
     metadata = data.pop("metadata", {})
-    return SmallVAEConfig.from_dict(data), metadata
+    try:
+        return SmallVAEConfig.from_dict(data), metadata
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: invalid VAE config: {error}") from None
 
 
 def load_small_vae(folder: str | Path) -> SmallVAE:

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -9,6 +10,7 @@ from astra.data.cli import _info
 from astra.data.encode import clip_ranges, encode_episodes
 from astra.data.format import Episode, write_episode
 from astra.data.sampler import LatentDataset
+from astra.errors import DataError
 
 
 class PoolingVAE:
@@ -73,3 +75,19 @@ def test_resume_ranks_and_bad_episodes_are_reported(tmp_path):
     dataset = LatentDataset(out)
     assert sorted(e["episode"] for e in dataset.entries) == ["ep0", "ep1", "ep2", "ep3"]
     assert {e["source"] for e in dataset.entries} == {"doom", "robot"}
+
+
+def test_empty_or_corrupt_folders_are_named(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no episodes"):
+        encode_episodes(empty, PoolingVAE(), tmp_path / "latents", vae_name="pool")
+    assert not (tmp_path / "latents").exists()  # nothing written for nothing to encode
+    with pytest.raises(DataError, match="no episodes"):
+        _info(empty)
+    (empty / "index.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"index.json: unreadable"):
+        LatentDataset(empty)
+    (empty / "index.json").write_text(json.dumps({"format_version": 1, "vae": "pool"}))
+    with pytest.raises(DataError, match="entries"):
+        LatentDataset(empty)

@@ -234,6 +234,11 @@ def test_load_astra_errors_name_files_and_keys(tiny_model, tmp_path):
     weights.write_bytes(weights.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_astra(directory)
+    stored = json.loads((directory / "config.json").read_text())
+    stored["config"]["num_layers"] = "two"
+    (directory / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(CheckpointError, match=r"config.json: invalid model config: AstraConfig.num_layers"):
+        load_astra(directory)
     (directory / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json"):
         load_astra(directory)

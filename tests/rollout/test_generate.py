@@ -49,9 +49,28 @@ def test_generate_from_an_image_with_a_key_string(checkpoint, tmp_path):
         (["--world", "mars"], "mars"),
         (["--image", "/no/such.png"], "such.png"),
         (["--checkpoint", "/no/model"], "no checkpoint"),
+        (["--world", "doom", "--modality", "robot7"], "does not fit --world doom"),
+        (["--guidance", "nan"], "must be a finite number"),
+        (["--scale", "0"], "--scale must be >= 1"),
+        (["--latent-frames", "0"], "at least 1 latent frame"),
     ],
 )
 def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, arguments, message):
     base = ["generate", "--checkpoint", checkpoint, "--out", str(tmp_path / "x.mp4")]
     assert main(base + arguments) == 2
     assert message in capsys.readouterr().err
+
+
+def test_output_name_is_checked_before_generating(checkpoint, tmp_path, capsys):
+    out = tmp_path / "clip.webm"
+    assert main(["generate", "--checkpoint", checkpoint, "--world", "camera", "--out", str(out)]) == 2
+    assert "--out must name an .mp4 file" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [tmp_path / "weights"]  # nothing written, no temp file left
+
+
+def test_default_actions_fit_every_world(checkpoint, tmp_path):
+    """Without --actions each world plays its modality's default preset (it was doom's 'explore' for all)."""
+    out = tmp_path / "robot.mp4"
+    assert main(["generate", "--checkpoint", checkpoint, "--world", "robot", "--latent-frames", "2",
+                 "--out", str(out), "--scale", "1"]) == 0
+    assert out.exists()

@@ -1,12 +1,16 @@
 import base64
 import io
 import json
+import socket
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from astra.errors import AstraError
 from astra.serve.app import MAX_MESSAGE_BYTES, ServerConfig, create_app
+from astra.serve.cli import check_address_free
 
 
 def png_data_url(color) -> str:
@@ -74,3 +78,15 @@ def test_session_cap(factory):
     with client.websocket_connect("/ws"):
         with client.websocket_connect("/ws") as second:
             assert "busy" in second.receive_json()["message"]
+
+
+def test_bad_server_settings_and_a_taken_port_are_clear_errors():
+    for settings, message in [({"port": 70000}, "--port"), ({"max_sessions": 0}, "--max-sessions"),
+                              ({"target_fps": float("nan")}, "--fps")]:
+        with pytest.raises(AstraError, match=message):
+            ServerConfig(**settings).validate()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(AstraError, match="cannot listen on 127.0.0.1"):
+            check_address_free("127.0.0.1", taken.getsockname()[1])

@@ -31,3 +31,19 @@ def test_updates_reach_nested_settings_and_reject_unknown_keys():
         parse_overrides(["lr"])
     with pytest.raises(AstraError, match="noisy_memory_range"):
         config.with_updates({"noisy_memory_range": [0.5, 0.2]}).validate()
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("steps=abc", "TrainConfig.steps: expected an integer"),
+        ("lr=nan", "TrainConfig.lr: expected a number"),
+        ("history_range=5", "TrainConfig.history_range: expected a list"),
+        ("seed=1.5", "TrainConfig.seed: expected an integer"),
+        ("grad_checkpointing=maybe", "TrainConfig.grad_checkpointing: expected true or false"),
+        ('world_weights={"doom": "x"}', "TrainConfig.world_weights.doom"),
+    ],
+)
+def test_set_values_of_the_wrong_kind_are_named(item, message):
+    with pytest.raises(AstraError, match=message):
+        get_preset("astra-tiny").with_updates(parse_overrides([item]))

@@ -114,5 +114,9 @@ def test_strict_load_names_bad_keys(vae, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError):
         load_small_vae(folder)
+    config["frame_channels"] = "wide"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"invalid VAE config: SmallVAEConfig.frame_channels: expected a list"):
+        load_small_vae(folder)
     with pytest.raises(CheckpointError, match="no VAE named"):
         load_vae(tmp_path / "nothing-here")

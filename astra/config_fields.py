@@ -1,0 +1,89 @@
+"""Typed config dataclasses from JSON-like dicts, every value checked against its field's annotation.
+
+A value of the wrong kind (`"steps": "abc"`, `"history_range": 5`, `"lr": NaN`) is named here, with its dotted path,
+instead of failing later inside the trainer or torch. Lists become tuples where the field is a tuple, and nested
+dicts become the nested dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, TypeVar
+
+from astra.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def dataclass_from_dict(cls: type[T], data: Any, where: str) -> T:
+    """`cls(**data)` after checking that every key is a field of `cls` and every value fits its annotation."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object of {cls.__name__} settings, got {_kind(data)}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown {where} setting(s): {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}"
+        )
+    hints = typing.get_type_hints(cls)
+    return cls(**{key: _convert(value, hints[key], f"{where}.{key}") for key, value in data.items()})
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, option, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {_kind(value)} fits none of {hint}")
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else dataclass_from_dict(hint, value, path)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {_kind(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {_kind(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {_kind(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {_kind(value)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {_kind(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(item, args[0], f"{path}[{i}]") for i, item in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {len(value)}")
+        return tuple(_convert(item, arg, f"{path}[{i}]") for i, (item, arg) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected an object, got {_kind(value)}")
+        key_hint, value_hint = args or (Any, Any)
+        return {
+            _convert(key, key_hint, path): _convert(item, value_hint, f"{path}.{key}") for key, item in value.items()
+        }
+    return value
+
+
+def _kind(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
