@@ -70,6 +70,7 @@ def write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from astra.actions.modalities import get_modality
     from astra.actions.parse import parse_actions
     from astra.actions.presets import DEFAULT_PRESET, list_presets
     from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession, load_rollout
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.image and args.world not in MODALITY_OF_WORLD:
         raise AstraError(f"unknown world {args.world!r}; known: {', '.join(MODALITY_OF_WORLD)}")
     modality = args.modality or (MODALITY_OF_WORLD[args.world] if not args.image else "keyboard_mouse")
+    get_modality(modality)  # an unknown name is a clear error listing the known ones
     if not args.image and modality != MODALITY_OF_WORLD[args.world]:
         raise AstraError(
             f"--modality {modality} does not fit --world {args.world}, whose actions are "
