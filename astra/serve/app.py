@@ -37,6 +37,7 @@ from astra.errors import AstraError
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # an uploaded start image fits; anything larger is refused
 MAX_KEYS = 16
+MAX_UPLOAD_PIXELS = 4096 * 4096  # decoded size of an uploaded start image (it is shrunk to the model's anyway)
 MAX_PORT = 65535
 PLAY_WORLDS = ("doom", "drive", "robot", "camera")
 
@@ -79,7 +80,12 @@ def decode_image_data_url(data: str) -> np.ndarray:
     try:
         raw = base64.b64decode(payload, validate=True)
         with Image.open(io.BytesIO(raw)) as image:
+            width, height = image.size  # read from the header: a small file can claim a huge picture
+            if width * height > MAX_UPLOAD_PIXELS:
+                raise ProtocolError(f"image of {width}x{height} pixels exceeds the limit of {MAX_UPLOAD_PIXELS:,} pixels")
             return np.asarray(image.convert("RGB"))
+    except ProtocolError:
+        raise
     except Exception as error:  # PIL raises many types for bad files
         raise ProtocolError(f"could not read the uploaded image: {error}") from None
 

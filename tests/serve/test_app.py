@@ -90,3 +90,12 @@ def test_bad_server_settings_and_a_taken_port_are_clear_errors():
         taken.listen()
         with pytest.raises(AstraError, match="cannot listen on 127.0.0.1"):
             check_address_free("127.0.0.1", taken.getsockname()[1])
+
+
+def test_uploads_that_decode_too_large_are_refused_from_the_header(monkeypatch):
+    import astra.serve.app as app_module
+
+    assert app_module.decode_image_data_url(png_data_url((1, 2, 3))).shape == (30, 40, 3)
+    monkeypatch.setattr(app_module, "MAX_UPLOAD_PIXELS", 40 * 30 - 1)
+    with pytest.raises(app_module.ProtocolError, match="40x30 pixels exceeds the limit"):
+        app_module.decode_image_data_url(png_data_url((1, 2, 3)))
