@@ -82,7 +82,8 @@ def decode_image_data_url(data: str) -> np.ndarray:
         with Image.open(io.BytesIO(raw)) as image:
             width, height = image.size  # read from the header: a small file can claim a huge picture
             if width * height > MAX_UPLOAD_PIXELS:
-                raise ProtocolError(f"image of {width}x{height} pixels exceeds the limit of {MAX_UPLOAD_PIXELS:,} pixels")
+                limit = f"{MAX_UPLOAD_PIXELS:,}"
+                raise ProtocolError(f"image of {width}x{height} pixels exceeds the limit of {limit} pixels")
             return np.asarray(image.convert("RGB"))
     except ProtocolError:
         raise

@@ -32,7 +32,8 @@ def check_address_free(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as error:
-        raise AstraError(f"cannot listen on {host}:{port}: {error.strerror or error} (check --host and --port)") from None
+        reason = error.strerror or error
+        raise AstraError(f"cannot listen on {host}:{port}: {reason} (check --host and --port)") from None
 
 
 def run(args: argparse.Namespace) -> int:
