@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from astra.vae import load_vae
+    from astra.vae.small import read_small_vae_config
     from astra.vae.train import evaluate_vae, load_clip_pool, train_vae
 
     if args.vae_command == "train":
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
             freeze_encoder=args.freeze_encoder,
         )
         config.validate()
+        if args.init_from:  # a bad --init-from is named now, not after minutes of reading episodes
+            read_small_vae_config(args.init_from)
         pool = load_clip_pool(args.episodes, split="train")
         vae = train_vae(pool, args.out, config, resume=args.resume)
         params = sum(p.numel() for p in vae.parameters())

@@ -58,8 +58,18 @@ class VAETrainConfig:
             raise AstraError(f"unknown small-VAE preset {self.preset!r}; known: {', '.join(SMALL_VAE_PRESETS)}")
         if self.clip_frames < 1 or (self.clip_frames - 1) % TEMPORAL_STRIDE:
             raise AstraError(f"clip_frames must be 4k+1 (5, 9, 17, ...), got {self.clip_frames}")
-        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise AstraError("steps, batch_size and checkpoint_every must be >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.stats_clips < 1:
+            raise AstraError("steps, batch_size, checkpoint_every and stats_clips must be >= 1")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise AstraError(f"learning rate (--lr) must be a finite number > 0, got {self.learning_rate}")
+        for name in ("weight_decay", "gradient_weight", "kl_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise AstraError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise AstraError(
+                f"warmup_steps must be >= 0 and final_lr_fraction in [0, 1], got {self.warmup_steps}, "
+                f"{self.final_lr_fraction}"
+            )
         if self.freeze_encoder and self.init_from is None:
             raise AstraError("freeze_encoder needs init_from: the VAE whose encoder is kept")
 

@@ -108,6 +108,12 @@ def test_cli_train_and_eval(episodes, tmp_path, capsys):
     assert all(world in printed for world in WORLDS) and "ms/frame" in printed
     assert main(args + ["--steps", "2", "--clip-frames", "8"]) == 2
     assert "4k+1" in capsys.readouterr().err
+    assert main(args + ["--steps", "2", "--lr", "-1"]) == 2
+    assert "--lr" in capsys.readouterr().err
+    assert main(args + ["--steps", "2", "--kl-weight", "nan"]) == 2
+    assert "kl_weight" in capsys.readouterr().err
+    assert main(args + ["--steps", "2", "--init-from", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere/config.json" in capsys.readouterr().err
 
 
 def test_decoder_finetune_keeps_the_latent_space(tmp_path):
