@@ -118,9 +118,12 @@ def read_diffusers_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[s
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"cannot read {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -529,6 +532,8 @@ def load_astra(
             f"{config_path}: format {stored.get('format')!r} version {stored.get('format_version')!r}, "
             f"expected {ASTRA_FORMAT!r} version {ASTRA_FORMAT_VERSION}"
         )
+    if "config" not in stored:
+        raise CheckpointError(f"{config_path}: no 'config' entry (the model's settings)")
     try:
         config = AstraConfig.from_dict(stored["config"])
         config.validate()

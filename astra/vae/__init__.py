@@ -29,9 +29,10 @@ def _is_small_vae_folder(path: Path) -> bool:
     if not (path.is_dir() and config.is_file()):
         return False
     try:
-        return json.loads(config.read_text()).get("type") == VAE_TYPE
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
+    return isinstance(data, dict) and data.get("type") == VAE_TYPE
 
 
 def load_vae(name_or_path: str | Path):

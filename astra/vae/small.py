@@ -347,7 +347,7 @@ def read_small_vae_config(folder: str | Path) -> tuple[SmallVAEConfig, dict[str,
     path = Path(folder) / CONFIG_FILE
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"cannot read small-VAE config {path}: {error}") from error
     if not isinstance(data, dict) or data.pop("type", None) != VAE_TYPE:
         raise CheckpointError(f"{path} is not an {VAE_TYPE} config (its 'type' field differs)")

@@ -242,6 +242,12 @@ def test_load_astra_errors_name_files_and_keys(tiny_model, tmp_path):
     (directory / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json"):
         load_astra(directory)
+    (directory / "config.json").write_text("[]")
+    with pytest.raises(CheckpointError, match="config.json: expected a JSON object, got list"):
+        load_astra(directory)
+    (directory / "config.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "config"}))
+    with pytest.raises(CheckpointError, match="no 'config' entry"):
+        load_astra(directory)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_astra(tmp_path / "nowhere")
 
