@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from astra.actions.modalities import get_modality
     from astra.actions.parse import parse_actions
     from astra.actions.presets import DEFAULT_PRESET, list_presets
-    from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession, load_rollout
+    from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession, load_rollout, read_image
     from astra.worlds.preview import draw_action
 
     if not args.image and args.world not in MODALITY_OF_WORLD:
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".mp4":
         raise AstraError(f"--out must name an .mp4 file (add --gif for a GIF beside it), got {args.out}")
     latent_actions = parse_actions(args.actions or DEFAULT_PRESET[modality], modality, args.latent_frames)
+    start = read_image(args.image) if args.image else None  # a bad file fails before the model loads
     model, vae, metadata, config = load_rollout(
         args.checkpoint, steps=args.steps, guidance_scale=args.guidance, history_noise=args.history_noise, seed=args.seed
     )
@@ -101,9 +102,7 @@ def run(args: argparse.Namespace) -> int:
     action_meta = metadata.get("action_meta", {}).get(world, {})
     session = RolloutSession(model, vae, modality, config, action_meta)
 
-    if args.image:
-        start = args.image
-    else:
+    if start is None:
         from astra.worlds.base import make_world
 
         simulator = make_world(args.world, size=session.resolution)

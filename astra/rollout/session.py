@@ -65,14 +65,19 @@ class RolloutConfig:
         )
 
 
+def read_image(path: str | Path) -> Image.Image:
+    """An image file as RGB; an unreadable file is an AstraError naming it."""
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise AstraError(f"cannot read image {path}: {error}") from None
+
+
 def prepare_image(image: np.ndarray | Image.Image | str | Path, size: tuple[int, int]) -> np.ndarray:
     """Any RGB image -> uint8 [H, W, 3] at `size` (height, width): centre-crop to the aspect ratio, then resize."""
     if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as opened:
-                image = opened.convert("RGB")
-        except (OSError, ValueError) as error:
-            raise AstraError(f"cannot read image {image}: {error}") from None
+        image = read_image(image)
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
             raise AstraError(f"start image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")

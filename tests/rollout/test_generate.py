@@ -48,6 +48,7 @@ def test_generate_from_an_image_with_a_key_string(checkpoint, tmp_path):
         (["--actions", "x*4"], "x"),
         (["--world", "mars"], "mars"),
         (["--image", "/no/such.png"], "such.png"),
+        (["--image", "/no/such.png", "--checkpoint", "/no/model"], "such.png"),  # read before the model loads
         (["--checkpoint", "/no/model"], "no checkpoint"),
         (["--world", "doom", "--modality", "robot7"], "does not fit --world doom"),
         (["--image", "/no/such.png", "--modality", "foo"], "unknown action modality 'foo'"),
