@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from astra.actions import geometry
-from astra.actions.modalities import KEYBOARD_KEYS, get_modality
+from astra.actions.modalities import KEYBOARD_KEYS, check_action_values, get_modality
 
 FRAMES_PER_LATENT = 4  # the VAE's temporal compression
 POSE_MODALITIES = ("camera7", "camera12", "vehicle7")
@@ -105,8 +105,7 @@ def latent_actions(
     rows = np.asarray(rows, dtype=np.float64)
     if rows.ndim != 2 or rows.shape[1] != spec.width:
         raise ValueError(f"{modality} rows must have shape [T, {spec.width}], got {list(rows.shape)}")
-    if not np.isfinite(rows).all():
-        raise ValueError(f"{modality} rows: non-finite value in row {int(np.argmax(~np.isfinite(rows).all(1)))}")
+    check_action_values(rows, f"{modality} rows")
     if poses is None and "qw" in spec.columns:  # a zero quaternion is no rotation at all, not the identity
         quaternion = [spec.columns.index(name) for name in ("qx", "qy", "qz", "qw")]
         bad = np.flatnonzero(np.linalg.norm(rows[:, quaternion], axis=1) < MIN_QUATERNION_NORM)

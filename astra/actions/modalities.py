@@ -2,7 +2,7 @@
 
 This is the single place that says what an action vector is. Everything that produces actions
 (simulators, dataset adapters, user input, presets) and everything that consumes them (the Mixture
-of Action Experts) goes through `get_modality` and `validate_actions`.
+of Action Experts) goes through `get_modality`; raw values pass `check_action_values`.
 
 Conventions (see docs/actions.md for the full text):
 - Camera frame: OpenCV convention, x right, y down, z forward (the camera looks along +z).
@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
+# Raw action values beyond this are input errors, not motions (they overflow float32 inside the action experts).
+MAX_ACTION_MAGNITUDE = 1e4
 KEYBOARD_KEYS: tuple[str, ...] = ("forward", "back", "strafe_left", "strafe_right", "turn_left", "turn_right")
 
 
@@ -77,18 +79,12 @@ def get_modality(name: str) -> Modality:
         raise ValueError(f"unknown action modality {name!r}; known: {', '.join(MODALITIES)}") from None
 
 
-def validate_actions(actions: torch.Tensor, modality: str, where: str = "actions") -> torch.Tensor:
-    """Check shape [..., width] and finiteness; return the tensor. Raises ValueError naming the problem."""
-    spec = get_modality(modality)
-    if not isinstance(actions, torch.Tensor):
-        raise TypeError(f"{where}: expected a torch.Tensor, got {type(actions).__name__}")
-    if actions.ndim < 1 or actions.shape[-1] != spec.width:
-        raise ValueError(
-            f"{where}: modality {modality!r} expects vectors of width {spec.width} "
-            f"({', '.join(spec.columns)}), got shape {tuple(actions.shape)}"
-        )
-    bad = ~torch.isfinite(actions)
+def check_action_values(values: np.ndarray, where: str) -> None:
+    """Raise ValueError naming the first row with a non-finite value or one beyond MAX_ACTION_MAGNITUDE."""
+    values = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(values) | (np.abs(np.nan_to_num(values)) > MAX_ACTION_MAGNITUDE)
     if bad.any():
-        index = tuple(int(i) for i in bad.nonzero()[0].tolist())
-        raise ValueError(f"{where}: non-finite value (NaN or inf) at index {index} for modality {modality!r}")
-    return actions
+        row = int(np.argmax(bad.reshape(len(values), -1).any(1))) if values.ndim else 0
+        raise ValueError(
+            f"{where}: row {row} holds a non-finite value or one beyond {MAX_ACTION_MAGNITUDE:g} in magnitude"
+        )

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from astra.actions.align import identity_action, latent_actions
-from astra.actions.modalities import get_modality
+from astra.actions.modalities import check_action_values, get_modality
 from astra.diffusion.flow import add_noise
 from astra.diffusion.guidance import guidance_passes
 from astra.diffusion.sampler import SamplerConfig, sample_chunk
@@ -213,8 +213,10 @@ class RolloutSession:
             raise AstraError(
                 f"{what} needs {rows} rows of {self.modality} actions (width {self.width}), got shape {list(values.shape)}"
             )
-        if not np.isfinite(values).all():
-            raise AstraError(f"{what}: non-finite action in row {int(np.argmax(~np.isfinite(values).all(1)))}")
+        try:
+            check_action_values(values, what)
+        except ValueError as error:
+            raise AstraError(str(error)) from None
         return values
 
     @torch.no_grad()

@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
 from astra.actions.controls import ControlState, controls_for
+from astra.actions.modalities import MAX_ACTION_MAGNITUDE
 from astra.errors import AstraError
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -116,8 +117,9 @@ def parse_message(text: str | bytes) -> dict[str, Any]:
             raise ProtocolError(f"keys must be a list of at most {MAX_KEYS} short strings")
         for axis in ("mouse_dx", "mouse_dy"):
             value = message.get(axis, 0.0)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or abs(value) > 1e4:
-                raise ProtocolError(f"{axis} must be a finite number of at most 1e4 in magnitude")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not np.isfinite(value) or abs(value) > MAX_ACTION_MAGNITUDE:
+                raise ProtocolError(f"{axis} must be a finite number of at most {MAX_ACTION_MAGNITUDE:g} in magnitude")
     elif kind not in ("reset", "stop"):
         raise ProtocolError(f"unknown message type {kind!r}")
     return message

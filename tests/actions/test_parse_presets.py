@@ -52,6 +52,13 @@ def test_json_files(tmp_path):
     np.testing.assert_array_equal(load_action_file(wrapped, "keyboard_mouse"), expected)
     with pytest.raises(ActionParseError, match="modality 'keyboard_mouse', expected 'robot7'"):
         load_action_file(wrapped, "robot7")
+    for bad_value, name in ((float("nan"), "nan"), (1e30, "huge")):  # a huge mouse delta overflowed in the experts
+        bad_rows = rows.copy()
+        bad_rows[5, 6] = bad_value
+        bad = tmp_path / f"{name}.json"
+        bad.write_text(json.dumps(bad_rows.tolist()))
+        with pytest.raises(ActionParseError, match=f"{name}.json: row 5 holds a non-finite value or one beyond 10000"):
+            load_action_file(bad, "keyboard_mouse")
 
 
 def test_camera_presets_follow_the_paper():
