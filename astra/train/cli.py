@@ -56,9 +56,12 @@ def resolve_config(args: argparse.Namespace):
     config = get_preset(args.preset)
     if args.config is not None:
         try:
-            config = config.with_updates(json.loads(args.config.read_text()))
-        except json.JSONDecodeError as error:
-            raise AstraError(f"{args.config}: not valid JSON ({error})") from None
+            settings = json.loads(args.config.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise AstraError(f"cannot read --config {args.config}: {error}") from None
+        if not isinstance(settings, dict):
+            raise AstraError(f"{args.config}: expected a JSON object of TrainConfig settings")
+        config = config.with_updates(settings)
     config = config.with_updates(parse_overrides(args.overrides))
     try:
         config.validate()

@@ -76,7 +76,12 @@ def build_model_config(config: TrainConfig) -> AstraConfig:
     if config.model in MODEL_PRESETS:
         data = AstraConfig.from_preset(config.model).to_dict()
     elif Path(config.model).is_file():
-        data = json.loads(Path(config.model).read_text())
+        try:
+            data = json.loads(Path(config.model).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise AstraError(f"cannot read model config {config.model}: {error}") from None
+        if not isinstance(data, dict):
+            raise AstraError(f"{config.model}: expected a JSON object of AstraConfig settings")
         data = data.get("config", data)  # our checkpoints' config.json nests it under "config"
     else:
         raise AstraError(f"model {config.model!r} is neither a model preset ({', '.join(MODEL_PRESETS)}) nor a file")
@@ -465,6 +470,12 @@ class Trainer:
         """
         if resume:
             self.resume()
+        existing = latest_checkpoint(self.out_dir)
+        if self.step == 0 and existing is not None:  # starting over would overwrite that run's checkpoints and metrics
+            raise AstraError(
+                f"{self.out_dir} already holds a training run ({existing.name}); pass --resume to continue it "
+                f"or choose another --out"
+            )
         if self.info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "train_config.json").write_text(self.config.to_json())

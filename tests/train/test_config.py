@@ -1,9 +1,10 @@
+import argparse
 import json
 
 import pytest
 
 from astra.errors import AstraError
-from astra.train.cli import parse_overrides
+from astra.train.cli import parse_overrides, resolve_config
 from astra.train.config import PRESETS, TrainConfig, get_preset
 
 
@@ -47,3 +48,14 @@ def test_updates_reach_nested_settings_and_reject_unknown_keys():
 def test_set_values_of_the_wrong_kind_are_named(item, message):
     with pytest.raises(AstraError, match=message):
         get_preset("astra-tiny").with_updates(parse_overrides([item]))
+
+
+def test_config_files_must_hold_objects(tmp_path):
+    listed = tmp_path / "list.json"
+    listed.write_text("[1]")
+    args = argparse.Namespace(preset="astra-tiny", config=listed, overrides=[])
+    with pytest.raises(AstraError, match="expected a JSON object of TrainConfig settings"):
+        resolve_config(args)
+    args.config = tmp_path / "missing.json"
+    with pytest.raises(AstraError, match="cannot read --config"):
+        resolve_config(args)

@@ -62,6 +62,10 @@ def test_resume_continues_the_exact_loss_curve(tmp_path):
         assert torch.equal(tensor, end_resumed["model"][name]), name
     for name, tensor in end_full["ema"].items():
         assert torch.equal(tensor, end_resumed["ema"][name]), name
+    before = latest_checkpoint(tmp_path / "full").read_bytes()
+    with pytest.raises(AstraError, match="already holds a training run"):  # a fresh run would overwrite it
+        Trainer(config, tmp_path / "full", progress=False).fit()
+    assert latest_checkpoint(tmp_path / "full").read_bytes() == before
 
 
 def test_checkpoints_are_pruned_and_corrupt_ones_are_named(tmp_path):
