@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from astra.data.adapters.common import ConversionReport
 from astra.data.format import write_episode
+from astra.errors import DataError
 
 ADAPTERS: dict[str, str] = {
     "nuscenes": "astra.data.adapters.nuscenes",
@@ -49,13 +50,20 @@ def convert_dataset(
     unless `skip_bad=False`. The report is returned and saved as `<out_dir>/conversion_report.json`.
     """
     adapter = get_adapter(name)
+    if not Path(source_dir).is_dir():
+        raise DataError(f"{source_dir}: no such folder (the {name} dataset in its published layout)")
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     done = set() if overwrite else {path.name for path in out_dir.iterdir() if (path / "meta.json").is_file()}
     report = ConversionReport(name)
     episodes = adapter.iter_episodes(source_dir, report=report, skip_bad=skip_bad, exclude=done, **options)
     for episode in tqdm(episodes, desc=f"convert {name}", unit="episode", disable=not progress):
         write_episode(out_dir, episode.meta["name"], episode, overwrite=True)  # complete ones were excluded
+    if not (report.converted or report.skipped or done):
+        if created:
+            out_dir.rmdir()
+        raise DataError(f"{source_dir}: no {name} items found; docs/datasets.md shows the layout it expects")
     report.save(out_dir / REPORT_FILE)
     print(report.summary() + (f" ({len(done)} already present)" if done else ""))
     return report

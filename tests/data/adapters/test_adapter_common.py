@@ -8,6 +8,7 @@ from astra.actions.align import latent_actions
 from astra.data.adapters import ADAPTERS, REPORT_FILE, convert_dataset, get_adapter
 from astra.data.adapters.common import pose_action_rows, split_for, translation_scale
 from astra.data.format import list_episodes, read_episode
+from astra.errors import DataError
 
 
 def test_pose_rows_agree_with_latent_alignment():
@@ -64,3 +65,14 @@ def test_convert_writes_episodes_resumes_and_reports(tmp_path):
     (source / "train/f24_aperture5/scene1/videos/cam02.mp4").write_bytes(b"not a video")
     again = convert_dataset("multicam", source, out, overwrite=True, progress=False)
     assert again.converted == [paths[0].name] and "cam02.mp4: cannot" in again.skipped[paths[1].name]
+
+
+@pytest.mark.parametrize("name", ["sekai", "spatialvid", "multicam"])
+def test_a_missing_or_empty_source_is_an_error_not_zero_episodes(tmp_path, name):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=f"no {name} items found"):
+        convert_dataset(name, empty, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # no empty output folder left behind
+    with pytest.raises(DataError, match="no such folder"):
+        convert_dataset(name, tmp_path / "nowhere", tmp_path / "out", progress=False)
