@@ -1,4 +1,5 @@
-"""Typed config dataclasses from JSON-like dicts, every value checked against its field's annotation.
+"""Typed config dataclasses from JSON-like dicts, every value checked against its field's annotation, and the
+JSON files they come from.
 
 A value of the wrong kind (`"steps": "abc"`, `"history_range": 5`, `"lr": NaN`) is named here, with its dotted path,
 instead of failing later inside the trainer or torch. Lists become tuples where the field is a tuple, and nested
@@ -8,14 +9,31 @@ dicts become the nested dataclass.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
-from astra.errors import ConfigError
+from astra.errors import AstraError, ConfigError
 
 T = TypeVar("T")
+
+
+def read_json_object(
+    path: str | Path, label: str | None = None, holding: str | None = None, error: type[AstraError] = ConfigError
+) -> dict[str, Any]:
+    """The object a JSON file holds. An unreadable file or bad JSON ("cannot read <label>: ...") or a value that is
+    not an object ("<path>: expected a JSON object [of <holding>], got list") raises `error`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"cannot read {label or path}: {problem}") from None
+    if not isinstance(data, dict):
+        what = f" of {holding}" if holding else ""
+        raise error(f"{path}: expected a JSON object{what}, got {type(data).__name__}")
+    return data
 
 
 def dataclass_from_dict(cls: type[T], data: Any, where: str) -> T:

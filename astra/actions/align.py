@@ -93,6 +93,7 @@ def latent_actions(
     rows: np.ndarray,
     poses: np.ndarray | None = None,
     meta: Mapping | None = None,
+    where: str | None = None,
 ) -> np.ndarray:
     """Per-frame rows [T, width] (and poses [T, 4, 4]) -> float32 [k+1, width], one vector per latent frame.
 
@@ -100,18 +101,20 @@ def latent_actions(
     (relative motions, translations already divided by translation_scale) are composed into poses first.
     keyboard_mouse: key columns = fraction of the 4 rows each key is held, mouse = summed delta / mouse_scale.
     robot7: summed xyz / translation_scale, summed rpy / rotation_scale, gripper = the window's last row.
+    Errors (ValueError) name the rows by `where` (default "<modality> rows").
     """
     spec = get_modality(modality)
+    where = where or f"{modality} rows"
     rows = np.asarray(rows, dtype=np.float64)
     if rows.ndim != 2 or rows.shape[1] != spec.width:
-        raise ValueError(f"{modality} rows must have shape [T, {spec.width}], got {list(rows.shape)}")
-    check_action_values(rows, f"{modality} rows")
+        raise ValueError(f"{where} must have shape [T, {spec.width}], got {list(rows.shape)}")
+    check_action_values(rows, where)
     if poses is None and "qw" in spec.columns:  # a zero quaternion is no rotation at all, not the identity
         quaternion = [spec.columns.index(name) for name in ("qx", "qy", "qz", "qw")]
         bad = np.flatnonzero(np.linalg.norm(rows[:, quaternion], axis=1) < MIN_QUATERNION_NORM)
         if len(bad):
             raise ValueError(
-                f"{modality} rows: row {int(bad[0])} has a zero-length rotation quaternion (qx, qy, qz, qw); "
+                f"{where}: row {int(bad[0])} has a zero-length rotation quaternion (qx, qy, qz, qw); "
                 "no rotation is (0, 0, 0, 1)"
             )
     scales = scales_from_meta(meta)

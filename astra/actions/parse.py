@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from astra.actions.align import FRAMES_PER_LATENT, identity_action, latent_actions
-from astra.actions.modalities import KEYBOARD_KEYS, check_action_values, get_modality
+from astra.actions.modalities import KEYBOARD_KEYS, get_modality
 from astra.actions.presets import PRESETS, get_preset, render_motion
 from astra.errors import AstraError
 
@@ -136,13 +136,12 @@ def frame_rows_to_latent(rows: np.ndarray, modality: str, where: str = "actions"
             f"{where}: {len(rows)} video frames of actions; need a positive multiple of {FRAMES_PER_LATENT} "
             f"(each latent frame covers {FRAMES_PER_LATENT} video frames)"
         )
-    try:
-        check_action_values(rows, where)
-    except ValueError as error:
-        raise ActionParseError(str(error)) from None
     # one more frame than rows: frame 0 is the start image; the row after the last frame is never used
     padded = np.concatenate([rows, identity_action(modality)[None]])
-    return latent_actions(modality, padded)[1:]
+    try:
+        return latent_actions(modality, padded, where=where)[1:]
+    except ValueError as error:
+        raise ActionParseError(str(error)) from None
 
 
 def load_action_file(path: str | Path, modality: str) -> np.ndarray:

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from astra.actions.modalities import get_modality
+from astra.config_fields import read_json_object
 from astra.errors import CheckpointError
 from astra.model.config import AstraConfig, HistoryBudget
 from astra.model.transformer import AstraTransformer
@@ -117,13 +118,7 @@ def read_diffusers_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[s
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read {path}: {error}") from error
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, error=CheckpointError)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from astra.config_fields import read_json_object
 from astra.errors import AstraError
 
 if TYPE_CHECKING:  # torch is imported lazily, after the config is validated
@@ -55,12 +56,7 @@ def resolve_config(args: argparse.Namespace):
 
     config = get_preset(args.preset)
     if args.config is not None:
-        try:
-            settings = json.loads(args.config.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise AstraError(f"cannot read --config {args.config}: {error}") from None
-        if not isinstance(settings, dict):
-            raise AstraError(f"{args.config}: expected a JSON object of TrainConfig settings")
+        settings = read_json_object(args.config, label=f"--config {args.config}", holding="TrainConfig settings")
         config = config.with_updates(settings)
     config = config.with_updates(parse_overrides(args.overrides))
     try:

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from astra.actions.modalities import get_modality
+from astra.config_fields import read_json_object
 from astra.diffusion.flow import (
     add_noise,
     copy_anchor,
@@ -76,12 +77,7 @@ def build_model_config(config: TrainConfig) -> AstraConfig:
     if config.model in MODEL_PRESETS:
         data = AstraConfig.from_preset(config.model).to_dict()
     elif Path(config.model).is_file():
-        try:
-            data = json.loads(Path(config.model).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise AstraError(f"cannot read model config {config.model}: {error}") from None
-        if not isinstance(data, dict):
-            raise AstraError(f"{config.model}: expected a JSON object of AstraConfig settings")
+        data = read_json_object(config.model, label=f"model config {config.model}", holding="AstraConfig settings")
         data = data.get("config", data)  # our checkpoints' config.json nests it under "config"
     else:
         raise AstraError(f"model {config.model!r} is neither a model preset ({', '.join(MODEL_PRESETS)}) nor a file")

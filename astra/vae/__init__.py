@@ -8,10 +8,10 @@ original `Wan2.1_VAE.pth`). Both expose `encode`, `decode`, `stream_decoder()`, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from astra.errors import CheckpointError
+from astra.config_fields import read_json_object
+from astra.errors import AstraError, CheckpointError
 from astra.weights import resolve_weights, weights_root
 from astra.vae.common import TEMPORAL_STRIDE
 from astra.vae.small import (
@@ -29,10 +29,9 @@ def _is_small_vae_folder(path: Path) -> bool:
     if not (path.is_dir() and config.is_file()):
         return False
     try:
-        data = json.loads(config.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_json_object(config).get("type") == VAE_TYPE
+    except AstraError:
         return False
-    return isinstance(data, dict) and data.get("type") == VAE_TYPE
 
 
 def load_vae(name_or_path: str | Path):

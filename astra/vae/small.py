@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from astra.config_fields import dataclass_from_dict
+from astra.config_fields import dataclass_from_dict, read_json_object
 from astra.errors import AstraError, CheckpointError, ConfigError
 from astra.vae.common import TEMPORAL_STRIDE, atomic_write_bytes, check_latents, check_state_dict, check_video
 
@@ -345,11 +345,8 @@ def save_small_vae(vae: SmallVAE, folder: str | Path, metadata: dict[str, Any] |
 
 def read_small_vae_config(folder: str | Path) -> tuple[SmallVAEConfig, dict[str, Any]]:
     path = Path(folder) / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read small-VAE config {path}: {error}") from error
-    if not isinstance(data, dict) or data.pop("type", None) != VAE_TYPE:
+    data = read_json_object(path, label=f"small-VAE config {path}", error=CheckpointError)
+    if data.pop("type", None) != VAE_TYPE:
         raise CheckpointError(f"{path} is not an {VAE_TYPE} config (its 'type' field differs)")
     metadata = data.pop("metadata", {})
     try:
