@@ -15,3 +15,7 @@ class DataError(AstraError):
 
 class ConfigError(AstraError, ValueError):
     """A config value of the wrong kind or an unknown setting: names the setting by its dotted path."""
+
+
+class UnusualActionWarning(UserWarning):
+    """Requested actions far outside the model's training actions: the output will not follow them."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -98,6 +99,53 @@ class ActionNormalizer(nn.Module):
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         return (values - self.mean) / self.std
+
+
+# A standardised action beyond this many training standard deviations is input the model never saw (the shipped
+# small model's training actions stay under 6 in most columns; its rarest, a car's pitch on a bump, reaches 27).
+UNUSUAL_ACTION_SIGMAS = 10.0
+
+
+@dataclass(frozen=True)
+class UnusualAction:
+    """A column of requested actions far outside the training data, with the value furthest out."""
+
+    column: str
+    value: float
+    mean: float
+    std: float
+
+    @property
+    def sigmas(self) -> float:
+        return abs(self.value - self.mean) / self.std
+
+    def describe(self, modality: str) -> str:
+        if self.std <= ACTION_STD_FLOOR:
+            where = f"a column the model's training actions never moved from {self.mean:.3g}"
+        else:
+            where = f"{self.sigmas:.0f} standard deviations from the training actions' mean {self.mean:.3g}"
+        return f"{modality} action {self.column} = {self.value:.3g} lies {where}; expect output unrelated to the action"
+
+
+def unusual_actions(normalizers: nn.ModuleDict | None, modality: str, values: np.ndarray) -> list[UnusualAction]:
+    """Columns of per-latent-frame actions [F, width] beyond UNUSUAL_ACTION_SIGMAS (none without normalizers,
+    whose model keeps no statistics). Why: a value the data never reached (a mouse delta in the wrong unit, a
+    column the training worlds never moved) gives output that looks like a broken model rather than bad input."""
+    if normalizers is None or modality not in normalizers:
+        return []
+    mean = normalizers[modality].mean.detach().cpu().numpy().astype(np.float64)
+    std = normalizers[modality].std.detach().cpu().numpy().astype(np.float64)
+    values = np.asarray(values, dtype=np.float64).reshape(-1, mean.shape[0])
+    if len(values) == 0:
+        return []
+    furthest = np.abs(values - mean).argmax(axis=0)
+    columns = get_modality(modality).columns
+    found = []
+    for index, row in enumerate(furthest):
+        value = values[row, index]
+        if abs(value - mean[index]) > UNUSUAL_ACTION_SIGMAS * std[index]:
+            found.append(UnusualAction(columns[index], float(value), float(mean[index]), float(std[index])))
+    return found
 
 
 def standardised_by_modality(actions: ActionInput, normalizers: nn.ModuleDict | None):

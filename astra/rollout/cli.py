@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             simulator.close()
 
+    for line in session.unusual_action_warnings(latent_actions):
+        print(f"warning: {line}")
     chunk = session.chunk_frames
     # Latent frame 0 is the start image; parse_actions returns the actions of the latent frames to generate.
     drive = latent_actions

@@ -24,8 +24,8 @@ from astra.actions.modalities import check_action_values, get_modality
 from astra.diffusion.flow import add_noise
 from astra.diffusion.guidance import guidance_passes
 from astra.diffusion.sampler import SamplerConfig, sample_chunk
-from astra.errors import AstraError
-from astra.model.action_experts import ActionInput
+from astra.errors import AstraError, UnusualActionWarning
+from astra.model.action_experts import ActionInput, unusual_actions
 
 FRAMES_PER_LATENT = 4
 
@@ -146,6 +146,7 @@ class RolloutSession:
         self.decoder = None
         self.newest_latent: torch.Tensor | None = None
         self.newest_memory: torch.Tensor | None = None  # the newest latent as the model remembers it (noised)
+        self.unusual_columns: set[str] = set()  # action columns already warned about (once each per session)
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -231,10 +232,23 @@ class RolloutSession:
             raise AstraError(f"step(): {error}") from None
         return self.step_latent(latent_rows[1:])
 
+    def unusual_action_warnings(self, latent_rows: np.ndarray) -> list[str]:
+        """One line per action column of per-latent rows [F, width] far outside the model's training actions,
+        each column once per session (`step_latent` warns with these; `astra generate` prints them up front)."""
+        normalizers = getattr(getattr(self.model, "action_projectors", None), "normalizers", None)
+        lines = []
+        for unusual in unusual_actions(normalizers, self.modality, latent_rows):
+            if unusual.column not in self.unusual_columns:
+                self.unusual_columns.add(unusual.column)
+                lines.append(unusual.describe(self.modality))
+        return lines
+
     @torch.no_grad()
     def step_latent(self, chunk_actions: np.ndarray) -> np.ndarray:
         """One action vector per latent frame [chunk_frames, width] -> the next frames (uint8)."""
         chunk_actions = self._checked(chunk_actions, self.chunk_frames, "step_latent()")
+        for line in self.unusual_action_warnings(chunk_actions):
+            warnings.warn(line, UnusualActionWarning, stacklevel=2)
         actions = self._actions(chunk_actions)
         batch = 1
         latent_shape = self.newest_latent.shape

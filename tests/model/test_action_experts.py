@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from astra.model.action_experts import ActionExperts, ActionInput, ActionProjectors
+from astra.model.action_experts import UNUSUAL_ACTION_SIGMAS, ActionExperts, ActionInput, ActionProjectors, unusual_actions
 from astra.model.config import AstraConfig
 from astra.model.transformer import AstraTransformer
 
@@ -146,3 +146,22 @@ def test_action_statistics_errors_name_the_problem():
         projectors.set_statistics({"flying_carpet": (torch.zeros(7), torch.ones(7))}, keep_function=False)
     with pytest.raises(ValueError, match="shape"):
         projectors.set_statistics({"robot7": (torch.zeros(3), torch.ones(3))}, keep_function=False)
+
+
+def test_unusual_actions_name_columns_beyond_the_training_range():
+    projectors = ActionProjectors(CONFIG.replace(normalize_actions=True))
+    mean, std = torch.zeros(7), torch.ones(7)
+    std[5] = 0.0  # a column the training data never moved
+    projectors.set_statistics({"robot7": (mean, std)}, keep_function=False)
+    rows = torch.zeros(3, 7).numpy()
+    rows[:, 0] = [1.0, -0.9 * UNUSUAL_ACTION_SIGMAS, 0.5]  # within the range
+    assert unusual_actions(projectors.normalizers, "robot7", rows) == []
+    rows[1, 1] = -2 * UNUSUAL_ACTION_SIGMAS
+    rows[2, 5] = 0.5
+    found = {u.column: u for u in unusual_actions(projectors.normalizers, "robot7", rows)}
+    assert set(found) == {"dy", "dyaw"}  # named by the modality's columns
+    far, never = found["dy"], found["dyaw"]
+    assert far.value == -2 * UNUSUAL_ACTION_SIGMAS and far.sigmas == pytest.approx(2 * UNUSUAL_ACTION_SIGMAS)
+    assert "20 standard deviations" in far.describe("robot7")
+    assert never.value == 0.5 and "never moved" in never.describe("robot7")
+    assert unusual_actions(None, "robot7", rows) == []  # a model without statistics cannot tell

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from astra.errors import AstraError
+from astra.errors import AstraError, UnusualActionWarning
 
 
 def keys(rows: int, column: int) -> np.ndarray:
@@ -121,3 +121,25 @@ def test_a_bfloat16_model_streams(tiny_parts):
     session = RolloutSession(model.to(torch.bfloat16), vae, "keyboard_mouse", config)
     session.start(np.zeros((16, 16, 3), np.uint8))
     assert session.step(keys(session.frames_per_step, 0)).dtype == np.uint8
+
+
+def test_actions_far_outside_the_training_data_warn_once_per_column(tiny_session, recwarn):
+    import torch
+
+    session = tiny_session(normalize_actions=True)
+    width = session.width
+    session.model.action_projectors.set_statistics(
+        {"keyboard_mouse": (torch.zeros(width), torch.ones(width))}, keep_function=False
+    )
+    session.start(np.zeros((16, 16, 3), np.uint8))
+    ordinary = np.zeros((1, width), np.float32)
+    ordinary[0, 6] = 3.0
+    session.step_latent(ordinary)
+    assert not [w for w in recwarn if w.category is UnusualActionWarning]
+    far = ordinary.copy()
+    far[0, 6] = 80.0  # e.g. a mouse delta given in degrees where the model counts in mouse_scale units
+    with pytest.warns(UnusualActionWarning, match="mouse_dx = 80 lies 80 standard deviations"):
+        session.step_latent(far)
+    recwarn.clear()
+    session.step_latent(far)
+    assert not [w for w in recwarn if w.category is UnusualActionWarning], "each column warns once per session"
