@@ -204,7 +204,7 @@ def _json_default(value: Any) -> Any:
 
 
 def read_meta(path: str | os.PathLike) -> dict:
-    """meta.json of an episode folder, checked for version and modality (cheap: no video decode)."""
+    """meta.json of an episode folder, checked for version, modality and the fields readers use (no video decode)."""
     file = Path(path) / META_FILE
     try:
         with open(file) as handle:
@@ -213,11 +213,43 @@ def read_meta(path: str | os.PathLike) -> dict:
         raise DataError(f"{file}: missing; {Path(path)} is not a complete episode") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{file}: not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{file}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{file}: format_version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}")
     if meta.get("modality") not in MODALITIES:
         raise DataError(f"{file}: unknown modality {meta.get('modality')!r}; known: {', '.join(MODALITIES)}")
+    _check_meta_fields(meta, file)
     return meta
+
+
+# The meta.json fields that readers use, with their JSON types (checked so that a hand-edited or foreign
+# meta.json is a DataError naming the field, not a KeyError deep inside encode or info).
+_META_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "num_frames": int, "height": int, "width": int, "fps": (int, float), "caption": str, "split": str,
+    "video": dict, "has_poses": bool, "has_controls": bool, "meta": dict,
+}
+
+
+def _check_meta_fields(meta: dict, file: Path) -> None:
+    for key, kind in _META_FIELDS.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise DataError(f"{file}: field {key!r} missing or of the wrong type (got {value!r})")
+    for key in ("num_frames", "height", "width", "fps"):
+        if not meta[key] > 0:
+            raise DataError(f"{file}: {key} must be positive, got {meta[key]}")
+    if meta["split"] not in SPLITS:
+        raise DataError(f"{file}: split must be one of {SPLITS}, got {meta['split']!r}")
+    if not isinstance(meta["video"].get("file"), str):
+        raise DataError(f"{file}: video.file missing (the name of the episode's video file)")
+    intrinsics = meta.get("intrinsics", ())
+    try:
+        valid = intrinsics is None or np.asarray(intrinsics, dtype=np.float64).shape == (3, 3)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise DataError(f"{file}: intrinsics must be null or a 3x3 list of numbers, got {intrinsics!r}")
 
 
 def _load_rows(file: Path, shape: tuple[int, ...], dtype: type) -> np.ndarray:

@@ -91,3 +91,15 @@ def test_empty_or_corrupt_folders_are_named(tmp_path):
     (empty / "index.json").write_text(json.dumps({"format_version": 1, "vae": "pool"}))
     with pytest.raises(DataError, match="entries"):
         LatentDataset(empty)
+
+
+def test_an_episode_with_a_broken_meta_json_is_skipped_not_fatal(tmp_path):
+    episodes = tmp_path / "episodes"
+    write_episode(episodes, "ep0", keyboard_episode(9, seed=0))
+    broken = write_episode(episodes, "ep1", keyboard_episode(9, seed=1))
+    meta = json.loads((broken / "meta.json").read_text())
+    del meta["num_frames"]
+    (broken / "meta.json").write_text(json.dumps(meta))
+    report = encode_episodes(episodes, PoolingVAE(), tmp_path / "latents", vae_name="pool")
+    assert report.encoded == 1 and [s["episode"] for s in report.skipped] == ["ep1"]
+    assert "num_frames" in report.skipped[0]["reason"]

@@ -143,3 +143,23 @@ def test_read_detects_corruption(tmp_path):
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="meta.json: unknown modality 'joystick'"):
         read_episode(path)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda meta: [meta], "expected a JSON object, got list"),
+        (lambda meta: {k: v for k, v in meta.items() if k != "num_frames"}, "field 'num_frames' missing"),
+        (lambda meta: {**meta, "height": "64"}, "field 'height' missing or of the wrong type"),
+        (lambda meta: {**meta, "fps": 0}, "fps must be positive"),
+        (lambda meta: {**meta, "split": "val"}, "split must be one of"),
+        (lambda meta: {**meta, "video": {}}, "video.file missing"),
+        (lambda meta: {**meta, "intrinsics": [[1, 0], [0, 1]]}, "intrinsics must be null or a 3x3"),
+    ],
+)
+def test_meta_json_with_missing_or_mistyped_fields_is_named(tmp_path, edit, message):
+    path = write_episode(tmp_path, "ep", make_episode(num_frames=2))
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps(edit(meta)))
+    with pytest.raises(DataError, match=f"meta.json: {message}"):
+        read_episode(path)
