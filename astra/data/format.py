@@ -117,6 +117,8 @@ def _check_episode(episode: Episode, where: str) -> None:
 def _check_rows(values: np.ndarray, shape: tuple[int, ...], what: str, where: str) -> None:
     if values.shape != shape:
         raise DataError(f"{where}: {what} must have shape {list(shape)} (one row per frame), got {list(values.shape)}")
+    if values.dtype.kind not in "biuf":
+        raise DataError(f"{where}: {what} must hold real numbers, got dtype {values.dtype}")
     row = _first_nonfinite_row(values)
     if row is not None:
         raise DataError(f"{where}: {what} has a NaN or inf in row {row}")

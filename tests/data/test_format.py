@@ -131,6 +131,10 @@ def test_read_detects_corruption(tmp_path):
     with pytest.raises(DataError, match=r"actions.npy.*\[9, 7\]"):
         read_episode(path)
 
+    np.save(path / "actions.npy", np.zeros((9, 7)).astype(str))
+    with pytest.raises(DataError, match=r"actions.npy: actions must hold real numbers, got dtype <U"):
+        read_episode(path)
+
     path = write_episode(tmp_path, "cut", make_episode(num_frames=30))
     video = path / read_meta(path)["video"]["file"]
     video.write_bytes(video.read_bytes()[: video.stat().st_size // 3])

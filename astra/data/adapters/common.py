@@ -172,6 +172,8 @@ def check_rows(values: np.ndarray, shape_tail: tuple[int, ...], where: str, what
         raise DataError(
             f"{where}: {what} must have shape [N, {', '.join(map(str, shape_tail))}], got {list(values.shape)}"
         )
+    if values.dtype.kind not in "biuf":
+        raise DataError(f"{where}: {what} must hold real numbers, got dtype {values.dtype}")
     bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if bad.any():
         raise DataError(f"{where}: {what} has a NaN or inf in row {int(np.argmax(bad))}")

@@ -51,3 +51,6 @@ def test_bad_pose_rows_name_the_file(tmp_path):
     np.save(poses_file, np.zeros((5, 7)))
     with pytest.raises(DataError, match=r"poses\.npy: zero quaternion in row 0"):
         list(iter_episodes(tmp_path))
+    np.save(poses_file, np.zeros((5, 7)).astype(str))
+    with pytest.raises(DataError, match=r"poses\.npy: .* must hold real numbers, got dtype <U"):
+        list(iter_episodes(tmp_path))
