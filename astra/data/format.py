@@ -288,6 +288,10 @@ def read_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None
                     continue
                 if index >= stop:
                     break
+                if (frame.height, frame.width) != frames.shape[1:3]:
+                    raise DataError(
+                        f"{video}: frames are {frame.height}x{frame.width}, meta.json says {meta['height']}x{meta['width']}"
+                    )
                 frames[index - start] = frame.to_ndarray(format="rgb24")
                 filled += 1
     except (av.FFmpegError, OSError) as error:

@@ -141,6 +141,13 @@ def test_read_detects_corruption(tmp_path):
     with pytest.raises(DataError, match=video.name):
         read_episode(path)
 
+    path = write_episode(tmp_path, "resized", make_episode(num_frames=2))
+    meta = json.loads((path / "meta.json").read_text())
+    meta["height"] = 16
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"video.*: frames are 32x48, meta.json says 16x48"):
+        read_episode(path)
+
     path = write_episode(tmp_path, "mod", make_episode(num_frames=2))
     meta = json.loads((path / "meta.json").read_text())
     meta["modality"] = "joystick"
