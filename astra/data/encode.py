@@ -2,8 +2,8 @@
 
 Each episode (or each clip of it, with `max_latent_frames`) becomes fp16 latents [C, F, h, w] plus float32
 per-latent actions [F, width] from astra.actions.align. Resumable: every finished shard is recorded in this
-rank's index fragment; a rerun skips the episodes listed there. Bad episodes are skipped, reported in
-report-r<rank>.json and printed, and retried on the next run.
+rank's index fragment; a rerun skips the episodes listed in any rank's fragment. Bad episodes are skipped,
+reported in report-r<rank>.json and printed, and retried on the next run.
 """
 
 from __future__ import annotations
@@ -126,7 +126,9 @@ def encode_episodes(
         fragment = json.loads(fragment_path.read_text())
         if fragment["vae"] != vae_name:
             raise DataError(f"{fragment_path}: encoded with VAE {fragment['vae']!r}, not {vae_name!r}; use another --out")
-    done = {entry["episode"] for entry in fragment["entries"]}  # skipped episodes are retried (and reported) again
+    # Episodes in any rank's fragment are done: a rerun may split the work with another --world-size. Skipped
+    # episodes are in none, so they are retried (and reported) again.
+    done = {entry["episode"] for path in out.glob("index-r*.json") for entry in json.loads(path.read_text())["entries"]}
     mine = episodes[rank::world_size]
     report = EncodeReport(already_done=sum(str(p.relative_to(episodes_root)) in done for p in mine))
     todo = [p for p in mine if str(p.relative_to(episodes_root)) not in done]

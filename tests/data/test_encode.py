@@ -103,3 +103,14 @@ def test_an_episode_with_a_broken_meta_json_is_skipped_not_fatal(tmp_path):
     report = encode_episodes(episodes, PoolingVAE(), tmp_path / "latents", vae_name="pool")
     assert report.encoded == 1 and [s["episode"] for s in report.skipped] == ["ep1"]
     assert "num_frames" in report.skipped[0]["reason"]
+
+
+def test_resuming_with_another_world_size_does_not_encode_episodes_twice(tmp_path):
+    episodes = tmp_path / "episodes"
+    for i in range(4):
+        write_episode(episodes, f"ep{i}", keyboard_episode(9, seed=i))
+    out = tmp_path / "latents"
+    encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=1, world_size=2)  # ep1, ep3; rank 0 stopped
+    report = encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=0, world_size=1)
+    assert (report.encoded, report.already_done) == (2, 2)
+    assert sorted(e["episode"] for e in LatentDataset(out).entries) == ["ep0", "ep1", "ep2", "ep3"]
