@@ -116,6 +116,8 @@ def encode_episodes(
     rank, world_size = rank_and_world_size(rank, world_size)
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    if max_latent_frames < 0 or max_latent_frames == 1:  # up front: in clip_ranges it skipped every episode
+        raise ValueError(f"max_latent_frames must be 0 (whole episodes) or at least 2, got {max_latent_frames}")
     episodes = list_episodes(episodes_root)
     if not episodes:
         raise DataError(f"no episodes (folders with meta.json) under {episodes_root}")

@@ -83,6 +83,11 @@ def test_empty_or_corrupt_folders_are_named(tmp_path):
     with pytest.raises(DataError, match="no episodes"):
         encode_episodes(empty, PoolingVAE(), tmp_path / "latents", vae_name="pool")
     assert not (tmp_path / "latents").exists()  # nothing written for nothing to encode
+    write_episode(tmp_path / "episodes", "ep0", keyboard_episode(9, seed=0))
+    for bad in (1, -3):  # each episode was skipped as bad (1) or silently encoded whole (-3)
+        with pytest.raises(ValueError, match="max_latent_frames must be 0"):
+            encode_episodes(tmp_path / "episodes", PoolingVAE(), tmp_path / "latents", max_latent_frames=bad)
+    assert not (tmp_path / "latents").exists()
     with pytest.raises(DataError, match="no episodes"):
         _info(empty)
     (empty / "index.json").write_text("{not json")
