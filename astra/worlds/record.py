@@ -132,7 +132,8 @@ def _record_seeds(config: RecordConfig, seeds: list[int], progress=None) -> list
             except EpisodeEnded as error:
                 tqdm.write(f"skipped: {error}")
                 continue
-            write_episode(config.out, episode_name(config.world, config.split, seed), episode)
+            # Only seeds without a complete episode get here: a folder without meta.json (a copy cut short) is redone.
+            write_episode(config.out, episode_name(config.world, config.split, seed), episode, overwrite=True)
             written.append((seed, episode.meta["action_stats"], episode.num_frames))
     finally:
         world.close()

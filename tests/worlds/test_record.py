@@ -15,6 +15,7 @@ def test_record_writes_replayable_episodes_and_resumes(tmp_path):
     paths = list_episodes(tmp_path)
     assert [p.name for p in paths] == ["doom-train-000005", "doom-train-000006"]
     episode = read_episode(paths[0])
+    second_controls = read_episode(paths[1]).controls
     assert episode.frames.shape == (9, 64, 64, 3) and episode.actions.shape == (9, 8)
     assert episode.controls.shape == (9, 7) and episode.poses.shape == (9, 4, 4)
     np.testing.assert_array_equal(episode.actions[:, :7], episode.controls)
@@ -33,6 +34,12 @@ def test_record_writes_replayable_episodes_and_resumes(tmp_path):
     summary = record(RecordConfig("doom", tmp_path, episodes=3, frames=9, seed=5, world_options={"maps": ["MAP01"]}))
     assert summary["skipped_complete"] == 2 and summary["written"] == 1
     assert (paths[0] / "meta.json").stat().st_mtime_ns == before
+
+    # An incomplete episode folder (no meta.json, e.g. an interrupted copy) is recorded again, not a crash.
+    (paths[1] / "meta.json").unlink()
+    summary = record(RecordConfig("doom", tmp_path, episodes=3, frames=9, seed=5, world_options={"maps": ["MAP01"]}))
+    assert summary["skipped_complete"] == 2 and summary["written"] == 1
+    np.testing.assert_array_equal(read_episode(paths[1]).controls, second_controls)
 
 
 def test_cli_record_and_bad_arguments(tmp_path, capsys):
