@@ -50,6 +50,11 @@ def convert_dataset(
     unless `skip_bad=False`. The report is returned and saved as `<out_dir>/conversion_report.json`.
     """
     adapter = get_adapter(name)
+    max_frames, size = options.get("max_frames"), options.get("size")
+    if max_frames is not None and max_frames < 1:  # a negative one cut frames off the end of every episode
+        raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    if size is not None and min(size) < 1:
+        raise ValueError(f"size must be a positive (height, width), got {tuple(size)}")
     if not Path(source_dir).is_dir():
         raise DataError(f"{source_dir}: no such folder (the {name} dataset in its published layout)")
     out_dir = Path(out_dir)
