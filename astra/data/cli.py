@@ -94,7 +94,12 @@ def run(args: argparse.Namespace) -> int:
     from astra.data.encode import encode_episodes
     from astra.vae import load_vae
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as error:
+        raise ValueError(f"--device {args.device!r} is not a torch device ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
     vae = load_vae(args.vae).to(device).eval()
     report = encode_episodes(
         args.episodes, vae, args.out, vae_name=str(args.vae), shard_size=args.shard_size, rank=args.rank,

@@ -119,3 +119,17 @@ def test_resuming_with_another_world_size_does_not_encode_episodes_twice(tmp_pat
     report = encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=0, world_size=1)
     assert (report.encoded, report.already_done) == (2, 2)
     assert sorted(e["episode"] for e in LatentDataset(out).entries) == ["ep0", "ep1", "ep2", "ep3"]
+
+
+def test_cli_names_a_bad_device(tmp_path, capsys):
+    from astra.cli import main
+    from astra.vae.small import SMALL_VAE_PRESETS, SmallVAE, save_small_vae
+
+    write_episode(tmp_path / "episodes", "ep0", keyboard_episode(9, seed=0))
+    vae = save_small_vae(SmallVAE(SMALL_VAE_PRESETS["astra-tiny-vae"]), tmp_path / "vae")
+    args = ["data", "encode", "--episodes", str(tmp_path / "episodes"), "--vae", str(vae), "--out", str(tmp_path / "out")]
+    assert main(args + ["--device", "nope"]) == 2
+    assert "--device 'nope' is not a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(args + ["--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
