@@ -51,6 +51,8 @@ DEFAULT_GRIPPER_CLOSED = 0.0
 
 def load_info(source_dir: Path) -> dict:
     info = load_json(source_dir / "meta" / "info.json")
+    if not isinstance(info, dict):
+        raise DataError(f"{source_dir / 'meta/info.json'}: expected a JSON object, got {type(info).__name__}")
     version = info.get("codebase_version")
     supported = V2_VERSIONS + V3_VERSIONS
     if version not in supported:
@@ -61,6 +63,9 @@ def load_info(source_dir: Path) -> dict:
         raise DataError(
             f"{source_dir / 'meta/info.json'}: feature {ACTION_KEY!r} must have shape [{ACTION_WIDTH}], got {shape}"
         )
+    fps = info.get("fps")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+        raise DataError(f"{source_dir / 'meta/info.json'}: 'fps' must be a positive number, got {fps!r}")
     return info
 
 

@@ -58,6 +58,13 @@ def test_info_json_is_validated(tmp_path):
     info = json.loads(info_file.read_text())
     with pytest.raises(DataError, match="camera 'observation.images.wrist'"):
         list(iter_episodes(tmp_path, camera_key="observation.images.wrist"))
+    for fps in (None, 0, "3"):
+        info_file.write_text(json.dumps({**info, "fps": fps}))
+        with pytest.raises(DataError, match=r"info\.json: 'fps' must be a positive number"):
+            list(iter_episodes(tmp_path))
+    info_file.write_text(json.dumps([info]))
+    with pytest.raises(DataError, match=r"info\.json: expected a JSON object, got list"):
+        list(iter_episodes(tmp_path))
     info["features"]["action"]["shape"] = [8]
     info_file.write_text(json.dumps(info))
     with pytest.raises(DataError, match=r"info\.json.*'action' must have shape \[7\]"):
