@@ -20,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from astra.actions.modalities import KEYBOARD_KEYS, get_modality
-from astra.data.format import META_FILE, Episode, write_episode
+from astra.data.format import META_FILE, Episode, read_meta, write_episode
+from astra.errors import DataError
 from astra.worlds import EpisodeEnded
 from astra.worlds.base import SPLITS, WORLDS, World, make_world
 
@@ -140,6 +141,21 @@ def _record_seeds(config: RecordConfig, seeds: list[int], progress=None) -> list
     return written
 
 
+def _check_complete(config: RecordConfig, seeds: list[int]) -> None:
+    """Complete episodes are kept, so they must match this run's size and frames (else the folder mixes them)."""
+    for seed in seeds:
+        path = config.out / episode_name(config.world, config.split, seed)
+        meta = read_meta(path)
+        cut_short = meta["meta"].get("ended_early") and meta["num_frames"] < config.frames
+        if (meta["height"], meta["width"]) != (config.size, config.size) or not (
+            meta["num_frames"] == config.frames or cut_short
+        ):
+            raise DataError(
+                f"{path}: recorded at {meta['height']}x{meta['width']} with {meta['num_frames']} frames, not "
+                f"--size {config.size} --frames {config.frames}; resume with the same options or use another --out"
+            )
+
+
 def record(config: RecordConfig) -> dict[str, Any]:
     """Record `config.episodes` episodes (seeds seed .. seed + episodes - 1), skipping complete ones.
 
@@ -148,6 +164,7 @@ def record(config: RecordConfig) -> dict[str, Any]:
     config.out.mkdir(parents=True, exist_ok=True)
     seeds = range(config.seed, config.seed + config.episodes)
     todo = [s for s in seeds if not (config.out / episode_name(config.world, config.split, s) / META_FILE).exists()]
+    _check_complete(config, [s for s in seeds if s not in todo])
     start = time.perf_counter()
     written: list[tuple[int, dict, int]] = []
     with tqdm(total=len(todo) * config.frames, unit="frame", desc=f"record {config.world}") as progress:

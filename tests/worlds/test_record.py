@@ -51,6 +51,11 @@ def test_cli_record_and_bad_arguments(tmp_path, capsys):
     assert main(["worlds", "record", "--world", "doom", "--episodes", "1", "--out", str(tmp_path),
                  "--split", "train", "--maps", "MAP25"]) == 2  # a held-out map in the train split
     assert "no train maps" in capsys.readouterr().err
+    # Resuming into the same folder with another --size would mix 32x32 and 64x64 episodes.
+    assert main(["worlds", "record", "--world", "doom", "--episodes", "2", "--frames", "5", "--size", "64",
+                 "--out", str(tmp_path), "--split", "heldout", "--maps", "MAP25"]) == 2
+    assert "recorded at 32x32 with 5 frames, not --size 64 --frames 5" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["doom-heldout-000000"]
     with pytest.raises(ValueError, match="split"):
         RecordConfig("doom", tmp_path, episodes=1, split="val")
 
