@@ -174,7 +174,7 @@ def check_rows(values: np.ndarray, shape_tail: tuple[int, ...], where: str, what
         )
     if values.dtype.kind not in "biuf":
         raise DataError(f"{where}: {what} must hold real numbers, got dtype {values.dtype}")
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    bad = ~np.isfinite(values).all(axis=tuple(range(1, values.ndim)))  # (no reshape: it fails on 0 rows)
     if bad.any():
         raise DataError(f"{where}: {what} has a NaN or inf in row {int(np.argmax(bad))}")
 

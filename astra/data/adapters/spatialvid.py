@@ -134,6 +134,8 @@ def load_episode(
     intrinsics = None
     if (annotation / "intrinsics.npy").is_file():
         normalized = load_npy(annotation / "intrinsics.npy", (4,), "intrinsics [fx/W, fy/H, cx/W, cy/H]")
+        if not len(normalized):
+            raise DataError(f"{annotation / 'intrinsics.npy'}: no rows")
         intrinsics = normalized_intrinsics(*normalized[0], size=frames.shape[1:3])
     return pose_episode(
         frames,

@@ -54,3 +54,15 @@ def test_bad_pose_rows_name_the_file(tmp_path):
     np.save(poses_file, np.zeros((5, 7)).astype(str))
     with pytest.raises(DataError, match=r"poses\.npy: .* must hold real numbers, got dtype <U"):
         list(iter_episodes(tmp_path))
+
+
+def test_empty_pose_and_intrinsics_files(tmp_path):
+    write_spatialvid(tmp_path, num_frames=9)
+    annotation = tmp_path / "SpatialVid/HQ/annotations/group_0001/0a1b2c"
+    np.save(annotation / "intrinsics.npy", np.zeros((0, 4)))
+    with pytest.raises(DataError, match=r"intrinsics\.npy: no rows"):
+        list(iter_episodes(tmp_path))
+    np.save(annotation / "poses.npy", np.zeros((0, 7)))
+    report = ConversionReport("spatialvid")
+    assert list(iter_episodes(tmp_path, report=report)) == []
+    assert "0 poses, need at least 2" in report.skipped["spatialvid-0a1b2c"]
