@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except (AstraError, FileNotFoundError, ValueError) as error:
+    except (AstraError, OSError, ValueError) as error:  # OSError: a path that exists, is a file, is not writable
         if args.debug:
             raise
         print(f"astra {name}: error: {error}", file=sys.stderr)

@@ -58,6 +58,11 @@ def test_cli_record_and_bad_arguments(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["doom-heldout-000000"]
     with pytest.raises(ValueError, match="split"):
         RecordConfig("doom", tmp_path, episodes=1, split="val")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    assert main(["worlds", "record", "--world", "doom", "--episodes", "1", "--frames", "5", "--size", "32",
+                 "--out", str(a_file), "--split", "heldout", "--maps", "MAP25"]) == 2  # --out names a file
+    assert "notes.txt" in capsys.readouterr().err and a_file.read_text() == "keep me"
 
 
 class EndingWorld(World):
