@@ -259,7 +259,10 @@ def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()) -
 
         try:
             while True:
-                raw = await socket.receive_text()
+                frame = await socket.receive()
+                if frame["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect(frame["code"], frame.get("reason"))
+                raw = frame["text"] if frame.get("text") is not None else frame.get("bytes") or b""  # binary frames too
                 try:
                     message = parse_message(raw)
                     if message["type"] == "start" or (message["type"] == "reset" and session is not None):

@@ -73,6 +73,16 @@ def test_malformed_messages_get_errors_and_the_server_survives(factory):
         assert receive_until(socket, "started")["world"] == "doom"
 
 
+def test_a_binary_frame_gets_an_error_and_the_connection_stays(factory):
+    """A binary websocket frame was a KeyError that dropped the connection without a reply."""
+    client = TestClient(create_app(factory, ServerConfig(target_fps=0)))
+    with client.websocket_connect("/ws") as socket:
+        socket.send_bytes(b"\x00\xff")
+        assert "not valid JSON" in socket.receive_json()["message"]
+        socket.send_bytes(json.dumps({"type": "start", "world": "doom", "image": png_data_url((0, 0, 200))}).encode())
+        assert receive_until(socket, "started")["world"] == "doom"
+
+
 def test_session_cap(factory):
     client = TestClient(create_app(factory, ServerConfig(max_sessions=1, target_fps=0)))
     with client.websocket_connect("/ws"):
