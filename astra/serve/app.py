@@ -77,7 +77,9 @@ def decode_image_data_url(data: str) -> np.ndarray:
     """Decode a `data:image/...;base64,...` URL (or bare base64) into an RGB uint8 array."""
     if not isinstance(data, str):
         raise ProtocolError("image must be a data URL string")
-    payload = data.split(",", 1)[1] if data.startswith("data:") else data
+    header, comma, payload = data.partition(",") if data.startswith("data:") else ("", ",", data)
+    if not comma or (header and not header.endswith(";base64")):
+        raise ProtocolError("image must be a base64 data URL: data:image/...;base64,...")
     try:
         raw = base64.b64decode(payload, validate=True)
         with Image.open(io.BytesIO(raw)) as image:
@@ -109,6 +111,8 @@ def parse_message(text: str | bytes) -> dict[str, Any]:
         seed = message.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31:
             raise ProtocolError("seed must be an integer in [0, 2^31)")
+        if not isinstance(message.get("side_by_side", False), bool):
+            raise ProtocolError("side_by_side must be true or false")
         if message.get("image") is not None:
             decode_image_data_url(message["image"])  # validate now, decode again when used
     elif kind == "input":
@@ -118,7 +122,7 @@ def parse_message(text: str | bytes) -> dict[str, Any]:
         for axis in ("mouse_dx", "mouse_dy"):
             value = message.get(axis, 0.0)
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not np.isfinite(value) or abs(value) > MAX_ACTION_MAGNITUDE:
+            if not number or not abs(value) <= MAX_ACTION_MAGNITUDE:  # NaN compares false; a huge int is no float
                 raise ProtocolError(f"{axis} must be a finite number of at most {MAX_ACTION_MAGNITUDE:g} in magnitude")
     elif kind not in ("reset", "stop"):
         raise ProtocolError(f"unknown message type {kind!r}")
@@ -274,7 +278,7 @@ def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()) -
                             session.close()
                         session = await asyncio.to_thread(
                             PlaySession, message.get("world", "doom"), message.get("seed", config.seed),
-                            bool(message.get("side_by_side", False)), image, factory,
+                            message.get("side_by_side", False), image, factory,
                         )
                         first = session.first_frame
                         await socket.send_json({

@@ -65,10 +65,15 @@ def test_malformed_messages_get_errors_and_the_server_survives(factory):
                     json.dumps({"type": "start", "world": "mars"}),
                     json.dumps({"type": "start", "image": "data:image/png;base64,AAAA"}),
                     json.dumps({"type": "input", "keys": ["w"], "mouse_dx": "fast"}),
+                    '{"type": "input", "mouse_dy": ' + "9" * 400 + "}",  # was a TypeError from np.isfinite
+                    json.dumps({"type": "start", "image": "data:image/png;base64"}),  # no comma: was an IndexError
+                    json.dumps({"type": "start", "image": "data:image/svg+xml,<svg/>"}),
+                    json.dumps({"type": "start", "side_by_side": "no"}),  # was taken as true
                     json.dumps({"type": "input", "keys": ["w"]}),  # before start
                     "x" * (MAX_MESSAGE_BYTES + 1)]:
             socket.send_text(bad)
-            assert socket.receive_json()["type"] == "error"
+            reply = socket.receive_json()
+            assert reply["type"] == "error" and "Error:" not in reply["message"], (bad[:80], reply)
         socket.send_text(json.dumps({"type": "start", "world": "doom", "image": png_data_url((0, 0, 200))}))
         assert receive_until(socket, "started")["world"] == "doom"
 
