@@ -269,13 +269,16 @@ def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()) -
                 raw = frame["text"] if frame.get("text") is not None else frame.get("bytes") or b""  # binary frames too
                 try:
                     message = parse_message(raw)
-                    if message["type"] == "start" or (message["type"] == "reset" and session is not None):
+                    if message["type"] in ("input", "reset") and session is None:
+                        raise ProtocolError("send a start message first")
+                    if message["type"] in ("start", "reset"):
                         await stop_runner()
                         if message["type"] == "reset":
                             message = {"type": "start", "world": session.world, "seed": session.seed, "side_by_side": session.simulator is not None}
                         image = decode_image_data_url(message["image"]) if message.get("image") else None
                         if session is not None:
                             session.close()
+                            session = None  # a failed start leaves no closed session taking input
                         session = await asyncio.to_thread(
                             PlaySession, message.get("world", "doom"), message.get("seed", config.seed),
                             message.get("side_by_side", False), image, factory,
@@ -288,8 +291,6 @@ def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()) -
                         })
                         runner = asyncio.create_task(run_loop())
                     elif message["type"] == "input":
-                        if session is None:
-                            raise ProtocolError("send a start message first")
                         session.set_input(message)
                     elif message["type"] == "stop":
                         await stop_runner()

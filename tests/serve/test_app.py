@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from astra.errors import AstraError
-from astra.serve.app import MAX_MESSAGE_BYTES, ServerConfig, create_app
+from astra.serve.app import MAX_MESSAGE_BYTES, ServerConfig, SessionFactory, create_app
 from astra.serve.cli import check_address_free
 
 
@@ -86,6 +86,24 @@ def test_a_binary_frame_gets_an_error_and_the_connection_stays(factory):
         assert "not valid JSON" in socket.receive_json()["message"]
         socket.send_bytes(json.dumps({"type": "start", "world": "doom", "image": png_data_url((0, 0, 200))}).encode())
         assert receive_until(socket, "started")["world"] == "doom"
+
+
+def test_reset_or_input_without_a_started_session_is_an_error(factory):
+    """Reset before start, and input after a failed restart (the old session closed), had no reply at all."""
+    no_simulator = SessionFactory(factory.make_rollout)
+    client = TestClient(create_app(no_simulator, ServerConfig(target_fps=0)))
+    with client.websocket_connect("/ws") as socket:
+        socket.send_text(json.dumps({"type": "reset"}))
+        socket.send_text("not json")  # its reply comes first when the reset got none
+        assert "send a start message first" in socket.receive_json()["message"]
+        socket.receive_json()
+        socket.send_text(json.dumps({"type": "start", "image": png_data_url((0, 0, 200))}))
+        receive_until(socket, "started")
+        socket.send_text(json.dumps({"type": "start"}))  # no image and no simulator: this start fails
+        assert "no start image" in receive_until(socket, "error")["message"]
+        socket.send_text(json.dumps({"type": "input", "keys": ["w"]}))
+        socket.send_text("not json")
+        assert "send a start message first" in socket.receive_json()["message"]
 
 
 def test_session_cap(factory):
