@@ -34,6 +34,7 @@ from PIL import Image
 from astra.actions.controls import ControlState, controls_for
 from astra.actions.modalities import MAX_ACTION_MAGNITUDE
 from astra.errors import AstraError
+from astra.rollout.session import prepare_image
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # an uploaded start image fits; anything larger is refused
@@ -136,6 +137,8 @@ class PlaySession:
         self.world = world
         self.seed = seed
         self.rollout, self.simulator = factory(world, seed, side_by_side)
+        # An uploaded start image, kept at the model's size so that a reset starts from it again.
+        self.image = prepare_image(image, self.rollout.resolution) if image is not None else None
         self.map_controls = controls_for(world)
         self.state = ControlState()
         self.pending_mouse = np.zeros(2)
@@ -143,7 +146,7 @@ class PlaySession:
         start_frame = self.simulator.reset(seed, "heldout") if self.simulator is not None else None
         if image is None and start_frame is None:
             start_frame = factory.start_frame(world, seed)
-        self.first_frame = self.rollout.start(image if image is not None else start_frame)
+        self.first_frame = self.rollout.start(self.image if self.image is not None else start_frame)
 
     def set_input(self, message: dict[str, Any]) -> None:
         self.state = ControlState.from_browser(message.get("keys", []))
@@ -275,7 +278,9 @@ def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()) -
                         await stop_runner()
                         if message["type"] == "reset":
                             message = {"type": "start", "world": session.world, "seed": session.seed, "side_by_side": session.simulator is not None}
-                        image = decode_image_data_url(message["image"]) if message.get("image") else None
+                            image = session.image
+                        else:
+                            image = decode_image_data_url(message["image"]) if message.get("image") else None
                         if session is not None:
                             session.close()
                             session = None  # a failed start leaves no closed session taking input

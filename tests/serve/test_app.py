@@ -106,6 +106,18 @@ def test_reset_or_input_without_a_started_session_is_an_error(factory):
         assert "send a start message first" in socket.receive_json()["message"]
 
 
+def test_reset_starts_again_from_the_uploaded_image(factory):
+    """Reset dropped the uploaded image: it restarted from the simulator's frame, or failed without a simulator."""
+    for sessions in (factory, SessionFactory(factory.make_rollout)):
+        client = TestClient(create_app(sessions, ServerConfig(target_fps=0)))
+        with client.websocket_connect("/ws") as socket:
+            socket.send_text(json.dumps({"type": "start", "world": "doom", "image": png_data_url((200, 30, 30))}))
+            first = receive_until(socket, "started")["first"]
+            socket.send_text(json.dumps({"type": "reset"}))
+            reply = next(m for m in iter(socket.receive_json, None) if m["type"] != "frames")
+            assert reply["type"] == "started" and reply["first"] == first, reply.get("message")
+
+
 def test_session_cap(factory):
     client = TestClient(create_app(factory, ServerConfig(max_sessions=1, target_fps=0)))
     with client.websocket_connect("/ws"):
