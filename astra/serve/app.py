@@ -146,7 +146,7 @@ class PlaySession:
         start_frame = self.simulator.reset(seed, "heldout") if self.simulator is not None else None
         if image is None and start_frame is None:
             start_frame = factory.start_frame(world, seed)
-        self.first_frame = self.rollout.start(self.image if self.image is not None else start_frame)
+        self.first_frame = self.rollout.start(self.image if self.image is not None else start_frame, seed=seed)
 
     def set_input(self, message: dict[str, Any]) -> None:
         self.state = ControlState.from_browser(message.get("keys", []))

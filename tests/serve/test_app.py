@@ -118,6 +118,20 @@ def test_reset_starts_again_from_the_uploaded_image(factory):
             assert reply["type"] == "started" and reply["first"] == first, reply.get("message")
 
 
+def test_the_seed_picks_the_generation_noise(factory):
+    """Same seed and actions, same frames; another seed, other frames (the seed only chose the simulator's start
+    frame, so with an uploaded image every seed played the same)."""
+    client = TestClient(create_app(factory, ServerConfig(target_fps=0)))
+
+    def first_chunk(seed: int) -> list[str]:
+        with client.websocket_connect("/ws") as socket:
+            socket.send_text(json.dumps({"type": "start", "seed": seed, "image": png_data_url((200, 30, 30))}))
+            return receive_until(socket, "frames")["model"]
+
+    assert first_chunk(0) == first_chunk(0)
+    assert first_chunk(0) != first_chunk(1)
+
+
 def test_session_cap(factory):
     client = TestClient(create_app(factory, ServerConfig(max_sessions=1, target_fps=0)))
     with client.websocket_connect("/ws"):
