@@ -21,6 +21,7 @@ import base64
 import io
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,9 @@ class PlaySession:
         self.state = ControlState()
         self.pending_mouse = np.zeros(2)
         self.last_input_time: float | None = None
+        # A chunk runs in a worker thread that outlives a cancelled await: close() waits for it under this lock.
+        self.busy = threading.Lock()
+        self.closed = False
         start_frame = self.simulator.reset(seed, "heldout") if self.simulator is not None else None
         if image is None and start_frame is None:
             start_frame = factory.start_frame(world, seed)
@@ -155,6 +159,12 @@ class PlaySession:
 
     def step(self) -> tuple[list[np.ndarray], list[np.ndarray] | None, float | None]:
         """Generate one chunk with the input held now; returns (model frames, simulator frames, input time)."""
+        with self.busy:
+            if self.closed:
+                raise AstraError("the session is closed")
+            return self._step()
+
+    def _step(self) -> tuple[list[np.ndarray], list[np.ndarray] | None, float | None]:
         count = self.rollout.frames_per_step
         mouse = self.pending_mouse / count
         self.pending_mouse = np.zeros(2)
@@ -174,8 +184,10 @@ class PlaySession:
         return list(frames), sim_frames, input_time
 
     def close(self) -> None:
-        if self.simulator is not None:
-            self.simulator.close()
+        with self.busy:
+            self.closed = True
+            if self.simulator is not None:
+                self.simulator.close()
 
 
 class SessionFactory:
@@ -226,21 +238,17 @@ def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()) -
         active["sessions"] += 1
         session: PlaySession | None = None
         runner: asyncio.Task | None = None
-        lock = asyncio.Lock()
 
         async def run_loop() -> None:
             frames_sent, started = 0, time.perf_counter()
             while True:
-                async with lock:
-                    if session is None:
-                        return
-                    begin = time.perf_counter()
-                    try:
-                        model_frames, sim_frames, input_time = await asyncio.to_thread(session.step)
-                    except Exception as error:  # report, keep the server up
-                        await socket.send_json({"type": "error", "message": f"generation failed: {error}"})
-                        return
-                    done = time.perf_counter()
+                begin = time.perf_counter()
+                try:
+                    model_frames, sim_frames, input_time = await asyncio.to_thread(session.step)
+                except Exception as error:  # report, keep the server up
+                    await socket.send_json({"type": "error", "message": f"generation failed: {error}"})
+                    return
+                done = time.perf_counter()
                 frames_sent += len(model_frames)
                 payload = {
                     "type": "frames",
@@ -282,7 +290,7 @@ def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()) -
                         else:
                             image = decode_image_data_url(message["image"]) if message.get("image") else None
                         if session is not None:
-                            session.close()
+                            await asyncio.to_thread(session.close)  # in a thread: it waits for the chunk in flight
                             session = None  # a failed start leaves no closed session taking input
                         session = await asyncio.to_thread(
                             PlaySession, message.get("world", "doom"), message.get("seed", config.seed),
@@ -306,9 +314,11 @@ def create_app(factory: SessionFactory, config: ServerConfig = ServerConfig()) -
         except WebSocketDisconnect:
             pass
         finally:
-            await stop_runner()
-            if session is not None:
-                session.close()
-            active["sessions"] -= 1
+            try:
+                await stop_runner()
+                if session is not None:
+                    await asyncio.to_thread(session.close)  # closes even if this await is cancelled
+            finally:
+                active["sessions"] -= 1
 
     return app

@@ -2,6 +2,7 @@ import base64
 import io
 import json
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -130,6 +131,59 @@ def test_the_seed_picks_the_generation_noise(factory):
 
     assert first_chunk(0) == first_chunk(0)
     assert first_chunk(0) != first_chunk(1)
+
+
+class SlowRollout:
+    """A rollout whose chunks take a while, logged in `events`."""
+
+    modality, frames_per_step, resolution = "keyboard_mouse", 1, (8, 8)
+
+    def __init__(self, events: list[str]):
+        self.events = events
+
+    def start(self, image, seed=None) -> np.ndarray:
+        return np.zeros((8, 8, 3), np.uint8)
+
+    def step(self, rows) -> np.ndarray:
+        self.events.append("chunk begins")
+        time.sleep(0.3)
+        self.events.append("chunk ends")
+        return np.zeros((1, 8, 8, 3), np.uint8)
+
+
+class LoggedSimulator:
+    def __init__(self, events: list[str]):
+        self.events = events
+
+    def reset(self, seed, split) -> np.ndarray:
+        return np.zeros((8, 8, 3), np.uint8)
+
+    def step(self, control) -> np.ndarray:
+        return np.zeros((8, 8, 3), np.uint8)
+
+    def action_row(self) -> np.ndarray:
+        return np.zeros(8, np.float32)
+
+    def close(self) -> None:
+        self.events.append("close")
+
+
+def test_disconnect_mid_chunk_closes_the_simulator_after_the_chunk():
+    """The chunk's worker thread kept stepping the simulator after a disconnect closed it (a closed Doom game or
+    PyBullet client), and the session slot was given back while it still ran."""
+    events: list[str] = []
+    sessions = SessionFactory(lambda world: SlowRollout(events), lambda world: LoggedSimulator(events))
+    client = TestClient(create_app(sessions, ServerConfig(target_fps=0)))
+    with client.websocket_connect("/ws") as socket:
+        socket.send_text(json.dumps({"type": "start", "side_by_side": True}))
+        receive_until(socket, "started")
+        while "chunk begins" not in events:
+            time.sleep(0.01)
+    deadline = time.time() + 10
+    while "close" not in events and time.time() < deadline:
+        time.sleep(0.01)
+    assert events[events.index("close") - 1] == "chunk ends", events
+    assert client.get("/health").json()["sessions"] == 0
 
 
 def test_session_cap(factory):
