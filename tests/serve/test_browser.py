@@ -33,7 +33,7 @@ def server(factory):
     deadline = time.time() + 30
     while not uv.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
+    yield f"http://127.0.0.1:{port}/", uv
     uv.should_exit = True
     thread.join(timeout=10)
 
@@ -54,17 +54,19 @@ def frames_after(page, key: str, count: int = 8) -> str:
     return canvas_png(page, "model")
 
 
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
 def test_play_page_in_chromium(server):
     from playwright.sync_api import sync_playwright
 
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
         errors = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server)
+        page.goto(server[0])
         assert page.title() == "astra play"
         page.uncheck("#sbs")
         page.select_option("#world", "doom")
@@ -79,3 +81,25 @@ def test_play_page_in_chromium(server):
         page.screenshot(path=str(SCREENSHOT_DIR / "play.png"))
         browser.close()
     assert not errors, errors
+
+
+def test_the_page_shows_a_lost_connection_and_a_reset_before_start(server):
+    """A closed connection and Reset before Start left the page silent; a second Start must not read as one."""
+    from playwright.sync_api import sync_playwright
+
+    url, uv = server
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.goto(url)
+        page.uncheck("#sbs")
+        page.click("#reset")
+        assert "press Start first" in page.inner_text("#error")
+        for _ in range(2):  # the second Start closes the first connection on purpose
+            page.click("#start")
+            page.wait_for_function("document.body.dataset.state === 'started'")
+        page.wait_for_timeout(300)
+        assert page.inner_text("#error") == "" and page.evaluate("document.body.dataset.state") == "started"
+        uv.should_exit = True
+        page.wait_for_function("document.getElementById('error').textContent.includes('connection to the server closed')")
+        browser.close()

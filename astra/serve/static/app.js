@@ -39,9 +39,11 @@ async function start() {
   const message = { type: "start", world: $("world").value, seed: parseInt($("seed").value || "0", 10),
                     side_by_side: $("sbs").checked, image };
   if (socket) socket.close();
-  socket = new WebSocket(`ws://${location.host}/ws`);
-  socket.onopen = () => send(message);
-  socket.onmessage = (event) => {
+  const ws = new WebSocket(`ws://${location.host}/ws`);
+  socket = ws;
+  ws.onopen = () => send(message);
+  ws.onmessage = (event) => {
+    if (ws !== socket) return;  // a connection replaced by a newer Start
     const msg = JSON.parse(event.data);
     if (msg.type === "started") {
       queues.model = []; queues.sim = []; frameCount = 0;
@@ -58,7 +60,11 @@ async function start() {
       $("error").textContent = msg.message;
     }
   };
-  socket.onclose = () => { document.body.dataset.state = "closed"; };
+  ws.onclose = (event) => {
+    if (ws !== socket) return;
+    document.body.dataset.state = "closed";
+    if (!$("error").textContent) $("error").textContent = `connection to the server closed (code ${event.code}); press Start to reconnect`;
+  };
 }
 // Show queued frames at a steady pace (drops the backlog if we fall behind).
 setInterval(() => {
@@ -82,4 +88,7 @@ document.addEventListener("mousemove", (event) => {
 });
 setInterval(() => { if (mouseDx || mouseDy) sendInput(); }, 50);
 $("start").addEventListener("click", start);
-$("reset").addEventListener("click", () => send({ type: "reset" }));
+$("reset").addEventListener("click", () => {
+  if (socket && socket.readyState === WebSocket.OPEN) send({ type: "reset" });
+  else $("error").textContent = "not connected: press Start first";
+});
