@@ -331,6 +331,7 @@ class ExplorerConfig:
     """Probabilities and durations of the human-like exploration policy (frames at frame_skip 2)."""
 
     mean_hold_frames: float = 10.0  # key holds last Geometric(1 / mean) frames
+    spin_frames: tuple[int, int] = (24, 96)  # a spin holds one turn this long (min, max; uniform), for seconds
     stuck_frames: int = 6  # moving keys held this long with almost no motion = stuck
     stuck_distance: float = 8.0  # Doom units over `stuck_frames` frames
     mouse_sweep_degrees: tuple[float, float] = (1.0, 8.0)  # per-frame mouse turn of a sweep
@@ -350,6 +351,9 @@ class ExplorerConfig:
         ("strafe", 0.09),
         ("turn", 0.09),
         ("mouse", 0.09),
+        # A player holds a turn for seconds to look around; without these, holds averaged 7 frames and a model
+        # trained on them saturated the picture within ~30 frames of a held turn key (docs/results.md, session 10).
+        ("spin", 0.08),
     )
 
 
@@ -358,8 +362,9 @@ _MOUSE = len(KEYBOARD_KEYS)
 
 
 class DoomExplorer(Policy):
-    """Holds key combinations for geometric durations, stops, reverses, sweeps the mouse; when stuck or about
-    to walk into a wall, turns towards the more open side (from the depth buffer) until the way ahead is open."""
+    """Holds key combinations for geometric durations, stops, reverses, sweeps the mouse, spins (one turn held for
+    seconds); when stuck or about to walk into a wall, turns towards the more open side (from the depth buffer)
+    until the way ahead is open."""
 
     name = "doom-explorer"
 
@@ -376,6 +381,9 @@ class DoomExplorer(Policy):
         self._recent_positions: list[np.ndarray] = []
 
     def _hold_frames(self) -> int:
+        if self._behaviour == "spin":
+            low, high = self.config.spin_frames
+            return int(self.rng.integers(low, high + 1))
         return int(self.rng.geometric(1.0 / self.config.mean_hold_frames))
 
     def _side(self) -> int:
@@ -391,6 +399,12 @@ class DoomExplorer(Policy):
             control[_KEY["strafe_right" if side > 0 else "strafe_left"]] = 1
         if behaviour in ("turn", "forward_turn"):
             control[_KEY["turn_right" if side > 0 else "turn_left"]] = 1
+        if behaviour == "spin":  # the turn key or a steady mouse sweep, standing or walking, half each
+            if self.rng.random() < 0.5:
+                control[_KEY["turn_right" if side > 0 else "turn_left"]] = 1
+            else:
+                control[_MOUSE] = side * self.rng.uniform(*self.config.mouse_sweep_degrees)
+            control[_KEY["forward"]] = float(self.rng.random() < 0.5)
         if behaviour in ("mouse", "forward_mouse"):
             control[_MOUSE] = side * self.rng.uniform(*self.config.mouse_sweep_degrees)
         if behaviour == "turn_away":

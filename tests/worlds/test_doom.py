@@ -8,7 +8,9 @@ from astra.worlds.base import make_world
 from astra.worlds.doom import (
     HELDOUT_MAPS,
     RUN_UNITS_PER_TIC,
+    DoomExplorer,
     DoomWorld,
+    ExplorerConfig,
     doom_pose,
     list_maps,
     make_policy,
@@ -169,3 +171,30 @@ def test_policy_is_seeded_and_human_like(world):
     changes = np.abs(np.diff(rows, axis=0)).sum(axis=1) > 0
     assert 5 < changes.sum() < 100  # keys are held for a while, not re-drawn every frame
     assert (rows[:, MOUSE] != 0).any()
+
+
+def test_spins_hold_one_turn_for_seconds():
+    """Held turns must be in the data: a model trained on 7-frame holds saturated under a held turn key."""
+
+    class OpenSpace:  # no pose or depth: nothing interrupts a hold
+        def pose(self):
+            return None
+
+    config = ExplorerConfig(behaviours=(("spin", 1.0),), reverse_probability=0.0)
+    holds, walking = [], []
+    for seed in range(8):
+        policy = DoomExplorer(seed, config)
+        rows = np.stack([policy(OpenSpace(), index) for index in range(400)])
+        starts = np.flatnonzero(np.r_[True, np.abs(np.diff(rows, axis=0)).sum(axis=1) > 0, True])
+        for begin, end in zip(starts[:-2], starts[1:-1]):  # complete holds only
+            row = rows[begin]
+            turn_key, mouse = row[TURN_LEFT] + row[TURN_RIGHT], row[MOUSE]
+            assert (turn_key == 1) != (mouse != 0), row  # one turn: the key or a steady mouse sweep
+            assert not row[[BACK, STRAFE_LEFT, STRAFE_RIGHT]].any()
+            holds.append(end - begin)
+            walking.append(row[FORWARD])
+    low, high = config.spin_frames
+    assert len(holds) > 20
+    # consecutive spins can repeat the same control, so a run is at least one spin long
+    assert min(holds) >= low and np.median(holds) <= high
+    assert 0.2 < np.mean(walking) < 0.8
