@@ -93,14 +93,21 @@ class CollapseConfig:
     blank_std: float = 0.02  # a frame whose pixel std is below this is blank...
     frozen_motion: float = 0.002  # ...and a run whose mean |frame_t - frame_t-1| is below this is frozen
     frozen_window: int = 16  # consecutive frames in such a run
+    # A frame is saturated when more than `saturated_fraction` of its pixels have every channel above
+    # `saturated_level`: held doom turns burned the picture white and changing, which neither flag above sees.
+    saturated_level: float = 0.9
+    saturated_fraction: float = 0.1
 
 
-def frame_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """Per frame [T]: mean intensity, pixel std, and mean |frame_t - frame_t-1| (0 for the first frame)."""
-    unit = to_unit(frames).reshape(len(frames), -1)
+def frame_stats(frames: np.ndarray, saturated_level: float = CollapseConfig.saturated_level) -> dict[str, np.ndarray]:
+    """Per frame [T]: mean intensity, pixel std, mean |frame_t - frame_t-1| (0 for the first frame), and the
+    fraction of pixels with every channel above `saturated_level`."""
+    pixels = to_unit(frames)
+    unit = pixels.reshape(len(frames), -1)
     motion = np.zeros(len(frames))
     motion[1:] = np.abs(np.diff(unit, axis=0)).mean(axis=1)
-    return {"mean": unit.mean(axis=1), "std": unit.std(axis=1), "motion": motion}
+    saturated = (pixels.min(axis=-1) > saturated_level).reshape(len(frames), -1).mean(axis=1)
+    return {"mean": unit.mean(axis=1), "std": unit.std(axis=1), "motion": motion, "saturated": saturated}
 
 
 def _windowed_mean(values: np.ndarray, window: int) -> np.ndarray:
@@ -110,11 +117,11 @@ def _windowed_mean(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def collapse_frames(generated: np.ndarray, truth: np.ndarray, config: CollapseConfig = CollapseConfig()) -> dict:
-    """First frame index (or None) where the generation is blank or frozen while the ground truth is not.
+    """First frame index (or None) where the generation is blank, frozen or saturated while the ground truth is not.
 
     Frame 0 of both videos should be the start frame, so that frame 1's motion is measured from it."""
     _check_pair(generated, truth)
-    model, real = frame_stats(generated), frame_stats(truth)
+    model, real = frame_stats(generated, config.saturated_level), frame_stats(truth, config.saturated_level)
     blank = np.flatnonzero((model["std"] < config.blank_std) & (real["std"] >= config.blank_std))
     frozen = np.array([], dtype=int)
     if len(generated) > config.frozen_window:
@@ -122,9 +129,12 @@ def collapse_frames(generated: np.ndarray, truth: np.ndarray, config: CollapseCo
         model_motion = _windowed_mean(model["motion"][1:], config.frozen_window)
         real_motion = _windowed_mean(real["motion"][1:], config.frozen_window)
         frozen = np.flatnonzero((model_motion < config.frozen_motion) & (real_motion >= config.frozen_motion)) + 1
+    limit = config.saturated_fraction
+    saturated = np.flatnonzero((model["saturated"] > limit) & (real["saturated"] <= limit))
     return {
         "blank": int(blank[0]) if len(blank) else None,
         "frozen": int(frozen[0]) if len(frozen) else None,
+        "saturated": int(saturated[0]) if len(saturated) else None,
     }
 
 

@@ -168,6 +168,7 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
             "collapse": {
                 "cases_blank": sum(r["collapse"]["blank"] is not None for r in results),
                 "cases_frozen": sum(r["collapse"]["frozen"] is not None for r in results),
+                "cases_saturated": sum(r["collapse"]["saturated"] is not None for r in results),
                 "per_case": [{"seed": r["seed"], **r["collapse"]} for r in results],
             },
         },
@@ -339,8 +340,15 @@ def render_markdown(results: dict) -> str:
     for w in worlds:
         long = w["long_rollout"]
         cells = [f"{_fmt(long['psnr_at'].get(t))} / {_fmt(long['psnr_copy_last_at'].get(t))}" for t in frames]
-        rows.append([w["world"], *cells, long["collapse"]["cases_blank"], long["collapse"]["cases_frozen"]])
-    lines += _table(["world", *(f"t={t}" for t in frames), "blank cases", "frozen cases"], rows)
+        collapse = long["collapse"]
+        rows.append([w["world"], *cells, collapse["cases_blank"], collapse["cases_frozen"], collapse["cases_saturated"]])
+    lines += _table(["world", *(f"t={t}" for t in frames), "blank cases", "frozen cases", "saturated cases"], rows)
+    lines += [
+        "Saturated (not part of the issue's collapse bar, which counts blank or frozen frames): more than "
+        f"{setup['collapse']['saturated_fraction']:.0%} of a frame's pixels above {setup['collapse']['saturated_level']:.0%} in every "
+        "channel while the ground truth's frame is not.",
+        "",
+    ]
 
     lines += ["## Plots", ""]
     for w in worlds:

@@ -68,12 +68,27 @@ def test_frame_stats_and_collapse_flags():
     frozen = np.repeat(truth[:1], 40, axis=0)
     blank = truth.copy()
     blank[10:] = 128  # grey from frame 10 on: blank there, and no motion from frame 11 on
-    assert collapse_frames(truth, truth) == {"blank": None, "frozen": None}
+    assert collapse_frames(truth, truth) == {"blank": None, "frozen": None, "saturated": None}
     assert collapse_frames(frozen, truth)["frozen"] == 1
-    assert collapse_frames(blank, truth) == {"blank": 10, "frozen": 11}
+    assert collapse_frames(blank, truth) == {"blank": 10, "frozen": 11, "saturated": None}
     assert collapse_frames(blank[:26], truth[:26])["frozen"] is None  # only 15 still frames: shorter than the window
     # a ground truth that does not move cannot make the model "frozen"
     assert collapse_frames(frozen, frozen, CollapseConfig())["frozen"] is None
+
+
+def test_saturated_frames_are_flagged_even_while_they_change():
+    """Held doom turns burned moving white stripes into the picture: not blank, not frozen, but not the world."""
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 200, size=(30, 16, 16, 3), dtype=np.uint8)  # nothing near white
+    burned = truth.copy()
+    burned[12:, :, :4] = 255  # a quarter of every frame white from frame 12 on, the rest still moving
+    flags = collapse_frames(burned, truth)
+    assert flags == {"blank": None, "frozen": None, "saturated": 12}
+    assert frame_stats(burned)["saturated"][12] == 0.25
+    assert collapse_frames(burned, burned)["saturated"] is None  # a white world (snow, a lit wall) is no failure
+    burned[12:, :, :1] = 255
+    burned[12:, :, 1:4] = truth[12:, :, 1:4]  # 1/16 of the pixels: below the 10 % threshold
+    assert collapse_frames(burned, truth)["saturated"] is None
 
 
 def test_action_following_scorer_on_known_answers():
