@@ -104,6 +104,7 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
         follows = follows_actions(model_chunk, generated_alternative, truth_chunk, case.alternative_frames)
     generated_video = np.concatenate([start_frame[None], generated])  # frame 0 = the start, as each side sees it
     truth_video = np.concatenate([start[None], case.true_frames])
+    level = config.collapse.saturated_level  # the stats' saturated fraction then matches the collapse flag's
     return {
         "seed": case.seed,
         "chunk_psnr": float(psnr_per_frame(model_chunk, truth_chunk).mean()),
@@ -115,8 +116,8 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
         "action_trials": len(follows),
         "psnr_curve": psnr_per_frame(generated, case.true_frames),
         "psnr_curve_copy": psnr_per_frame(copy_last, case.true_frames),
-        "model_stats": {name: values[1:] for name, values in frame_stats(generated_video).items()},
-        "truth_stats": {name: values[1:] for name, values in frame_stats(truth_video).items()},
+        "model_stats": {name: values[1:] for name, values in frame_stats(generated_video, level).items()},
+        "truth_stats": {name: values[1:] for name, values in frame_stats(truth_video, level).items()},
         "collapse": collapse_frames(generated_video, truth_video, config.collapse),
         "frames": {"truth": case.true_frames, "model": generated, "alternative_truth": case.alternative_frames,
                    "alternative_model": generated_alternative},  # fmt: skip
@@ -343,10 +344,11 @@ def render_markdown(results: dict) -> str:
         collapse = long["collapse"]
         rows.append([w["world"], *cells, collapse["cases_blank"], collapse["cases_frozen"], collapse["cases_saturated"]])
     lines += _table(["world", *(f"t={t}" for t in frames), "blank cases", "frozen cases", "saturated cases"], rows)
+    saturation = setup["collapse"]
     lines += [
         "Saturated (not part of the issue's collapse bar, which counts blank or frozen frames): more than "
-        f"{setup['collapse']['saturated_fraction']:.0%} of a frame's pixels above {setup['collapse']['saturated_level']:.0%} in every "
-        "channel while the ground truth's frame is not.",
+        f"{saturation['saturated_fraction']:.0%} of a frame's pixels above {saturation['saturated_level']:.0%} "
+        "in every channel while the ground truth's frame is not.",
         "",
     ]
 
