@@ -21,15 +21,14 @@ from tqdm import tqdm
 from astra.actions.align import FRAMES_PER_LATENT, latent_actions, scales_from_meta, usable_frames
 from astra.data.format import list_episodes, read_episode
 from astra.errors import DataError
+from astra.files import atomic_path, atomic_write_text
 
 LATENT_FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 
 
 def write_json_atomic(path: Path, content: object) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(json.dumps(content, indent=1))
-    os.replace(temp, path)
+    atomic_write_text(path, json.dumps(content, indent=1))
 
 
 def episode_source(path: Path, root: Path, meta: dict) -> str:
@@ -123,11 +122,18 @@ def encode_episodes(
         raise DataError(f"no episodes (folders with meta.json) under {episodes_root}")
     out.mkdir(parents=True, exist_ok=True)
     fragment_path = out / f"index-r{rank}.json"
-    fragment = {"vae": vae_name, "entries": []}
+    fragment = {"vae": vae_name, "max_latent_frames": max_latent_frames, "entries": []}
     if fragment_path.exists():
         fragment = json.loads(fragment_path.read_text())
-        if fragment["vae"] != vae_name:
-            raise DataError(f"{fragment_path}: encoded with VAE {fragment['vae']!r}, not {vae_name!r}; use another --out")
+    for path in sorted(out.glob("index-r*.json")):  # a rerun must cut clips as the first run did, on every rank
+        earlier = fragment if path == fragment_path else json.loads(path.read_text())
+        if earlier["vae"] != vae_name:
+            raise DataError(f"{path}: encoded with VAE {earlier['vae']!r}, not {vae_name!r}; use another --out")
+        if earlier.get("max_latent_frames", max_latent_frames) != max_latent_frames:
+            raise DataError(
+                f"{path}: encoded with --max-latent-frames {earlier['max_latent_frames']}, not {max_latent_frames}; "
+                "use another --out"
+            )
     # Episodes in any rank's fragment are done: a rerun may split the work with another --world-size. Skipped
     # episodes are in none, so they are retried (and reported) again.
     done = {entry["episode"] for path in out.glob("index-r*.json") for entry in json.loads(path.read_text())["entries"]}
@@ -142,9 +148,8 @@ def encode_episodes(
         nonlocal shard_number, tensors, pending_entries
         if tensors:
             shard = f"shard-r{rank}-{shard_number:05d}.safetensors"
-            temp = out / f".{shard}.tmp-{os.getpid()}"
-            save_file(tensors, str(temp))
-            os.replace(temp, out / shard)
+            with atomic_path(out / shard) as temporary:
+                save_file(tensors, str(temporary))
             for entry in pending_entries:
                 entry["shard"] = shard
             shard_number += 1

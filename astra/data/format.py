@@ -9,8 +9,9 @@ Layout of `<root>/<name>/` (see docs/data-format.md):
     controls.npy   float32 [T, K] the world's native controls (optional)
     meta.json      written last; its presence marks a complete episode
 
-An episode is first written into `<root>/.<name>.tmp-<pid>/` and renamed into place, so readers never see half
-an episode; `list_episodes` ignores hidden folders and folders without meta.json.
+An episode is first written into `<root>/.<name>.tmp-<pid>/`, flushed to disk and renamed into place, so readers
+never see half an episode; `list_episodes` ignores hidden folders and folders without meta.json, and the next
+write of an episode removes what a killed writer of it left.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from astra.actions.modalities import MODALITIES
 from astra.errors import DataError
+from astra.files import fsync_path, fsync_tree, remove_stale_temporaries
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "heldout")
@@ -153,6 +155,7 @@ def write_episode(root: str | os.PathLike, name: str, episode: Episode, overwrit
     if final.exists() and not overwrite:
         raise FileExistsError(f"episode {final} already exists (pass overwrite=True to replace it)")
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root, name)  # of a writer of this episode that was killed
     temp = root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
@@ -183,6 +186,7 @@ def write_episode(root: str | os.PathLike, name: str, episode: Episode, overwrit
         }
         with open(temp / META_FILE, "w") as handle:
             json.dump(meta, handle, indent=2, default=_json_default)
+        fsync_tree(temp)
         if final.exists():
             old = root / f".{name}.old-{os.getpid()}"
             os.replace(final, old)
@@ -190,6 +194,7 @@ def write_episode(root: str | os.PathLike, name: str, episode: Episode, overwrit
             shutil.rmtree(old)
         else:
             os.replace(temp, final)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

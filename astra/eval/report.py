@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from astra.eval.metrics import (
     ssim_per_frame,
 )
 from astra.eval.plots import contact_sheet, line_plot, save_png, stack_vertically
+from astra.files import atomic_write_text
 from astra.rollout.session import MODALITY_OF_WORLD, RolloutConfig, RolloutSession, load_rollout
 from astra.worlds import EpisodeEnded
 from astra.worlds.base import make_world
@@ -366,10 +366,6 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def evaluate(
@@ -404,6 +400,6 @@ def evaluate(
         "worlds": worlds,
         "overall": summarise_overall(worlds),
     }
-    _write_text(out / "results.json", json.dumps(results, indent=1))
-    _write_text(out / "report.md", render_markdown(results))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    atomic_write_text(out / "report.md", render_markdown(results))
     return results

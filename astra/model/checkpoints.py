@@ -29,6 +29,7 @@ from tqdm import tqdm
 from astra.actions.modalities import get_modality
 from astra.config_fields import read_json_object
 from astra.errors import CheckpointError
+from astra.files import fsync_path, fsync_tree
 from astra.model.config import AstraConfig, HistoryBudget
 from astra.model.transformer import AstraTransformer
 from astra.model.wan_keys import diffusers_to_original
@@ -484,6 +485,7 @@ def save_astra(model: AstraTransformer, directory: str | Path, metadata: dict[st
         tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
         save_file(tensors, str(staging / ASTRA_WEIGHTS), metadata={"format": ASTRA_FORMAT})
         (staging / ASTRA_CONFIG).write_text(config_text)
+        fsync_tree(staging)
         if directory.exists():
             previous = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
             os.replace(directory, previous / directory.name)
@@ -491,6 +493,7 @@ def save_astra(model: AstraTransformer, directory: str | Path, metadata: dict[st
             shutil.rmtree(previous)
         else:
             os.replace(staging, directory)
+        fsync_path(directory.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
@@ -504,6 +507,13 @@ def is_astra_checkpoint(path: str | Path) -> bool:
         return _read_json(config_path).get("format") == ASTRA_FORMAT
     except (CheckpointError, AttributeError):
         return False
+
+
+def astra_metadata(directory_or_file: str | Path) -> dict[str, Any]:
+    """The user metadata of a `save_astra` checkpoint (sampling settings, data recipe, ...) without its weights."""
+    path = Path(directory_or_file)
+    metadata = _read_json((path.parent if path.is_file() else path) / ASTRA_CONFIG).get("metadata", {})
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def load_astra(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from astra.errors import AstraError
+from astra.files import atomic_path
 
 HELP = "generate a video from an image or a world and an action sequence"
 
@@ -47,24 +47,16 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     even = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # yuv420p needs even sizes
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
+    with atomic_path(path) as temporary:
         encode(temporary, even, fps, VideoCodec("libx264", path.name, "yuv420p", {"crf": "18"}))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
     from PIL import Image
 
     images = [Image.fromarray(f) for f in frames]
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.gif")
-    try:
+    with atomic_path(path) as temporary:
         images[0].save(temporary, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:

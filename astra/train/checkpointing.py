@@ -8,7 +8,6 @@ numpy, torch, cuda) and the TrainConfig. Only plain containers and tensors are s
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from astra.errors import CheckpointError
+from astra.files import atomic_path
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
@@ -44,12 +44,8 @@ def save_checkpoint(out_dir: str | Path, step: int, state: dict[str, Any], keep:
     """Atomically write `state` for `step`; keep only the newest `keep` checkpoints (0 = keep all)."""
     path = checkpoint_path(out_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(state, temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
     if keep > 0:
         for old in list_checkpoints(out_dir)[:-keep]:
             old.unlink(missing_ok=True)

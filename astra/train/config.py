@@ -51,7 +51,7 @@ class TrainConfig:
     diffusion_forcing: bool = False  # several causal target chunks per sequence at their own noise levels
     copy_prior: bool = False  # predict the velocity relative to copying the newest history frame
     copy_prior_sigma: float = 0.5  # typical std of the latent change between frames (copy prior width)
-    motion_fit_batches: int = 0  # before step 0, fit the motion prior on this many batches (0 = leave it as is)
+    motion_fit_batches: int = 0  # before step 0, fit the motion prior on this many batches (0 = keep it as loaded)
     motion_fit_iterations: int = 300  # full-batch Adam steps of that fit (astra/train/motion_fit.py)
     motion_fit_radius: int = 3  # latent pixels each way the fit's whole-pixel shift search covers per frame
 

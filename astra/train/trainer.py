@@ -369,6 +369,7 @@ class Trainer:
             if info.is_main:
                 changes = (f"{name} {before:.4f} -> {after:.4f}" for name, (before, after) in errors.items())
                 print("motion prior fitted; copy anchor error before -> after: " + ", ".join(changes))
+        if model.motion_prior is not None:  # set by the fit above or loaded with init_from, never by the flow loss
             model.motion_prior.requires_grad_(False)
         if config.grad_checkpointing:
             enable_gradient_checkpointing(model)
@@ -518,18 +519,24 @@ class Trainer:
         return meta
 
     def sampling_defaults(self) -> dict[str, float]:
-        """The rollout settings the exported model plays with: the RolloutConfig defaults, and memory noised to the
-        lowest level training noised it at (0 = clean when training never did), so the model's own frames enter
-        its memory the way noised real frames did in training."""
+        """The rollout settings the exported model plays with. Training that went on from one of our checkpoints
+        keeps that checkpoint's settings (chosen for it, e.g. the shipped history noise); otherwise the
+        RolloutConfig defaults, and memory noised to the lowest level training noised it at (0 = clean when
+        training never did), so the model's own frames enter its memory the way noised real frames did."""
+        from astra.model.checkpoints import astra_metadata, is_astra_checkpoint
         from astra.rollout.session import RolloutConfig
 
         rollout = RolloutConfig()
-        return {
+        defaults = {
             "num_steps": rollout.num_steps,
             "shift": rollout.shift,
             "guidance_scale": rollout.guidance_scale,
             "history_noise": self.config.noisy_memory_range[0] if self.config.noisy_memory_prob > 0 else 0.0,
         }
+        if self.config.init_from and is_astra_checkpoint(self.config.init_from):
+            inherited = astra_metadata(self.config.init_from).get("sampling") or {}
+            defaults.update({key: inherited[key] for key in defaults if key in inherited})
+        return defaults
 
     def export(self, directory: str | Path | None = None, use_ema: bool = True) -> Path | None:
         """Write the model (EMA weights for the trainable set) with save_astra: model.safetensors + config.json."""

@@ -31,7 +31,8 @@ from torch import nn
 
 from astra.config_fields import dataclass_from_dict, read_json_object
 from astra.errors import AstraError, CheckpointError, ConfigError
-from astra.vae.common import TEMPORAL_STRIDE, atomic_write_bytes, check_latents, check_state_dict, check_video
+from astra.files import atomic_write_bytes
+from astra.vae.common import TEMPORAL_STRIDE, check_latents, check_state_dict, check_video
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from astra.errors import AstraError, CheckpointError, DataError
-from astra.vae.common import TEMPORAL_STRIDE, atomic_write_bytes
+from astra.files import atomic_write_bytes
+from astra.vae.common import TEMPORAL_STRIDE
 from astra.vae.small import SMALL_VAE_PRESETS, SmallVAE, load_small_vae, save_small_vae
 
 TRAINING_STATE_FILE = "training_state.pt"

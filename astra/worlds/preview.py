@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from astra.actions.modalities import KEYBOARD_KEYS
 from astra.data.format import Episode, list_episodes, read_episode
+from astra.files import atomic_path
 
 KEY_LAYOUT = (("turn_left", "forward", "turn_right"), ("strafe_left", "back", "strafe_right"))
 YAW_GAIN = 5.0  # a 9 degree turn shows as a 45 degree tick
@@ -186,12 +187,11 @@ def preview(
     episodes = _load(Path(root), config.episodes)
     for out in outs:
         out.parent.mkdir(parents=True, exist_ok=True)
-        temp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
-        if out.suffix.lower() == ".png":
-            contact_sheet(episodes, config).save(temp)
-        else:
-            frames = animation(episodes, config)
-            duration = round(1000 / episodes[0][1].fps)
-            frames[0].save(temp, save_all=True, append_images=frames[1:], duration=duration, loop=0)
-        os.replace(temp, out)
+        with atomic_path(out) as temp:
+            if out.suffix.lower() == ".png":
+                contact_sheet(episodes, config).save(temp)
+            else:
+                frames = animation(episodes, config)
+                duration = round(1000 / episodes[0][1].fps)
+                frames[0].save(temp, save_all=True, append_images=frames[1:], duration=duration, loop=0)
     return outs

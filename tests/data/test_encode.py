@@ -133,3 +133,19 @@ def test_cli_names_a_bad_device(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(args + ["--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_rerun_that_would_cut_clips_differently_is_refused_not_mixed(tmp_path):
+    """Clips of the first run stay for the episodes it finished: a rerun with another --max-latent-frames would
+    leave two clip lengths in one dataset, so it is refused, on any rank, with the setting named."""
+    episodes = tmp_path / "episodes"
+    for i in range(2):
+        write_episode(episodes, f"ep{i}", keyboard_episode(9, seed=i))
+    out = tmp_path / "latents"
+    encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=1, world_size=2, max_latent_frames=2)
+    with pytest.raises(DataError, match="--max-latent-frames 2, not 0"):
+        encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=0, world_size=2)
+    with pytest.raises(DataError, match="VAE 'pool', not 'other'"):
+        encode_episodes(episodes, PoolingVAE(), out, vae_name="other", rank=0, world_size=2, max_latent_frames=2)
+    report = encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=0, world_size=2, max_latent_frames=2)
+    assert report.encoded == 1

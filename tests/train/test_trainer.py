@@ -217,6 +217,31 @@ def test_init_from_an_astra_checkpoint_continues_its_weights(tmp_path):
         Trainer(other, tmp_path / "other", progress=False)
 
 
+def test_training_on_from_a_checkpoint_keeps_its_sampling_settings_and_its_motion_prior(tmp_path):
+    """Going on from our own checkpoint must not silently change how it plays (its history noise was chosen for
+    it) nor, with motion_fit_batches=0, its fitted motion prior: loaded, then frozen like a fitted one."""
+    from astra.model.checkpoints import load_astra, save_astra
+
+    motion = {**TINY.model_overrides, "motion_prior": True, "normalize_actions": True}
+    source = Trainer(TINY.replace(model_overrides=motion, copy_prior=True), tmp_path / "source", progress=False)
+    with torch.no_grad():
+        for parameter in source.model.motion_prior.parameters():
+            parameter.normal_()
+    sampling = {"num_steps": 6, "shift": 1.5, "guidance_scale": 2.0, "history_noise": 0.3}
+    save_astra(source.model, tmp_path / "ckpt", {"sampling": sampling})
+    config = TINY.replace(
+        model_overrides=motion, copy_prior=True, init_from=str(tmp_path / "ckpt"), steps=2, noisy_memory_range=(0.2, 0.8)
+    )
+    follow = Trainer(config, tmp_path / "follow", progress=False)
+    assert not any(p.requires_grad for p in follow.model.motion_prior.parameters())
+    follow.fit()
+    _, metadata = load_astra(follow.export())
+    assert metadata["sampling"] == sampling
+    followed, _ = load_astra(tmp_path / "follow" / "export")
+    for name, tensor in source.model.motion_prior.state_dict().items():
+        assert torch.equal(tensor, followed.motion_prior.state_dict()[name]), name
+
+
 def test_action_statistics_are_the_per_column_mean_and_std_of_the_batches():
     from astra.train.trainer import action_statistics
 

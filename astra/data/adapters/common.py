@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from astra.actions.align import POSE_MODALITIES
 from astra.actions.geometry import pose_to_vector7, pose_to_vector12, relative_pose
 from astra.data.format import Episode
 from astra.errors import DataError
+from astra.files import atomic_write_text
 
 logger = logging.getLogger("astra.data.adapters")
 
@@ -66,9 +66,7 @@ class ConversionReport:
 
     def save(self, path: Path) -> None:
         """Atomic JSON write (temp name in the same folder, then rename)."""
-        temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        temp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(temp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
 def iterate_items(
