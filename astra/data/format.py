@@ -187,18 +187,45 @@ def write_episode(root: str | os.PathLike, name: str, episode: Episode, overwrit
         with open(temp / META_FILE, "w") as handle:
             json.dump(meta, handle, indent=2, default=_json_default)
         fsync_tree(temp)
-        if final.exists():
-            old = root / f".{name}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(temp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(temp, final)
+        _move_into_place(temp, final, overwrite)
         fsync_path(root)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return final
+
+
+def _move_into_place(staged: Path, final: Path, overwrite: bool, attempts: int = 5) -> None:
+    """Rename the staged episode folder to `final`, replacing an existing one only if `overwrite`.
+
+    Another writer of the same episode (two recorders given the same seeds) may put or remove `final` between any
+    two steps here; each step that fails that way looks again instead of failing with a bare OSError.
+    """
+    for _ in range(attempts):
+        if not final.exists():
+            try:
+                os.replace(staged, final)
+                return
+            except OSError:
+                if not final.exists():
+                    raise
+        if not overwrite:
+            raise FileExistsError(f"episode {final} already exists (pass overwrite=True to replace it)")
+        previous = final.with_name(f".{final.name}.old-{os.getpid()}")
+        try:
+            os.replace(final, previous)
+        except FileNotFoundError:
+            continue  # the other writer moved it away: look again
+        try:
+            os.replace(staged, final)
+        except OSError:
+            if not final.exists():
+                raise
+            continue  # the other writer's copy went in first; ours replaces it on the next pass
+        finally:
+            shutil.rmtree(previous, ignore_errors=True)
+        return
+    raise DataError(f"episode {final} kept changing under another writer; {attempts} attempts to write it failed")
 
 
 def _json_default(value: Any) -> Any:

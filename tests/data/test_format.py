@@ -100,6 +100,32 @@ def test_existing_episode_needs_overwrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ep"]
 
 
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_another_writer_finishing_the_same_episode_first_is_not_a_crash(tmp_path, monkeypatch, overwrite):
+    """Two recorders given the same seeds: the other one renames its copy in between our check and our rename."""
+    import astra.data.format as format_module
+
+    root, theirs = tmp_path / "episodes", write_episode(tmp_path / "other", "ep", make_episode(num_frames=2))
+    real_replace = format_module.os.replace
+    calls = []
+
+    def replace_after_the_other_writer(source, destination):
+        if not calls and str(destination) == str(root / "ep"):
+            calls.append(destination)
+            real_replace(theirs, destination)
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(format_module.os, "replace", replace_after_the_other_writer)
+    if overwrite:
+        write_episode(root, "ep", make_episode(num_frames=3), overwrite=True)
+        assert read_meta(root / "ep")["num_frames"] == 3  # ours replaced theirs
+    else:
+        with pytest.raises(FileExistsError, match="already exists"):
+            write_episode(root, "ep", make_episode(num_frames=3))
+        assert read_meta(root / "ep")["num_frames"] == 2  # theirs is kept whole
+    assert calls and sorted(p.name for p in root.iterdir()) == ["ep"]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
