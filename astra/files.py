@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from astra.errors import AstraError
+
 TEMPORARY_MARK = ".tmp-"  # hidden names `.<name>.tmp-<pid>...`: readers that list a folder skip them
 
 
@@ -50,6 +52,42 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         fsync_path(path.parent)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def replace_folder(staged: Path, final: Path, overwrite: bool = True, attempts: int = 5) -> None:
+    """Flush the staged folder and rename it to `final`, replacing an existing one only if `overwrite`.
+
+    Another writer of the same folder (two recorders given the same seeds) may put or remove `final` between any
+    two steps here; each step that fails that way looks again instead of failing with a bare OSError.
+    """
+    fsync_tree(staged)
+    for _ in range(attempts):
+        if not final.exists():
+            try:
+                os.replace(staged, final)
+                fsync_path(final.parent)
+                return
+            except OSError:
+                if not final.exists():
+                    raise
+        if not overwrite:
+            raise FileExistsError(f"{final} already exists (pass overwrite=True to replace it)")
+        previous = final.with_name(f".{final.name}.old-{os.getpid()}")
+        try:
+            os.replace(final, previous)
+        except FileNotFoundError:
+            continue  # the other writer moved it away: look again
+        try:
+            os.replace(staged, final)
+        except OSError:
+            if not final.exists():
+                raise
+            continue  # the other writer's copy went in first; ours replaces it on the next pass
+        finally:
+            shutil.rmtree(previous, ignore_errors=True)
+        fsync_path(final.parent)
+        return
+    raise AstraError(f"{final} kept changing under another writer; {attempts} attempts to write it failed")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

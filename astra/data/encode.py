@@ -122,11 +122,9 @@ def encode_episodes(
         raise DataError(f"no episodes (folders with meta.json) under {episodes_root}")
     out.mkdir(parents=True, exist_ok=True)
     fragment_path = out / f"index-r{rank}.json"
-    fragment = {"vae": vae_name, "max_latent_frames": max_latent_frames, "entries": []}
-    if fragment_path.exists():
-        fragment = json.loads(fragment_path.read_text())
-    for path in sorted(out.glob("index-r*.json")):  # a rerun must cut clips as the first run did, on every rank
-        earlier = fragment if path == fragment_path else json.loads(path.read_text())
+    fragments = {path: json.loads(path.read_text()) for path in sorted(out.glob("index-r*.json"))}
+    fragment = fragments.get(fragment_path, {"vae": vae_name, "max_latent_frames": max_latent_frames, "entries": []})
+    for path, earlier in fragments.items():  # a rerun must cut clips as the first run did, on every rank
         if earlier["vae"] != vae_name:
             raise DataError(f"{path}: encoded with VAE {earlier['vae']!r}, not {vae_name!r}; use another --out")
         if earlier.get("max_latent_frames", max_latent_frames) != max_latent_frames:
@@ -136,7 +134,7 @@ def encode_episodes(
             )
     # Episodes in any rank's fragment are done: a rerun may split the work with another --world-size. Skipped
     # episodes are in none, so they are retried (and reported) again.
-    done = {entry["episode"] for path in out.glob("index-r*.json") for entry in json.loads(path.read_text())["entries"]}
+    done = {entry["episode"] for earlier in fragments.values() for entry in earlier["entries"]}
     mine = episodes[rank::world_size]
     report = EncodeReport(already_done=sum(str(p.relative_to(episodes_root)) in done for p in mine))
     todo = [p for p in mine if str(p.relative_to(episodes_root)) not in done]

@@ -29,7 +29,7 @@ import numpy as np
 
 from astra.actions.modalities import MODALITIES
 from astra.errors import DataError
-from astra.files import fsync_path, fsync_tree, remove_stale_temporaries
+from astra.files import TEMPORARY_MARK, remove_stale_temporaries, replace_folder
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "heldout")
@@ -156,7 +156,7 @@ def write_episode(root: str | os.PathLike, name: str, episode: Episode, overwrit
         raise FileExistsError(f"episode {final} already exists (pass overwrite=True to replace it)")
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(root, name)  # of a writer of this episode that was killed
-    temp = root / f".{name}.tmp-{os.getpid()}"
+    temp = root / f".{name}{TEMPORARY_MARK}{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
     try:
@@ -186,46 +186,11 @@ def write_episode(root: str | os.PathLike, name: str, episode: Episode, overwrit
         }
         with open(temp / META_FILE, "w") as handle:
             json.dump(meta, handle, indent=2, default=_json_default)
-        fsync_tree(temp)
-        _move_into_place(temp, final, overwrite)
-        fsync_path(root)
+        replace_folder(temp, final, overwrite)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return final
-
-
-def _move_into_place(staged: Path, final: Path, overwrite: bool, attempts: int = 5) -> None:
-    """Rename the staged episode folder to `final`, replacing an existing one only if `overwrite`.
-
-    Another writer of the same episode (two recorders given the same seeds) may put or remove `final` between any
-    two steps here; each step that fails that way looks again instead of failing with a bare OSError.
-    """
-    for _ in range(attempts):
-        if not final.exists():
-            try:
-                os.replace(staged, final)
-                return
-            except OSError:
-                if not final.exists():
-                    raise
-        if not overwrite:
-            raise FileExistsError(f"episode {final} already exists (pass overwrite=True to replace it)")
-        previous = final.with_name(f".{final.name}.old-{os.getpid()}")
-        try:
-            os.replace(final, previous)
-        except FileNotFoundError:
-            continue  # the other writer moved it away: look again
-        try:
-            os.replace(staged, final)
-        except OSError:
-            if not final.exists():
-                raise
-            continue  # the other writer's copy went in first; ours replaces it on the next pass
-        finally:
-            shutil.rmtree(previous, ignore_errors=True)
-        return
-    raise DataError(f"episode {final} kept changing under another writer; {attempts} attempts to write it failed")
 
 
 def _json_default(value: Any) -> Any:

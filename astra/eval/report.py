@@ -367,7 +367,6 @@ def render_markdown(results: dict) -> str:
 
 
 
-
 def evaluate(
     config: EvalConfig,
     out: str | Path,

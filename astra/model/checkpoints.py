@@ -15,7 +15,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from astra.actions.modalities import get_modality
 from astra.config_fields import read_json_object
 from astra.errors import CheckpointError
-from astra.files import fsync_path, fsync_tree
+from astra.files import replace_folder
 from astra.model.config import AstraConfig, HistoryBudget
 from astra.model.transformer import AstraTransformer
 from astra.model.wan_keys import diffusers_to_original
@@ -485,15 +484,7 @@ def save_astra(model: AstraTransformer, directory: str | Path, metadata: dict[st
         tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
         save_file(tensors, str(staging / ASTRA_WEIGHTS), metadata={"format": ASTRA_FORMAT})
         (staging / ASTRA_CONFIG).write_text(config_text)
-        fsync_tree(staging)
-        if directory.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.replace(directory, previous / directory.name)
-            os.replace(staging, directory)
-            shutil.rmtree(previous)
-        else:
-            os.replace(staging, directory)
-        fsync_path(directory.parent)
+        replace_folder(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
