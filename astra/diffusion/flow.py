@@ -97,9 +97,14 @@ def loss_weight(timesteps: torch.Tensor, weighting: str) -> torch.Tensor:
 
 
 def flow_matching_loss(
-    predicted_velocity: torch.Tensor, target_velocity: torch.Tensor, timesteps: torch.Tensor, weighting: str = "none"
+    predicted_velocity: torch.Tensor,
+    target_velocity: torch.Tensor,
+    timesteps: torch.Tensor,
+    weighting: str = "none",
+    per_sample: bool = False,
 ) -> torch.Tensor:
-    """Weighted mean squared velocity error, averaged over all elements (weights are normalised to mean 1)."""
+    """Weighted mean squared velocity error, averaged over all elements (weights are normalised to mean 1 over the
+    batch), or with `per_sample` over each sample's elements ([B]; their mean is the batch loss)."""
     if predicted_velocity.shape != target_velocity.shape:
         raise ValueError(
             f"predicted velocity {tuple(predicted_velocity.shape)} != target {tuple(target_velocity.shape)}"
@@ -107,7 +112,8 @@ def flow_matching_loss(
     weight = loss_weight(timesteps, weighting)
     weight = weight / weight.mean()
     squared_error = (predicted_velocity.float() - target_velocity.float()) ** 2
-    return (squared_error * _broadcast(weight, squared_error)).mean()
+    weighted = squared_error * _broadcast(weight, squared_error)
+    return weighted.flatten(1).mean(1) if per_sample else weighted.mean()
 
 
 def copy_prior_velocity(

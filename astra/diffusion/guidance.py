@@ -80,17 +80,24 @@ def guided_velocity(
     text_scale: float = 1.0,
     copy_prior_sigma: float | None = None,
     anchor: torch.Tensor | None = None,
+    step_action_scale: float | None = None,
 ) -> torch.Tensor:
     """The (guided) velocity of the target chunk, `[B, C, Ft, H, W]`, from a single batched model call.
+
+    `step_action_scale` (default `action_scale`) is the scale this call combines with, while the passes it runs
+    follow `action_scale`: a step outside the sampler's guidance interval (scale 1) runs the same passes, so a KV
+    cache prefilled for guidance serves every step.
 
     With a `kv_cache`, the cache must hold `guidance_passes(...)` copies of the batch (cond first, then null).
     `copy_prior_sigma` adds `copy_prior_velocity` around `anchor` (default: the newest history frame) to the
     network's residual once, after the combination. A motion prior moves that anchor by the conditional pass's
-    actions only: the prior is already the data's mean motion for the action, and amplifying it s-fold (guiding the
-    anchors too) overshot: 0.8-1.7 dB less next-chunk PSNR per world (8 train-split cases per world, s = 3).
+    actions, never more: the prior is already the data's mean motion for the action, and amplifying it s-fold
+    (guiding the anchors too) overshot: 0.8-1.7 dB less next-chunk PSNR per world (8 train-split cases per world,
+    s = 3). Below scale 1 the motion shrinks with the scale, to none at 0 (the action-free velocity).
     """
     batch, _, target_frames = target_latents.shape[:3]
     passes = guidance_passes(action_scale, text_scale, actions is not None, text is not None)
+    combine_scale = action_scale if step_action_scale is None else step_action_scale
     use_text_guidance = text is not None and text_scale != 1.0
     if use_text_guidance and null_text is None:
         null_text = torch.zeros_like(text)
@@ -118,9 +125,9 @@ def guided_velocity(
             return chunks[0]
         if use_text_guidance and actions is not None:  # cond, null action, null action + null text
             v_cond, v_text, v_none = chunks
-            return v_none + text_scale * (v_text - v_none) + action_scale * (v_cond - v_text)
+            return v_none + text_scale * (v_text - v_none) + combine_scale * (v_cond - v_text)
         v_cond, v_null = chunks  # cond and one null pass (the null action, or the null text when there are no actions)
-        scale = action_scale if not use_text_guidance else text_scale
+        scale = combine_scale if not use_text_guidance else text_scale
         return v_null + scale * (v_cond - v_null)
 
     guided = combine(out.velocity.split(batch))
@@ -129,7 +136,9 @@ def guided_velocity(
             if history_latents is None:
                 raise ValueError("the copy prior needs an anchor: pass history_latents or anchor")
             anchor = history_latents[:, :, -1:]
-        if out.motion is not None:  # the conditional pass's motion; guidance amplifies only the network's residual
-            anchor = copy_anchor(anchor, out.motion.split(batch)[0])
+        if out.motion is not None:
+            # the conditional pass's motion, scaled by the step's scale up to 1 (a null action does not move, so
+            # scale 0 is the action-free velocity); guidance above 1 amplifies only the network's residual
+            anchor = copy_anchor(anchor, out.motion.split(batch)[0] * min(max(combine_scale, 0.0), 1.0))
         guided = guided + copy_prior_velocity(target_latents, target_timesteps, anchor, copy_prior_sigma)
     return guided

@@ -26,12 +26,25 @@ class SamplerConfig:
     action_guidance: float = 1.0  # action-free guidance scale (1 = off; the paper uses 3.0)
     text_guidance: float = 1.0  # text CFG scale (1 = off)
     copy_prior_sigma: float | None = None  # must match the training run's copy prior (None = off)
+    # Flow times (lo, hi) at which action guidance applies; outside them the step uses the conditional velocity
+    # alone. Guidance decides what moves where while the chunk is still mostly noise; near t = 0 it only amplifies
+    # the conditional pass's residual error (Kynkäänniemi et al. 2024, "guidance in a limited interval").
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    guidance_outside: float = 1.0  # the action scale outside the interval: 1 = conditional, 0 = action-free
 
     def validate(self) -> None:
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.shift <= 0:
             raise ValueError(f"shift must be > 0, got {self.shift}")
+        low, high = self.guidance_interval
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, got {self.guidance_interval}")
+
+    def action_scale_at(self, t: float) -> float:
+        """The action guidance scale of a step that starts at flow time t."""
+        low, high = self.guidance_interval
+        return self.action_guidance if low <= t <= high else self.guidance_outside
 
 
 def timestep_schedule(num_steps: int, shift: float, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -76,6 +89,7 @@ def sample_chunk(
         raise ValueError("pass either history_latents or kv_cache, not both")
 
     def velocity_fn(latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        # every target frame shares the step's flow time
         return guided_velocity(
             model,
             latents,
@@ -87,6 +101,7 @@ def sample_chunk(
             null_text=null_text,
             kv_cache=kv_cache,
             action_scale=config.action_guidance,
+            step_action_scale=config.action_scale_at(float(timesteps[0, 0])),
             text_scale=config.text_guidance,
             copy_prior_sigma=config.copy_prior_sigma,
             anchor=anchor,

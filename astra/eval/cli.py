@@ -32,6 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--history-noise", type=float, default=None,
         help="noise level of the memory the model sees, 0 = clean (default: the checkpoint's)",
     )
+    parser.add_argument(
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+        help="flow times at which guidance applies, 0 <= LO <= HI <= 1 (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--guidance-outside", type=float, default=None, metavar="SCALE",
+        help="action scale of the steps outside --guidance-interval: 1 conditional, 0 action-free (default: the checkpoint's)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         guidance_scale=args.guidance_scale,
         history_noise=args.history_noise,
+        guidance_interval=args.guidance_interval,
+        guidance_outside=args.guidance_outside,
         device=args.device,
     )
     for world in results["worlds"]:

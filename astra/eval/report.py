@@ -375,6 +375,8 @@ def evaluate(
     steps: int | None = None,
     guidance_scale: float | None = None,
     history_noise: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
+    guidance_outside: float | None = None,
     device: str = "cpu",
 ) -> dict:
     """Evaluate every world of `config` and write the report into `out`. `loaded` = (model, vae, metadata,
@@ -383,8 +385,8 @@ def evaluate(
     source = "in-process model" if loaded is not None else str(checkpoint)
     if loaded is None:
         loaded = load_rollout(
-            checkpoint, steps=steps, guidance_scale=guidance_scale, history_noise=history_noise, seed=config.seed,
-            device=device,
+            checkpoint, steps=steps, guidance_scale=guidance_scale, history_noise=history_noise,
+            guidance_interval=guidance_interval, guidance_outside=guidance_outside, seed=config.seed, device=device,
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -394,7 +396,9 @@ def evaluate(
     results = {
         "checkpoint": source,
         "sampler": f"{rollout_config.num_steps} Euler steps, shift {rollout_config.shift}, "
-        f"guidance {rollout_config.guidance_scale}, history noise {rollout_config.history_noise}",
+        f"guidance {rollout_config.guidance_scale} at t in {list(rollout_config.guidance_interval)} "
+        f"({rollout_config.guidance_outside} outside), "
+        f"history noise {rollout_config.history_noise}",
         "config": asdict(config),
         "worlds": worlds,
         "overall": summarise_overall(worlds),

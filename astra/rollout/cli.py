@@ -31,6 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="action-free guidance scale (default 3.0)")
     parser.add_argument(
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+        help="flow times at which guidance applies (default: the model's)",
+    )
+    parser.add_argument(
+        "--guidance-outside", type=float, default=None, metavar="SCALE",
+        help="action scale outside --guidance-interval: 1 conditional, 0 action-free (default: the model's)",
+    )
+    parser.add_argument(
         "--history-noise", type=float, default=None, help="noise level of the model's memory (default: the model's)"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -88,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     latent_actions = parse_actions(args.actions or DEFAULT_PRESET[modality], modality, args.latent_frames)
     start = read_image(args.image) if args.image else None  # a bad file fails before the model loads
     model, vae, metadata, config = load_rollout(
-        args.checkpoint, steps=args.steps, guidance_scale=args.guidance, history_noise=args.history_noise, seed=args.seed
+        args.checkpoint, steps=args.steps, guidance_scale=args.guidance, history_noise=args.history_noise,
+        guidance_interval=args.guidance_interval, guidance_outside=args.guidance_outside, seed=args.seed,
     )
     world = next((w for w, m in MODALITY_OF_WORLD.items() if m == modality), None)
     action_meta = metadata.get("action_meta", {}).get(world, {})

@@ -41,6 +41,8 @@ class RolloutConfig:
     # augmentation). The start frame is real and stays clean.
     history_noise: float = 0.0
     copy_prior_sigma: float | None = None  # must match training (read from the checkpoint's metadata)
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # flow times at which guidance applies (SamplerConfig)
+    guidance_outside: float = 1.0  # the action scale outside that interval (1 = conditional, 0 = action-free)
     seed: int = 0
 
     def validate(self) -> None:
@@ -50,8 +52,17 @@ class RolloutConfig:
             raise AstraError(f"history_noise must lie in [0, 1), got {self.history_noise}")
         if not math.isfinite(self.guidance_scale):
             raise AstraError(f"guidance scale (--guidance) must be a finite number, got {self.guidance_scale}")
+        if not (isinstance(self.guidance_outside, (int, float)) and math.isfinite(self.guidance_outside)):
+            raise AstraError(f"guidance outside the interval must be a finite number, got {self.guidance_outside}")
         if not (math.isfinite(self.shift) and self.shift > 0):
             raise AstraError(f"shift must be a finite number > 0, got {self.shift}")
+        interval = self.guidance_interval
+        if not (
+            len(interval) == 2
+            and all(isinstance(t, (int, float)) for t in interval)
+            and 0.0 <= interval[0] <= interval[1] <= 1.0
+        ):
+            raise AstraError(f"guidance interval must be two flow times 0 <= lo <= hi <= 1, got {interval}")
         sigma = self.copy_prior_sigma
         if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
             raise AstraError(f"copy_prior_sigma must be a finite number > 0, got {sigma}")
@@ -62,6 +73,8 @@ class RolloutConfig:
             shift=self.shift,
             action_guidance=self.guidance_scale,
             copy_prior_sigma=self.copy_prior_sigma,
+            guidance_interval=self.guidance_interval,
+            guidance_outside=self.guidance_outside,
         )
 
 
@@ -291,6 +304,8 @@ def load_rollout(
     steps: int | None = None,
     guidance_scale: float | None = None,
     history_noise: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
+    guidance_outside: float | None = None,
     seed: int = 0,
     device: str = "cpu",
 ) -> tuple[torch.nn.Module, Any, dict[str, Any], RolloutConfig]:
@@ -315,6 +330,8 @@ def load_rollout(
         guidance_scale=setting("guidance_scale", guidance_scale),
         copy_prior_sigma=metadata.get("copy_prior_sigma"),
         history_noise=setting("history_noise", history_noise),
+        guidance_interval=tuple(setting("guidance_interval", guidance_interval)),
+        guidance_outside=setting("guidance_outside", guidance_outside),
         seed=seed,
     )
     config.validate()

@@ -21,6 +21,7 @@ class TrainBatch:
     action_values: torch.Tensor  # [B, Fh + Ft, width] one action per latent frame (zero-padded to max width)
     modality: tuple[str, ...]  # one modality name per sample
     text: torch.Tensor | None = None  # [B, L, text_dim] or None
+    source: tuple[str, ...] | None = None  # one source (world or dataset) per sample, for per-source validation
 
     @property
     def size(self) -> int:
@@ -30,11 +31,13 @@ class TrainBatch:
         move = lambda x: None if x is None else x.to(device, non_blocking=True)  # noqa: E731
         return TrainBatch(
             move(self.history_latents), move(self.target_latents), move(self.action_values), self.modality,
-            move(self.text),
+            move(self.text), self.source,
         )
 
 
 class BatchSource(Protocol):
+    sources: tuple[str, ...]  # the sources its batches draw from, sorted
+
     def batch(self, step: int, rank: int) -> TrainBatch: ...
 
 
@@ -58,6 +61,7 @@ class SyntheticBatches:
     batch_size: int
     seed: int = 0
     modality: str = "keyboard_mouse"
+    sources: tuple[str, ...] = ("synthetic",)
 
     def batch(self, step: int, rank: int) -> TrainBatch:
         generator = step_generator(self.seed, rank, step, stream=0)
@@ -76,4 +80,7 @@ class SyntheticBatches:
              for b in range(self.batch_size)]
         )
         history = latents[:, :, :history_frames] if history_frames else None
-        return TrainBatch(history, latents[:, :, history_frames:], actions, (self.modality,) * self.batch_size)
+        return TrainBatch(
+            history, latents[:, :, history_frames:], actions, (self.modality,) * self.batch_size,
+            source=self.sources * self.batch_size,
+        )

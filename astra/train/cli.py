@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--export", action="store_true", help="only export the newest checkpoint (EMA weights), no training")
     parser.add_argument(
+        "--validate", action="store_true",
+        help="only print the held-out validation loss (per world, with and without actions) of the weights training "
+        "would start from (init_from), or with --resume of the newest checkpoint's EMA weights; writes nothing",
+    )
+    parser.add_argument(
         "--measure", action="store_true",
         help="measure samples/s and step memory with and without gradient checkpointing (synthetic data), no training",
     )
@@ -68,6 +73,9 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    chosen = [flag for flag in ("validate", "export", "measure") if getattr(args, flag)]
+    if len(chosen) > 1:
+        raise AstraError(f"--{' and --'.join(chosen)} each replace training: choose one")
     config = resolve_config(args)
     if args.measure:
         from astra.train.measure import measure
@@ -91,6 +99,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _fit_and_export(trainer: Trainer, args: argparse.Namespace) -> None:
     """A helper so that the trainer (and the DDP wrapper holding the process group) is dropped on return."""
+    if args.validate:
+        if args.resume and not trainer.resume():
+            raise AstraError(f"{args.out}: no checkpoint to validate")
+        metrics = trainer.validate()
+        if trainer.info.is_main:
+            from astra.train.validation import format_validation
+
+            print(f"held-out validation at step {trainer.step} ({trainer.config.val_batches} batches):")
+            print(format_validation(metrics))
+        return
     if args.export:
         if not trainer.resume():
             raise AstraError(f"{args.out}: no checkpoint to export")

@@ -62,6 +62,8 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 500
     keep_checkpoints: int = 3
+    val_every: int = 0  # held-out validation loss every this many steps, at the start and at the end (0 = never)
+    val_batches: int = 16  # fixed held-out batches per validation (astra/train/validation.py)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -121,6 +123,8 @@ class TrainConfig:
             raise AstraError(f"motion_fit_radius must be >= 1 latent pixel, got {self.motion_fit_radius}")
         if self.motion_fit_batches and not self.copy_prior:
             raise AstraError("motion_fit_batches fits the copy prior's motion: it needs copy_prior=True")
+        if self.val_every < 0 or self.val_batches < 1:
+            raise AstraError(f"val_every must be >= 0 and val_batches >= 1, got {self.val_every}, {self.val_batches}")
         if self.copy_prior_sigma <= 0:
             raise AstraError(f"copy_prior_sigma must be > 0, got {self.copy_prior_sigma}")
 
@@ -160,6 +164,7 @@ PRESETS: dict[str, TrainConfig] = {
         motion_fit_batches=256,  # 2,048 frames, ~1 min on 2 CPU cores; redone identically on --resume
         log_every=20,
         save_every=250,
+        val_every=250,  # 16 held-out batches, ~15 s on 2 CPU cores
     ),
     # Astra on Wan2.1-T2V-1.3B, the paper's recipe: lr 1e-5, backbone frozen except self-attention and the
     # added modules (the model preset's freeze policy), shift 5 and the authors' bell loss weighting, noisy memory

@@ -16,9 +16,10 @@ import json
 import math
 import subprocess
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.distributed.checkpoint.state_dict import (
@@ -58,6 +59,7 @@ from astra.train.checkpointing import (
 from astra.train.config import TrainConfig
 from astra.train.distributed import DistInfo, all_reduce_mean, wrap_model
 from astra.train.logging import TrainLogger
+from astra.train.validation import validation_batch_source, validation_losses
 from astra.train.motion_fit import fit_motion_prior
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -178,9 +180,13 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> int:
 @dataclass
 class StepOutput:
     loss: torch.Tensor  # what is backpropagated: flow loss + aux_loss_weight * aux loss
-    flow_loss: torch.Tensor
+    sample_flow_loss: torch.Tensor  # [B] each sample's flow loss (their mean is the batch's)
     aux_loss: torch.Tensor
     expert_usage: torch.Tensor
+
+    @property
+    def flow_loss(self) -> torch.Tensor:
+        return self.sample_flow_loss.mean()
 
 
 def training_loss(
@@ -238,9 +244,12 @@ def training_loss(
     if config.copy_prior:  # anchored at the newest history frame (moved by the motion prior), as at inference
         anchor = copy_anchor(history[:, :, -1:], out.motion)
         velocity = velocity + copy_prior_velocity(noisy_target, timesteps, anchor, config.copy_prior_sigma)
-    flow_loss = flow_matching_loss(velocity, velocity_target(target, noise), timesteps, config.flow.loss_weighting)
+    sample_flow_loss = flow_matching_loss(
+        velocity, velocity_target(target, noise), timesteps, config.flow.loss_weighting, per_sample=True
+    )
     aux_loss = out.aux_loss.float()
-    return StepOutput(flow_loss + config.aux_loss_weight * aux_loss, flow_loss, aux_loss, out.expert_usage.detach())
+    loss = sample_flow_loss.mean() + config.aux_loss_weight * aux_loss
+    return StepOutput(loss, sample_flow_loss, aux_loss, out.expert_usage.detach())
 
 
 def diffusion_forcing_split(batch: TrainBatch, model_config: AstraConfig, generator: torch.Generator) -> TrainBatch:
@@ -264,7 +273,7 @@ def diffusion_forcing_split(batch: TrainBatch, model_config: AstraConfig, genera
     actions = torch.cat((batch.action_values[:, kept], batch.action_values[:, history_frames:]), dim=1)
     boundaries = list(range(window.shape[2] - batch.target_latents.shape[2], 0, -chunk))  # >= 1 memory frame
     split = boundaries[int(torch.randint(len(boundaries), (), generator=generator))]
-    return TrainBatch(window[:, :, :split], window[:, :, split:], actions, batch.modality, batch.text)
+    return TrainBatch(window[:, :, :split], window[:, :, split:], actions, batch.modality, batch.text, batch.source)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -293,6 +302,20 @@ class EMA:
         decay = min(self.decay, (1 + step) / (10 + step))
         for name, param in self.params.items():
             self.shadow[name].lerp_(param.detach().float(), 1.0 - decay)
+
+    @contextmanager
+    @torch.no_grad()
+    def applied(self) -> Iterator[None]:
+        """The averaged weights in place of the trained ones for the duration (validation scores what is
+        exported); the trained weights are put back after."""
+        trained = {name: param.detach().clone() for name, param in self.params.items()}
+        for name, param in self.params.items():
+            param.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            for name, param in self.params.items():
+                param.copy_(trained[name])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: _full(t).cpu() for name, t in self.shadow.items()}
@@ -359,6 +382,8 @@ class Trainer:
         self.config, self.out_dir, self.info, self.progress = config, Path(out_dir), info, progress
         self.model_config = build_model_config(config)
         self.batches = batches or make_batch_source(config, self.model_config)
+        # built before the model, so a dataset without held-out clips is named before minutes of setup
+        self.validation_batches = validation_batch_source(config, self.model_config) if config.val_every else None
         model = build_model(config, self.batches).to(info.device)
         if config.motion_fit_batches:  # before the EMA and the DDP/FSDP wrap; frozen after: the flow loss's
             # gradient (the network co-adapted to the unmoved anchor) shrank a fitted prior's motion 1.7x in 600 steps
@@ -460,6 +485,21 @@ class Trainer:
         metrics.update({f"usage_{i}": float(u) for i, u in enumerate(usage)})
         return metrics
 
+    def validate(self) -> dict[str, float]:
+        """Held-out validation of the weights an export would write (the EMA's when there is one); every rank
+        calls it. Uses the config's validation batches, or builds them for a trainer made without (val_every=0)."""
+        if self.validation_batches is None:
+            self.validation_batches = validation_batch_source(self.config, self.model_config)
+        with self.ema.applied() if self.ema is not None else nullcontext():
+            return validation_losses(
+                self.model, self.validation_batches, self.config, self.model_config, self.info, self.autocast_dtype
+            )
+
+    def _validate_and_log(self, logger: TrainLogger) -> str:
+        validation = self.validate()
+        logger.log(self.step, validation, kind="val")
+        return f"{validation['val_loss']:.4f}"
+
     def fit(self, resume: bool = False, stop_after: int | None = None) -> list[dict[str, float]]:
         """Train to `config.steps` (or stop after step `stop_after`: an interrupted run, for tests).
 
@@ -481,16 +521,23 @@ class Trainer:
         rows: list[dict[str, float]] = []
         bar = tqdm(total=self.config.steps, initial=self.step, desc="train", disable=not (self.progress and self.info.is_main))
         samples_per_step = self.config.batch_size * self.info.world_size
+        validation_due = lambda: self.config.val_every and (self.step % self.config.val_every == 0 or self.step == last)  # noqa: E731
+        shown: dict[str, str] = {}  # the progress bar's postfix: loss, samples/s and the newest validation loss
         try:
+            if self.step == 0 and validation_due():  # the starting point of the validation curve
+                shown["val_loss"] = self._validate_and_log(logger)
             while self.step < last:
                 start = time.perf_counter()
                 metrics = self.train_step()
                 metrics["samples_per_s"] = samples_per_step / (time.perf_counter() - start)
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.1f}")
                 if self.step % self.config.log_every == 0 or self.step == last:
                     logger.log(self.step, metrics)
                     rows.append({"step": self.step, **metrics})
+                if validation_due():
+                    shown["val_loss"] = self._validate_and_log(logger)
+                shown.update(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.1f}")
+                bar.update(1)
+                bar.set_postfix(shown)
                 if self.step % self.config.save_every == 0 or self.step == last:
                     self.save()
         finally:
@@ -531,6 +578,8 @@ class Trainer:
             "num_steps": rollout.num_steps,
             "shift": rollout.shift,
             "guidance_scale": rollout.guidance_scale,
+            "guidance_interval": list(rollout.guidance_interval),
+            "guidance_outside": rollout.guidance_outside,
             "history_noise": self.config.noisy_memory_range[0] if self.config.noisy_memory_prob > 0 else 0.0,
         }
         if self.config.init_from and is_astra_checkpoint(self.config.init_from):

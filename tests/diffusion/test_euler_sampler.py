@@ -47,3 +47,43 @@ def test_sample_chunk_with_the_real_model_is_seeded_and_uses_the_copy_prior():
     assert torch.isfinite(again).all() and not torch.allclose(again, out)
     with pytest.raises(ValueError, match="num_steps"):
         sample_chunk(model, noise, history_latents=history, config=SamplerConfig(num_steps=0))
+
+
+def test_guidance_applies_only_inside_its_interval():
+    from astra.diffusion.guidance import null_target_actions
+    from astra.model.action_experts import ActionInput
+    from astra.model.config import AstraConfig
+    from astra.model.transformer import AstraTransformer
+
+    config = AstraConfig.from_preset("astra-tiny", text_dim=0, text_len=0)
+    torch.manual_seed(0)
+    model = AstraTransformer(config).eval()
+    with torch.no_grad():  # fresh experts are zero-initialised: give them weight so the actions matter
+        for param in model.parameters():
+            if param.abs().max() == 0:
+                param.normal_(0, 0.2)
+    history = torch.randn(1, config.in_channels, 2, 4, 4)
+    noise = torch.randn(1, config.in_channels, config.chunk_frames, 4, 4)
+    values = torch.zeros(1, 2 + config.chunk_frames, 8)
+    values[:, 2:, 0] = 1.0
+    actions = ActionInput(values, ("keyboard_mouse",))
+
+    def sample(**settings):
+        return sample_chunk(model, noise, history_latents=history, actions=actions, config=SamplerConfig(num_steps=4, shift=1.0, **settings))
+
+    unguided, guided = sample(action_guidance=1.0), sample(action_guidance=3.0)
+    assert not torch.allclose(unguided, guided, atol=1e-4)  # guidance matters here, so the test can fail
+    # steps start at t = 1, 0.75, 0.5, 0.25: an interval holding none of them is no guidance, one holding all is
+    torch.testing.assert_close(sample(action_guidance=3.0, guidance_interval=(0.8, 0.9)), unguided, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sample(action_guidance=3.0, guidance_interval=(0.25, 1.0)), guided, rtol=1e-4, atol=1e-5)
+    action_free = sample_chunk(
+        model, noise, history_latents=history, actions=null_target_actions(actions, config.chunk_frames),
+        config=SamplerConfig(num_steps=4, shift=1.0),
+    )
+    outside_zero = sample(action_guidance=3.0, guidance_interval=(0.8, 0.9), guidance_outside=0.0)
+    torch.testing.assert_close(outside_zero, action_free, rtol=1e-4, atol=1e-5)
+    partly = sample(action_guidance=3.0, guidance_interval=(0.6, 1.0))
+    assert not torch.allclose(partly, guided, atol=1e-4) and not torch.allclose(partly, unguided, atol=1e-4)
+    assert SamplerConfig(action_guidance=3.0, guidance_interval=(0.6, 1.0)).action_scale_at(0.5) == 1.0
+    with pytest.raises(ValueError, match="guidance_interval"):
+        sample(action_guidance=3.0, guidance_interval=(0.9, 0.1))

@@ -60,6 +60,9 @@ def test_loss_weighting():
     prediction, target = torch.zeros(3, 1, 1, 1, 1), torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1, 1, 1)
     # all error sits on the t=0 sample, which the bell weighting down-weights relative to the mean weight
     assert flow_matching_loss(prediction, target, t, "bell") < flow_matching_loss(prediction, target, t, "none")
+    per_sample = flow_matching_loss(prediction, target, t, "bell", per_sample=True)
+    assert per_sample.shape == (3,) and per_sample[1:].eq(0).all() and per_sample[0] > 0
+    assert per_sample.mean() == pytest.approx(flow_matching_loss(prediction, target, t, "bell").item())
 
 
 def test_copy_prior_is_exact_velocity_when_next_frame_equals_anchor_and_sigma_small():

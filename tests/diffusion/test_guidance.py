@@ -112,3 +112,24 @@ def test_guidance_amplifies_the_network_and_moves_the_anchor_by_the_conditional_
     prior = copy_prior_velocity(x["target"], x["timesteps"], anchor, sigma)
     expected = prior + out["null"] + scale * (out["cond"] - out["null"])
     torch.testing.assert_close(guided, expected, rtol=1e-4, atol=1e-4)
+    # below scale 1 the motion shrinks with the scale: scale 0 is the action-free velocity (unmoved anchor)
+    action_free = guided_velocity(
+        model, x["target"], x["timesteps"], actions=x["actions"], action_scale=scale, step_action_scale=0.0, **kwargs
+    )
+    still = copy_prior_velocity(x["target"], x["timesteps"], x["history"][:, :, -1:], sigma)
+    torch.testing.assert_close(action_free, still + out["null"], rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_a_step_outside_the_guidance_interval_runs_the_guided_passes_but_combines_at_scale_one(model, inputs):
+    calls = []
+    hook = model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        step = guided_velocity(
+            model, inputs["target"], inputs["timesteps"], history_latents=inputs["history"],
+            actions=inputs["actions"], text=inputs["text"], action_scale=3.0, step_action_scale=1.0,
+        )
+    finally:
+        hook.remove()
+    assert calls == [2 * inputs["target"].shape[0]]  # cond + null, as a KV cache prefilled for guidance holds
+    torch.testing.assert_close(step, _plain(model, inputs), rtol=1e-5, atol=1e-6)

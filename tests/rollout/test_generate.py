@@ -51,6 +51,7 @@ def test_generate_from_an_image_with_a_key_string(checkpoint, tmp_path):
         (["--world", "doom", "--modality", "robot7"], "does not fit --world doom"),
         (["--image", "/no/such.png", "--modality", "foo"], "unknown action modality 'foo'"),
         (["--guidance", "nan"], "must be a finite number"),
+        (["--guidance-interval", "0.7", "0.2"], "guidance interval must be two flow times"),
         (["--scale", "0"], "--scale must be >= 1"),
         (["--latent-frames", "0"], "at least 1 latent frame"),
     ],

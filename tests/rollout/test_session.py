@@ -109,6 +109,9 @@ def test_history_noise_is_seeded_shown_to_the_model_and_validated(tiny_parts):
         RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, history_noise=1.0))
     with pytest.raises(AstraError, match="num_steps"):
         RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, num_steps=0))
+    for interval in ((0.9, 0.1), (0.0, 1.5), (0.5,), ("a", "b")):
+        with pytest.raises(AstraError, match="guidance interval"):
+            RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, guidance_interval=interval))
 
 
 def test_a_bfloat16_model_streams(tiny_parts):

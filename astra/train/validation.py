@@ -1,0 +1,103 @@
+"""Held-out validation: the training objective on fixed batches the model never trains on, per source (world).
+
+Every evaluation uses the same batches, flow times, history corruption and noise, so two checkpoints (two steps of
+one run, or two runs) differ only by their weights: the comparison is paired and much less noisy than the loss's
+spread over samples. Each batch is scored twice, with its true actions and with the null action on the target
+frames (what action-free guidance subtracts); `action_gain` = null loss - loss is how much the prediction uses the
+actions (0 for a model that ignores them, the case the action-following bar catches). A cheap check between
+training and the minutes-long `astra eval`, which samples, decodes and scores pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from astra.errors import AstraError
+from astra.model.config import AstraConfig
+from astra.train.batches import BatchSource, step_generator
+from astra.train.config import TrainConfig
+from astra.train.distributed import DistInfo
+
+VALIDATION_STREAM = 2  # generator stream of the validation noise (0: training data, 1: training noise)
+HELDOUT_SEED_OFFSET = 1_000_000  # synthetic data: the held-out batches come from this far-away seed
+
+
+def validation_batch_source(config: TrainConfig, model_config: AstraConfig) -> BatchSource:
+    """The held-out counterpart of the training batches: held-out clips of the trained sources, or synthetic
+    batches of another seed."""
+    target_frames = config.target_frames or model_config.chunk_frames
+    if config.data == "synthetic":
+        from astra.train.batches import SyntheticBatches
+
+        return SyntheticBatches(
+            model_config.in_channels, config.latent_size, config.history_range, target_frames, config.batch_size,
+            config.seed + HELDOUT_SEED_OFFSET,
+        )
+    from astra.train.latent_batches import LatentBatches
+
+    return LatentBatches(config, target_frames, split="heldout")
+
+
+@torch.no_grad()
+def validation_losses(
+    model: torch.nn.Module,
+    batches: BatchSource,
+    config: TrainConfig,
+    model_config: AstraConfig,
+    info: DistInfo = DistInfo(),
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """`val_loss`, `val_null_loss`, `val_action_gain` pooled over the `config.val_batches` batches (rounded up to
+    a multiple of the number of processes; rank r scores batches r, r + world_size, ...), and the same per source
+    as `val_loss/<source>` etc. All ranks call it (the forward of a sharded model is collective)."""
+    from astra.train.trainer import training_loss
+
+    if not batches.sources:
+        raise AstraError("validation needs a batch source that names its sources")
+    sources = list(batches.sources)
+    sums = torch.zeros(len(sources), 3, dtype=torch.float64)  # per source: loss sum, null loss sum, samples
+    rounds = -(-config.val_batches // info.world_size)
+    was_training = model.training
+    model.eval()
+    try:
+        for index in range(info.rank, rounds * info.world_size, info.world_size):
+            batch = batches.batch(index, 0).to(info.device)
+            if batch.source is None:
+                raise AstraError("validation batches must name each sample's source")
+            losses = []
+            for dropout in (0.0, 1.0):  # true actions, then the null action; the same draws for both
+                generator = step_generator(config.seed, 0, index, stream=VALIDATION_STREAM)
+                with torch.autocast(info.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                    out = training_loss(model, batch, config.replace(action_dropout=dropout), generator, model_config)
+                losses.append(out.sample_flow_loss.double().cpu())
+            for source, loss, null_loss in zip(batch.source, *losses):
+                row = sums[sources.index(source)]
+                row += torch.stack((loss, null_loss, torch.ones((), dtype=torch.float64)))
+    finally:
+        model.train(was_training)
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    metrics = _summarise(sums.sum(0))
+    for source, row in zip(sources, sums):
+        if row[2] > 0:
+            metrics.update({f"{name}/{source}": value for name, value in _summarise(row).items()})
+    return metrics
+
+
+def _summarise(row: torch.Tensor) -> dict[str, float]:
+    loss, null_loss = (float(row[i] / row[2]) for i in (0, 1))
+    return {"val_loss": loss, "val_null_loss": null_loss, "val_action_gain": null_loss - loss, "val_samples": float(row[2])}
+
+
+def format_validation(metrics: dict[str, float]) -> str:
+    """A plain-text table: one row per source, then all sources pooled."""
+    sources = sorted({key.split("/", 1)[1] for key in metrics if "/" in key})
+    lines = [f"{'source':<12} {'loss':>8} {'null loss':>10} {'action gain':>12} {'samples':>8}"]
+    for source, suffix in [(s, f"/{s}") for s in sources] + [("pooled", "")]:
+        lines.append(
+            f"{source:<12} {metrics['val_loss' + suffix]:>8.4f} {metrics['val_null_loss' + suffix]:>10.4f} "
+            f"{metrics['val_action_gain' + suffix]:>12.4f} {int(metrics['val_samples' + suffix]):>8d}"
+        )
+    return "\n".join(lines)
