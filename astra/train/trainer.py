@@ -59,8 +59,8 @@ from astra.train.checkpointing import (
 from astra.train.config import TrainConfig
 from astra.train.distributed import DistInfo, all_reduce_mean, wrap_model
 from astra.train.logging import TrainLogger
-from astra.train.validation import validation_batch_source, validation_losses
 from astra.train.motion_fit import fit_motion_prior
+from astra.train.validation import validation_batch_source, validation_losses
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 NOISE_STREAM = 1  # generator stream of the per-step noise (stream 0 is the data)

@@ -15,6 +15,7 @@ from astra.model.transformer import AstraTransformer
 from astra.train.checkpointing import checkpoint_path, load_checkpoint
 from astra.train.config import get_preset
 from astra.train.distributed import DistInfo, cleanup, resolve_parallel
+from astra.train.logging import VALIDATION_CSV_NAME, read_metrics
 from astra.train.trainer import Trainer
 
 CONFIG = get_preset("astra-tiny").replace(model_overrides={"text_dim": 0, "text_len": 0}, steps=2, save_every=2)
@@ -75,12 +76,14 @@ def _launch(worker, out_dir, timeout_s: float = 120.0, attempts: int = 2) -> Pat
 
 def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     with _process_group(rank, port) as info:
-        trainer = Trainer(CONFIG.replace(parallel="ddp"), out_dir, info=info, progress=False)
+        config = CONFIG.replace(parallel="ddp", val_every=1, val_batches=3)  # 3 batches: 2 per rank
+        trainer = Trainer(config, out_dir, info=info, progress=False)
         before = torch.cat([p.detach().flatten() for _, p in trainer.trainable]).clone()
         trainer.fit()
         flat = torch.cat([p.detach().flatten() for _, p in trainer.trainable])
         gathered = [torch.empty_like(flat) for _ in range(WORLD_SIZE)]
         dist.all_gather(gathered, flat)
+        torch.save(trainer.validate(), os.path.join(out_dir, f"validation{rank}.pt"))
         if rank == 0:
             torch.save({"ranks": gathered, "before": before}, os.path.join(out_dir, "params.pt"))
         del trainer  # before leaving the group (astra.train.distributed.cleanup)
@@ -93,6 +96,9 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     assert torch.equal(rank0, rank1)
     assert not torch.equal(rank0, result["before"])  # training moved the weights
     assert (run_dir / "checkpoints" / "step-00000002.pt").exists()
+    validation = [torch.load(run_dir / f"validation{rank}.pt") for rank in range(WORLD_SIZE)]
+    assert validation[0] == validation[1] and validation[0]["val_samples"] == 4 * CONFIG.batch_size
+    assert [row["step"] for row in read_metrics(run_dir, VALIDATION_CSV_NAME)] == [0, 1, 2]
 
 
 def _full_trainable_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -120,6 +126,7 @@ def _fsdp_worker(rank: int, port: int, out_dir: str) -> None:
             "reloaded": _full_trainable_weights(resumed),
             "rest": resumed.fit(),
             "export": str(resumed.export()),  # collective: rank 0 writes, the others return None
+            "validation": resumed.validate(),  # the sharded forward is collective too
         }
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
         del interrupted, resumed  # before leaving the group (astra.train.distributed.cleanup)
@@ -149,3 +156,4 @@ def test_two_process_fsdp_trains_saves_and_resumes(tmp_path):
     assert final["ema"].keys() == saved.keys()
     for name, tensor in final["ema"].items():
         assert torch.equal(exported.state_dict()[name], tensor), name
+    assert rank0["validation"] == rank1["validation"] and rank0["validation"]["val_samples"] > 0
