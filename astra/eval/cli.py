@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from astra.errors import AstraError
+from astra.eval.compare import compare
 from astra.eval.report import EvalConfig, evaluate
 
 HELP = "evaluate a model on held-out simulator episodes"
@@ -40,9 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--guidance-outside", type=float, default=None, metavar="SCALE",
         help="action scale of the steps outside --guidance-interval: 1 conditional, 0 action-free (default: the checkpoint's)",
     )
+    parser.add_argument(
+        "--compare", nargs="+", default=None, metavar="RESULTS",
+        help="only print a table of earlier evaluations (their --out folders or results.json), the first as the "
+        "reference, and the settings in which they differ; evaluates nothing",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compare is not None:
+        print(compare(args.compare), end="")
+        return 0
     worlds = tuple(name.strip() for name in args.worlds.split(",") if name.strip())
     if args.steps is not None and args.steps < 1:
         raise AstraError(f"--steps must be >= 1, got {args.steps}")

@@ -28,7 +28,7 @@ def tiny_checkpoint(tmp_path_factory):
     return save_astra(AstraTransformer(config), root / "model", metadata)
 
 
-def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path):
+def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "report"
     flags = ["--worlds", "camera", "--cases", "1", "--context-frames", "5", "--seed", "4", "--out", str(out)]
     code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--rollout-frames", str(ROLLOUT_FRAMES), *flags])
@@ -56,6 +56,13 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path):
     again = evaluate(config, tmp_path / "again", loaded=loaded)["worlds"][0]
     assert again["next_chunk"] == world["next_chunk"]
     np.testing.assert_array_equal(again["long_rollout"]["psnr_per_frame"], world["long_rollout"]["psnr_per_frame"])
+
+    # `astra eval --compare` reads what `astra eval` writes: same cases, so no warning, and a zero delta
+    capsys.readouterr()
+    assert main(["eval", "--compare", str(out), str(tmp_path / "again")]) == 0
+    printed = capsys.readouterr().out
+    assert "warning" not in printed
+    assert re.search(r"\| camera \| again \| [0-9.]+ \| [-+][0-9.]+ \| \+0\.00 \|", printed)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,127 @@
+"""`astra eval --compare A B ...`: earlier evaluations side by side, the first one as the reference.
+
+A candidate checkpoint is worth shipping only if it beats the shipped one on the same cases, so the table
+names every setting in which the runs differ (split, seeds, case count, rollout length, sampler) instead of
+comparing them silently.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from astra.errors import AstraError
+from astra.eval.report import _fmt, _table
+
+# the EvalConfig fields that decide which cases were scored and how
+SETUP_FIELDS = ("split", "seed", "cases", "context_frames", "rollout_frames")
+
+
+def load_results(folder: str | Path) -> dict:
+    """The results.json of one `astra eval --out FOLDER`, checked enough to tabulate."""
+    path = Path(folder)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise AstraError(f"{path}: no such file (expected the results.json that `astra eval --out` writes)")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise AstraError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("worlds"), list) or "config" not in results:
+        raise AstraError(f"{path}: not an `astra eval` results.json (no 'worlds' list or 'config')")
+    for index, world in enumerate(results["worlds"]):
+        missing = [key for key in ("world", "next_chunk", "action_following", "long_rollout") if key not in world]
+        if missing:
+            raise AstraError(f"{path}: worlds[{index}] lacks {', '.join(missing)}")
+    return results
+
+
+def setup_differences(runs: dict[str, dict]) -> list[str]:
+    """One line per setting whose value differs between the runs (empty when they scored the same cases)."""
+    lines = []
+    for field in (*SETUP_FIELDS, "sampler"):
+        values = {name: (run.get("sampler") if field == "sampler" else run["config"].get(field))
+                  for name, run in runs.items()}  # fmt: skip
+        if len({json.dumps(value, sort_keys=True) for value in values.values()}) > 1:
+            lines.append(f"{field} differs: " + "; ".join(f"{name} {value}" for name, value in values.items()))
+    return lines
+
+
+def _last_rollout_psnr(world: dict) -> tuple[str, float | None]:
+    """(frame, PSNR) at the latest report frame of the long rollout."""
+    at = world["long_rollout"].get("psnr_at", {})
+    if not at:
+        return "-", None
+    frame = max(at, key=int)
+    return frame, at[frame]
+
+
+def _signed(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def compare_table(runs: dict[str, dict]) -> str:
+    """A markdown table, one row per world and run plus a pooled row per run; deltas against the first run."""
+    if not runs:
+        raise AstraError("nothing to compare")
+    names = list(runs)
+    reference = {w["world"]: w for w in runs[names[0]]["worlds"]}
+    header = ["world", "run", "next-chunk PSNR", "vs copy-last", f"vs {names[0]}", "following (hits/n)",
+              f"following vs {names[0]}", "rollout PSNR (frame)", "saturated cases"]  # fmt: skip
+    rows = []
+    worlds = list(dict.fromkeys(w["world"] for run in runs.values() for w in run["worlds"]))
+    for world_name in worlds:
+        for name in names:
+            world = next((w for w in runs[name]["worlds"] if w["world"] == world_name), None)
+            if world is None:
+                rows.append([world_name, name, "not evaluated", *[""] * (len(header) - 3)])
+                continue
+            chunk, following = world["next_chunk"], world["action_following"]
+            base = reference.get(world_name)
+            psnr_delta = None if base is None or name == names[0] else chunk["psnr"] - base["next_chunk"]["psnr"]
+            score, base_score = following.get("score"), None if base is None else base["action_following"].get("score")
+            follow_delta = None if name == names[0] or score is None or base_score is None else score - base_score
+            frame, rollout = _last_rollout_psnr(world)
+            saturated = world["long_rollout"].get("collapse", {}).get("cases_saturated")
+            cells = [
+                world_name, name, _fmt(chunk["psnr"]), _signed(chunk["psnr"] - chunk["psnr_copy_last"]),
+                _signed(psnr_delta), f"{_fmt(score)} ({following['hits']}/{following['n']})",
+                _signed(follow_delta), f"{_fmt(rollout)} ({frame})",
+                "-" if saturated is None else f"{saturated} of {world['cases']}",
+            ]  # fmt: skip
+            rows.append(cells)
+    # pooled over the worlds every run evaluated, so that a run of fewer worlds is not ranked on other cases
+    common = [w for w in worlds if all(any(x["world"] == w for x in run["worlds"]) for run in runs.values())]
+    label = "pooled" if len(common) == len(worlds) else f"pooled ({', '.join(common)})"
+    pooled = {name: [w for w in runs[name]["worlds"] if w["world"] in common] for name in names}
+    reference_psnr = float(np.mean([w["next_chunk"]["psnr"] for w in pooled[names[0]]])) if common else None
+    for name in (names if common else []):
+        psnr = float(np.mean([w["next_chunk"]["psnr"] for w in pooled[name]]))
+        gain = float(np.mean([w["next_chunk"]["psnr"] - w["next_chunk"]["psnr_copy_last"] for w in pooled[name]]))
+        hits = sum(w["action_following"]["hits"] for w in pooled[name])
+        trials = sum(w["action_following"]["n"] for w in pooled[name])
+        score = hits / trials if trials else None
+        cells = [label, name, _fmt(psnr), _signed(gain), _signed(None if name == names[0] else psnr - reference_psnr),
+                 f"{_fmt(score)} ({hits}/{trials})", "", "", ""]  # fmt: skip
+        rows.append(cells)
+    return "\n".join(_table(header, rows))
+
+
+def compare(folders: list[str]) -> str:
+    """The comparison as printed by `astra eval --compare`: setting differences first, then the table."""
+    if len(folders) < 2:
+        raise AstraError(f"--compare needs at least two result folders, got {len(folders)}")
+    runs: dict[str, dict] = {}
+    for folder in folders:
+        name = Path(folder).name if Path(folder).is_dir() else Path(folder).parent.name
+        while name in runs:  # two folders of the same name: keep both apart
+            name += "'"
+        runs[name] = load_results(folder)
+    notes = setup_differences(runs)
+    warning = "".join(f"warning: {line}\n" for line in notes)
+    if any(run["config"].get("split") != "heldout" for run in runs.values()):
+        warning += "note: a run on the train split tunes sampling; report held-out numbers only\n"
+    return warning + compare_table(runs)

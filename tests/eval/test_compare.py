@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from astra.cli import main
+from astra.errors import AstraError
+from astra.eval.compare import compare, compare_table, load_results, setup_differences
+
+
+def _world(name, psnr, copy, hits, n, rollout=12.0, saturated=1):
+    return {
+        "world": name, "cases": 4,
+        "next_chunk": {"psnr": psnr, "psnr_copy_last": copy},
+        "action_following": {"score": hits / n, "hits": hits, "n": n},
+        "long_rollout": {"psnr_at": {"32": 15.0, "256": rollout}, "collapse": {"cases_saturated": saturated}},
+    }  # fmt: skip
+
+
+def _results(worlds, split="heldout", seed=0, sampler="4 Euler steps"):
+    config = {"split": split, "seed": seed, "cases": 4, "context_frames": 9, "rollout_frames": 256}
+    return {"checkpoint": "x", "sampler": sampler, "config": config, "worlds": worlds}
+
+
+def _write(folder, results):
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return str(folder)
+
+
+def test_table_rows_deltas_and_pooled_over_common_worlds():
+    runs = {
+        "shipped": _results([_world("doom", 20.0, 21.0, 6, 8), _world("camera", 21.0, 28.0, 7, 8)]),
+        "candidate": _results([_world("doom", 20.5, 21.0, 4, 8, rollout=13.25, saturated=3)]),
+    }
+    lines = compare_table(runs).splitlines()
+    row = next(line for line in lines if line.startswith("| doom | candidate"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells == ["doom", "candidate", "20.50", "-0.50", "+0.50", "0.50 (4/8)", "-0.25", "13.25 (256)", "3 of 4"]
+    assert any(line.startswith("| camera | candidate | not evaluated") for line in lines)
+    pooled = [line for line in lines if line.startswith("| pooled")]
+    # camera is missing from the candidate, so the pooled rows cover doom only
+    assert len(pooled) == 2 and all(line.startswith("| pooled (doom) |") for line in pooled)
+    assert "| 0.75 (6/8) |" in pooled[0] and "+0.50" in pooled[1]
+
+
+def test_setup_differences_name_the_setting_and_the_runs():
+    same = {"a": _results([]), "b": _results([])}
+    assert setup_differences(same) == []
+    differ = {"a": _results([], seed=0), "b": _results([], split="train", seed=5, sampler="8 Euler steps")}
+    notes = setup_differences(differ)
+    assert [note.split()[0] for note in notes] == ["split", "seed", "sampler"]
+    assert "a 0; b 5" in notes[1]
+
+
+def test_compare_cli_prints_warnings_and_table(tmp_path, capsys):
+    first = _write(tmp_path / "shipped", _results([_world("doom", 20.0, 21.0, 6, 8)]))
+    _write(tmp_path / "tuned", _results([_world("doom", 19.0, 21.0, 5, 8)], split="train"))
+    assert main(["eval", "--compare", first, str(tmp_path / "tuned" / "results.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: split differs: shipped heldout; tuned train" in printed
+    assert "| doom | tuned | 19.00 | -2.00 | -1.00 | 0.62 (5/8) | -0.12 |" in printed
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(AstraError, match="at least two"):
+        compare([str(tmp_path)])
+    with pytest.raises(AstraError, match="no such file"):
+        load_results(tmp_path / "missing")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{not json")
+    with pytest.raises(AstraError, match="not valid JSON"):
+        load_results(tmp_path / "broken")
+    _write(tmp_path / "other", {"worlds": [{"world": "doom"}], "config": {}})
+    with pytest.raises(AstraError, match=r"worlds\[0\] lacks next_chunk"):
+        load_results(tmp_path / "other")
+    assert main(["eval", "--compare", str(tmp_path / "missing"), str(tmp_path / "other")]) != 0
