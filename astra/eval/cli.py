@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from astra.errors import AstraError
 from astra.eval.compare import compare
 from astra.eval.report import EvalConfig, evaluate
+from astra.rollout.options import add_sampling_arguments, sampling_settings
 
 HELP = "evaluate a model on held-out simulator episodes"
 
@@ -24,23 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split", choices=("heldout", "train"), default=defaults.split,
         help="held-out episodes (default; all reported numbers) or train episodes (only to tune sampling settings)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
-    parser.add_argument(
-        "--guidance-scale", type=float, default=None, help="action-free guidance (default: the checkpoint's)"
-    )
-    parser.add_argument(
-        "--history-noise", type=float, default=None,
-        help="noise level of the memory the model sees, 0 = clean (default: the checkpoint's)",
-    )
-    parser.add_argument(
-        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-        help="flow times at which guidance applies, 0 <= LO <= HI <= 1 (default: the checkpoint's)",
-    )
-    parser.add_argument(
-        "--guidance-outside", type=float, default=None, metavar="SCALE",
-        help="action scale of the steps outside --guidance-interval: 1 conditional, 0 action-free (default: the checkpoint's)",
-    )
+    add_sampling_arguments(parser)
     parser.add_argument(
         "--compare", nargs="+", default=None, metavar="RESULTS",
         help="only print a table of earlier evaluations (their --out folders or results.json), the first as the "
@@ -53,8 +38,6 @@ def run(args: argparse.Namespace) -> int:
         print(compare(args.compare), end="")
         return 0
     worlds = tuple(name.strip() for name in args.worlds.split(",") if name.strip())
-    if args.steps is not None and args.steps < 1:
-        raise AstraError(f"--steps must be >= 1, got {args.steps}")
     config = EvalConfig(
         worlds=worlds,
         cases=args.cases,
@@ -67,11 +50,7 @@ def run(args: argparse.Namespace) -> int:
         config,
         args.out,
         checkpoint=args.checkpoint,
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        history_noise=args.history_noise,
-        guidance_interval=args.guidance_interval,
-        guidance_outside=args.guidance_outside,
+        **sampling_settings(args),
         device=args.device,
     )
     for world in results["worlds"]:

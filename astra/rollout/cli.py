@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from astra.errors import AstraError
 from astra.files import atomic_path
+from astra.rollout.options import add_sampling_arguments, sampling_settings
 
 HELP = "generate a video from an image or a world and an action sequence"
 
@@ -28,19 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--latent-frames", type=int, default=None, help="length for presets, in latent frames (4 video frames each)")
     parser.add_argument("--list-presets", action="store_true", help="list the presets of the modality and exit")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
-    parser.add_argument("--guidance", type=float, default=None, help="action-free guidance scale (default 3.0)")
-    parser.add_argument(
-        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-        help="flow times at which guidance applies (default: the model's)",
-    )
-    parser.add_argument(
-        "--guidance-outside", type=float, default=None, metavar="SCALE",
-        help="action scale outside --guidance-interval: 1 conditional, 0 action-free (default: the model's)",
-    )
-    parser.add_argument(
-        "--history-noise", type=float, default=None, help="noise level of the model's memory (default: the model's)"
-    )
+    add_sampling_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/generated.mp4", help="output .mp4 (a .gif is also written with --gif)")
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF next to the MP4")
@@ -96,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     latent_actions = parse_actions(args.actions or DEFAULT_PRESET[modality], modality, args.latent_frames)
     start = read_image(args.image) if args.image else None  # a bad file fails before the model loads
     model, vae, metadata, config = load_rollout(
-        args.checkpoint, steps=args.steps, guidance_scale=args.guidance, history_noise=args.history_noise,
-        guidance_interval=args.guidance_interval, guidance_outside=args.guidance_outside, seed=args.seed,
+        args.checkpoint, **sampling_settings(args), seed=args.seed
     )
     world = next((w for w, m in MODALITY_OF_WORLD.items() if m == modality), None)
     action_meta = metadata.get("action_meta", {}).get(world, {})

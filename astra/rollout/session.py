@@ -342,16 +342,11 @@ MODALITY_OF_WORLD = {"doom": "keyboard_mouse", "robot": "robot7", "camera": "cam
 
 
 def rollout_factory(
-    checkpoint: str | Path = "astra-small",
-    *,
-    steps: int | None = None,
-    guidance_scale: float | None = None,
-    history_noise: float | None = None,
+    checkpoint: str | Path = "astra-small", **sampling: Any
 ) -> tuple[Callable[[str], RolloutSession], tuple[int, int]]:
-    """Load a model once; return (world name -> new RolloutSession, the model's (height, width))."""
-    model, vae, metadata, config = load_rollout(
-        checkpoint, steps=steps, guidance_scale=guidance_scale, history_noise=history_noise
-    )
+    """Load a model once; return (world name -> new RolloutSession, the model's (height, width)). `sampling`:
+    the sampler keywords of `load_rollout` (steps, guidance_scale, history_noise, guidance_interval, ...)."""
+    model, vae, metadata, config = load_rollout(checkpoint, **sampling)
     action_meta = metadata.get("action_meta", {})
 
     def make(world: str) -> RolloutSession:

@@ -6,6 +6,7 @@ import argparse
 import socket
 
 from astra.errors import AstraError
+from astra.rollout.options import add_sampling_arguments, sampling_settings
 
 HELP = "play a world model live in the browser (127.0.0.1 by default)"
 
@@ -14,11 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="astra-small", help="model: a shipped name or a checkpoint folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
-    parser.add_argument("--guidance", type=float, default=None, help="action-free guidance scale (default 3.0)")
-    parser.add_argument(
-        "--history-noise", type=float, default=None, help="noise level of the model's memory (default: the model's)"
-    )
+    add_sampling_arguments(parser)
     parser.add_argument("--max-sessions", type=int, default=4, help="concurrent players at most")
     parser.add_argument("--fps", type=float, default=20.0, help="pace of the stream (0 = as fast as generated)")
     parser.add_argument("--no-simulator", action="store_true", help="disable the side-by-side real simulator")
@@ -43,12 +40,11 @@ def run(args: argparse.Namespace) -> int:
     from astra.serve.app import ServerConfig, SessionFactory, create_app
     from astra.worlds.base import make_world
 
+    sampling = sampling_settings(args)
     config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions, target_fps=args.fps)
     config.validate()
     check_address_free(args.host, args.port)  # before minutes of model loading, not after
-    make_rollout, resolution = rollout_factory(
-        args.checkpoint, steps=args.steps, guidance_scale=args.guidance, history_noise=args.history_noise
-    )
+    make_rollout, resolution = rollout_factory(args.checkpoint, **sampling)
     make_simulator = None if args.no_simulator else (lambda world: make_world(world, size=resolution))
     app = create_app(SessionFactory(make_rollout, make_simulator), config)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -1,0 +1,47 @@
+"""The sampler flags every generating command shares (`astra generate`, `astra play`, `astra eval`).
+
+Each defaults to None, meaning the checkpoint's own setting (its metadata's `sampling`), so a flag given on the
+command line is the only thing that ever departs from what the model was exported with.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from astra.errors import AstraError
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the checkpoint's)")
+    parser.add_argument(
+        "--guidance-scale", "--guidance", dest="guidance_scale", type=float, default=None, metavar="SCALE",
+        help="action-free guidance scale s in v_null + s (v_act - v_null) (default: the checkpoint's, 3 when shipped)",
+    )
+    parser.add_argument(
+        "--history-noise", type=float, default=None,
+        help="noise level of the memory the model sees, 0 = clean (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+        help="flow times at which guidance applies, 0 <= LO <= HI <= 1 (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--guidance-outside", type=float, default=None, metavar="SCALE",
+        help="action scale of the steps outside --guidance-interval: 1 conditional, 0 action-free "
+        "(default: the checkpoint's)",
+    )
+
+
+def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as keyword arguments of `load_rollout` / `rollout_factory` / `evaluate` (ranges are checked by
+    RolloutConfig.validate once merged with the checkpoint's; --steps here, before minutes of model loading)."""
+    if args.steps is not None and args.steps < 1:
+        raise AstraError(f"--steps must be >= 1, got {args.steps}")
+    return {
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "history_noise": args.history_noise,
+        "guidance_interval": args.guidance_interval,
+        "guidance_outside": args.guidance_outside,
+    }

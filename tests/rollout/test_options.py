@@ -1,0 +1,33 @@
+import argparse
+import importlib
+
+import pytest
+
+from astra.cli import COMMANDS
+from astra.errors import AstraError
+from astra.rollout.options import add_sampling_arguments, sampling_settings
+
+
+def _parse(argv, command=None):
+    parser = argparse.ArgumentParser()
+    if command is None:
+        add_sampling_arguments(parser)
+    else:
+        importlib.import_module(COMMANDS[command][0]).add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("command", ["generate", "play", "eval"])
+def test_every_generating_command_takes_the_same_sampler_flags(command):
+    argv = ["--steps", "8", "--guidance", "2", "--history-noise", "0.1", "--guidance-interval", "0.2", "0.9",
+            "--guidance-outside", "0"]  # fmt: skip
+    settings = sampling_settings(_parse(argv, command))
+    assert settings == {"steps": 8, "guidance_scale": 2.0, "history_noise": 0.1, "guidance_interval": [0.2, 0.9],
+                        "guidance_outside": 0.0}  # fmt: skip
+    assert sampling_settings(_parse(["--guidance-scale", "4"], command))["guidance_scale"] == 4.0
+
+
+def test_unset_flags_leave_the_checkpoint_settings_and_bad_steps_fail_early():
+    assert set(sampling_settings(_parse([])).values()) == {None}
+    with pytest.raises(AstraError, match="--steps must be >= 1, got 0"):
+        sampling_settings(_parse(["--steps", "0"]))
