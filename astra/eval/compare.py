@@ -42,8 +42,10 @@ def load_results(folder: str | Path) -> dict:
 def setup_differences(runs: dict[str, dict]) -> list[str]:
     """One line per setting whose value differs between the runs (empty when they scored the same cases)."""
     lines = []
-    for field in (*SETUP_FIELDS, "sampler"):
-        values = {name: (run.get("sampler") if field == "sampler" else run["config"].get(field))
+    # the sampler's settings where every run recorded them (since session 15), else its description
+    sampler = "sampling" if all("sampling" in run for run in runs.values()) else "sampler"
+    for field in (*SETUP_FIELDS, sampler):
+        values = {name: (run.get(sampler) if field == sampler else run["config"].get(field))
                   for name, run in runs.items()}  # fmt: skip
         if len({json.dumps(value, sort_keys=True) for value in values.values()}) > 1:
             lines.append(f"{field} differs: " + "; ".join(f"{name} {value}" for name, value in values.items()))

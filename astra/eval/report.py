@@ -38,6 +38,7 @@ from astra.worlds import EpisodeEnded
 from astra.worlds.base import make_world
 
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "N/A"
+SAMPLING_FIELDS = ("num_steps", "shift", "guidance_scale", "guidance_interval", "guidance_outside", "history_noise")
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,7 @@ def evaluate(
         f"guidance {rollout_config.guidance_scale} at t in {list(rollout_config.guidance_interval)} "
         f"({rollout_config.guidance_outside} outside), "
         f"history noise {rollout_config.history_noise}",
+        "sampling": {name: getattr(rollout_config, name) for name in SAMPLING_FIELDS},  # for `astra eval --compare`
         "config": asdict(config),
         "worlds": worlds,
         "overall": summarise_overall(worlds),

@@ -64,6 +64,11 @@ class AstraConfig:
     normalize_actions: bool = False  # standardise each action column with the training data's mean/std (buffers)
     inject_actions: bool = True  # add the action embedding inside every block
     motion_prior: bool = False  # actions also move the copy-prior anchor (model/motion_prior.py; small presets)
+    # The anchor moves only for target frames at flow time t >= this. At low t the noisy frame already shows the
+    # motion and a network trained without the prior corrects for it, so moving the anchor there too corrects twice
+    # (measured: held-out validation loss 0.14 -> 0.49 when a fitted prior is switched on under trained weights).
+    # 0 = at every t (the shipped model).
+    motion_prior_min_t: float = 0.0
     act_adapter: bool = True  # identity-initialised Linear(dim, dim) after each self-attention
 
     # --- Attention and timesteps --------------------------------------------------------------------
@@ -137,6 +142,8 @@ class AstraConfig:
             raise ValueError(f"expert_routing must be 'learned' or 'fixed', got {self.expert_routing!r}")
         if self.motion_prior and not self.inject_actions:
             raise ValueError("motion_prior needs the action module (inject_actions=True)")
+        if not 0.0 <= self.motion_prior_min_t <= 1.0:
+            raise ValueError(f"motion_prior_min_t must lie in [0, 1], got {self.motion_prior_min_t}")
         if self.chunk_frames < 1:
             raise ValueError("chunk_frames must be >= 1")
         if self.patch_size[0] != 1:

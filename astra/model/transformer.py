@@ -278,6 +278,9 @@ class AstraTransformer(nn.Module):
         if self.motion_prior is not None and actions is not None:
             normalizers = self.action_projectors.normalizers
             motion = self.motion_prior(actions.frames(actions.num_frames - num_target, actions.num_frames), normalizers)
+            if self.config.motion_prior_min_t > 0:
+                moves = (target_timesteps >= self.config.motion_prior_min_t).to(motion.dtype)
+                motion = motion * moves.unsqueeze(-1)
         return AstraOutput(self._unpatchify(out, num_target, height, width), aux_loss, usage, motion)
 
     @torch.no_grad()

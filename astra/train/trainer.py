@@ -67,6 +67,8 @@ NOISE_STREAM = 1  # generator stream of the per-step noise (stream 0 is the data
 ACTION_STATISTICS_BATCHES = 64  # batches the action normalisation statistics are taken from
 # Model options a checkpoint trained without them can be carried into, exactly: switch -> the keys it adds
 ADDITIONS = {"normalize_actions": ".normalizers.", "motion_prior": "motion_prior."}
+# Model settings without weights of their own: a checkpoint continues under the training config's values.
+WEIGHT_FREE = ("motion_prior_min_t",)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,6 +107,8 @@ def build_model(config: TrainConfig, batches: BatchSource | None = None) -> torc
         model, _ = load_astra(config.init_from, dtype=torch.float32)
         added = {name: False for name in ADDITIONS if getattr(model_config, name) and not getattr(model.config, name)}
         needs_statistics = needs_statistics and not model.config.normalize_actions
+        # settings without weights of their own come from the training config, whatever the checkpoint's were
+        model.config = model.config.replace(**{name: getattr(model_config, name) for name in WEIGHT_FREE})
         if added and model.config == model_config.replace(**added):
             older = model
             model = AstraTransformer(model_config)

@@ -50,6 +50,12 @@ def test_setup_differences_name_the_setting_and_the_runs():
     notes = setup_differences(differ)
     assert [note.split()[0] for note in notes] == ["split", "seed", "sampler"]
     assert "a 0; b 5" in notes[1]
+    # recorded settings win over the description: same settings, other wording, no warning
+    a, b = _results([], sampler="4 steps"), _results([], sampler="4 Euler steps")
+    a["sampling"] = b["sampling"] = {"num_steps": 4, "guidance_scale": 3.0}
+    assert setup_differences({"a": a, "b": b}) == []
+    b["sampling"] = {"num_steps": 8, "guidance_scale": 3.0}
+    assert setup_differences({"a": a, "b": b})[0].startswith("sampling differs")
 
 
 def test_compare_cli_prints_warnings_and_table(tmp_path, capsys):

@@ -140,3 +140,9 @@ def test_causal_target_chunks_see_only_history_and_older_chunks():
         model(target[:, :, :1], times[:, :1], history_latents=history, causal_target=True)
     with pytest.raises(ValueError, match="block_causal"):
         make_model(CONFIG.replace(attention="bidirectional"))(target, times, causal_target=True)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_motion_prior_min_t_must_be_a_flow_time(value):
+    with pytest.raises(ValueError, match="motion_prior_min_t must lie in"):
+        CONFIG.replace(motion_prior_min_t=value).validate()

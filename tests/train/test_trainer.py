@@ -242,6 +242,12 @@ def test_training_on_from_a_checkpoint_keeps_its_sampling_settings_and_its_motio
     for name, tensor in source.model.motion_prior.state_dict().items():
         assert torch.equal(tensor, followed.motion_prior.state_dict()[name]), name
 
+    # a setting without weights (motion_prior_min_t) comes from the training config, not the checkpoint
+    gated = {**motion, "motion_prior_min_t": 0.6}
+    regated = Trainer(config.replace(model_overrides=gated), tmp_path / "gated", progress=False)
+    assert regated.model.config.motion_prior_min_t == 0.6
+    assert load_astra(regated.export())[0].config.motion_prior_min_t == 0.6
+
 
 def test_action_statistics_are_the_per_column_mean_and_std_of_the_batches():
     from astra.train.trainer import action_statistics
@@ -309,6 +315,15 @@ def test_a_motion_prior_that_matches_the_actions_moves_the_copy_anchor_and_lower
         step = model.motion_prior.steps["keyboard_mouse"]
         step.weight[0, 0], step.bias[0] = one_pixel * normalizer.std[0], one_pixel * normalizer.mean[0]
     assert loss() < 0.8 * plain, (loss(), plain)
+
+    # motion_prior_min_t: the anchor moves only for target frames at t >= it (per frame), else stays
+    frames = batch.target_latents.shape[2]
+    timesteps = torch.tensor([0.9, 0.2]).repeat_interleave(4)[:, None].expand(8, frames)
+    moving = model(batch.target_latents, timesteps, history_latents=batch.history_latents, actions=actions).motion
+    model.config = model.config.replace(motion_prior_min_t=0.5)
+    gated = model(batch.target_latents, timesteps, history_latents=batch.history_latents, actions=actions).motion
+    assert moving[:4].abs().max() > 0 and torch.equal(gated[:4], moving[:4])
+    assert gated[4:].abs().max() == 0 and moving[4:].abs().max() > 0
 
 
 def test_fitting_the_motion_prior_before_training_learns_the_datas_shift(tmp_path):
