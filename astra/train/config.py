@@ -38,6 +38,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    action_lr_scale: float = 1.0  # lr multiplier for the action experts and projectors (newly initialised, small)
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # 0 = no EMA
     seed: int = 0
@@ -106,6 +107,8 @@ class TrainConfig:
             raise AstraError("batch_size must be >= 1, steps and warmup_steps >= 0")
         if self.lr <= 0 or not 0.0 <= self.ema_decay < 1.0:
             raise AstraError(f"lr must be > 0 and ema_decay in [0, 1), got {self.lr}, {self.ema_decay}")
+        if self.action_lr_scale <= 0:
+            raise AstraError(f"action_lr_scale must be > 0, got {self.action_lr_scale}")
         if self.mixed_precision not in ("auto", "bf16", "no"):
             raise AstraError(f"mixed_precision must be 'auto', 'bf16' or 'no', got {self.mixed_precision!r}")
         if self.parallel not in ("auto", "ddp", "fsdp"):

@@ -46,6 +46,7 @@ from astra.errors import AstraError
 from astra.model.action_experts import ActionInput
 from astra.model.config import PRESETS as MODEL_PRESETS
 from astra.model.config import AstraConfig
+from astra.model.freeze import parameter_group
 from astra.model.history import plan_history
 from astra.train.batches import BatchSource, SyntheticBatches, TrainBatch, step_generator
 from astra.train.checkpointing import (
@@ -285,6 +286,26 @@ def diffusion_forcing_split(batch: TrainBatch, model_config: AstraConfig, genera
 # ---------------------------------------------------------------------------------------------------------------
 
 
+ACTION_LR_GROUPS = ("action_experts", "action_projectors")  # what `action_lr_scale` speeds up
+
+
+def optimizer_groups(trainable: list[tuple[str, torch.nn.Parameter]], config: TrainConfig) -> list[dict[str, Any]]:
+    """One AdamW group, or two when `action_lr_scale` != 1: the action modules at lr * scale, the rest at lr.
+
+    Why: the action experts start from scratch inside a pretrained (or long-trained) network and carry a small share
+    of the loss, so at the backbone's learning rate they move slowly (validation: the loss with actions is only
+    ~0.7 % below the loss without them after 5,300 steps). A single group keeps older checkpoints resumable.
+    """
+    if config.action_lr_scale == 1.0:
+        return [{"params": [p for _, p in trainable]}]
+    action = [p for name, p in trainable if parameter_group(name) in ACTION_LR_GROUPS]
+    rest = [p for name, p in trainable if parameter_group(name) not in ACTION_LR_GROUPS]
+    if not action:
+        raise AstraError("action_lr_scale is set but no action expert or projector parameter trains")
+    action_group = {"params": action, "lr": config.lr * config.action_lr_scale}
+    return [{"params": rest}, action_group] if rest else [action_group]  # group 0's lr is the one logged
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """Linear warmup to 1, then cosine decay to `min_lr_ratio` at `total_steps`."""
     if step < warmup_steps:
@@ -408,7 +429,7 @@ class Trainer:
         self.model = wrap_model(model, config.parallel, info)
         self.trainable = [(n.removeprefix("module."), p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            [p for _, p in self.trainable], lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+            optimizer_groups(self.trainable, config), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio)

@@ -118,6 +118,24 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_factor(55, 10, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
 
 
+def test_action_lr_scale_puts_the_action_modules_in_a_faster_group_that_the_schedule_also_warms(tmp_path):
+    trainer = Trainer(TINY.replace(action_lr_scale=10.0, warmup_steps=5), tmp_path, progress=False)
+    base, action = trainer.optimizer.param_groups
+    names = {id(p): name for name, p in trainer.trainable}
+    assert {names[id(p)].split(".")[0] for p in action["params"]} <= {"blocks", "action_projectors"}
+    assert all("action_experts" in names[id(p)] or names[id(p)].startswith("action_projectors")
+               for p in action["params"])
+    assert len(base["params"]) + len(action["params"]) == len(trainer.trainable)
+    assert action["lr"] == pytest.approx(10.0 * base["lr"])
+    before = {id(p): p.detach().clone() for p in action["params"]}
+    trainer.fit()
+    assert action["lr"] == pytest.approx(10.0 * base["lr"])  # one schedule for both
+    assert any(not torch.equal(before[id(p)], p) for p in action["params"])
+    assert len(Trainer(TINY, tmp_path / "one", progress=False).optimizer.param_groups) == 1  # old checkpoints resume
+    with pytest.raises(AstraError, match="action_lr_scale"):
+        Trainer(TINY.replace(action_lr_scale=0.0), tmp_path / "bad", progress=False)
+
+
 def test_synthetic_batches_are_a_function_of_step_and_rank():
     source = SyntheticBatches(4, (4, 4), (1, 3), 2, 2, seed=0)
     a, b = source.batch(5, 0), source.batch(5, 0)
