@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from astra.eval.compare import compare
+from astra.eval.presets import PresetStressConfig, stress_presets
 from astra.eval.report import EvalConfig, evaluate
 from astra.rollout.options import add_sampling_arguments, sampling_settings
 
@@ -15,7 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = EvalConfig()
     parser.add_argument("--checkpoint", default="astra-small", help="shipped model name or checkpoint folder")
     parser.add_argument("--worlds", default=",".join(defaults.worlds), help="comma-separated worlds")
-    parser.add_argument("--cases", type=int, default=defaults.cases, help="held-out cases per world")
+    parser.add_argument(
+        "--cases", type=int, default=None,
+        help=f"held-out cases per world (default {defaults.cases}; with --presets: start frames, default "
+        f"{PresetStressConfig().starts})",
+    )
     parser.add_argument("--out", default="docs/eval", help="folder for report.md, results.json and the plots")
     parser.add_argument("--rollout-frames", type=int, default=defaults.rollout_frames, help="long-rollout length")
     parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help="4k+1 policy frames first")
@@ -26,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
     add_sampling_arguments(parser)
+    parser.add_argument(
+        "--presets", action="store_true",
+        help="instead: the preset stress test (every action preset of each world held for --rollout-frames from "
+        "held-out starts; saturated, blank and frozen frames; presets.md in --out)",
+    )
     parser.add_argument(
         "--compare", nargs="+", default=None, metavar="RESULTS",
         help="only print a table of earlier evaluations (their --out folders or results.json), the first as the "
@@ -38,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
         print(compare(args.compare), end="")
         return 0
     worlds = tuple(name.strip() for name in args.worlds.split(",") if name.strip())
+    if args.presets:
+        return run_presets(args, worlds)
     config = EvalConfig(
         worlds=worlds,
-        cases=args.cases,
+        cases=EvalConfig.cases if args.cases is None else args.cases,
         context_frames=args.context_frames,
         rollout_frames=args.rollout_frames,
         seed=args.seed,
@@ -61,4 +73,21 @@ def run(args: argparse.Namespace) -> int:
             f"action following {score} (n={following['n']}), bars {world['bars']}"
         )
     print(f"report: {args.out}/report.md")
+    return 0
+
+
+def run_presets(args: argparse.Namespace, worlds: tuple[str, ...]) -> int:
+    config = PresetStressConfig(
+        worlds=worlds,
+        starts=PresetStressConfig.starts if args.cases is None else args.cases,
+        rollout_frames=args.rollout_frames,
+        late_from=args.rollout_frames // 2,
+        seed=args.seed,
+        split=args.split,
+    )
+    results = stress_presets(config, args.out, checkpoint=args.checkpoint, device=args.device, **sampling_settings(args))
+    for world in results["worlds"]:
+        worst = {name: max(scores["late_saturated"]) for name, scores in world["presets"].items()}
+        print(f"{world['world']:>7}: worst saturated fraction " + ", ".join(f"{k} {v:.3f}" for k, v in worst.items()))
+    print(f"report: {args.out}/presets.md")
     return 0

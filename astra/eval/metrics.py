@@ -110,7 +110,7 @@ def frame_stats(frames: np.ndarray, saturated_level: float = CollapseConfig.satu
     return {"mean": unit.mean(axis=1), "std": unit.std(axis=1), "motion": motion, "saturated": saturated}
 
 
-def _windowed_mean(values: np.ndarray, window: int) -> np.ndarray:
+def windowed_mean(values: np.ndarray, window: int) -> np.ndarray:
     """Mean of each run of `window` consecutive values; entry i covers values[i : i + window]."""
     sums = np.convolve(values, np.ones(window), mode="valid")
     return sums / window
@@ -126,8 +126,8 @@ def collapse_frames(generated: np.ndarray, truth: np.ndarray, config: CollapseCo
     frozen = np.array([], dtype=int)
     if len(generated) > config.frozen_window:
         # windows over the motion of frames 1..T-1 (frame 0 has no predecessor)
-        model_motion = _windowed_mean(model["motion"][1:], config.frozen_window)
-        real_motion = _windowed_mean(real["motion"][1:], config.frozen_window)
+        model_motion = windowed_mean(model["motion"][1:], config.frozen_window)
+        real_motion = windowed_mean(real["motion"][1:], config.frozen_window)
         frozen = np.flatnonzero((model_motion < config.frozen_motion) & (real_motion >= config.frozen_motion)) + 1
     limit = config.saturated_fraction
     saturated = np.flatnonzero((model["saturated"] > limit) & (real["saturated"] <= limit))

@@ -1,0 +1,174 @@
+"""`astra eval --presets`: long rollouts under each action preset of a world (held turns, straight drives, ...) from
+held-out start frames, scored without ground truth.
+
+The held-out evaluation replays the simulator's own explorer, which rarely holds one action for long; held doom
+turns are what burned the picture white (docs/results.md, sessions 10-17). This test holds every preset of the
+world's modality for the whole rollout and reports, per preset and start, the mean fraction of saturated pixels
+(every channel above `saturated_level`) over the frames from `late_from` on, and whether any frame went blank or
+froze. It writes presets.md, presets.json and one contact sheet per world.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from astra.actions.parse import PRESETS, get_preset
+from astra.errors import AstraError, UnusualActionWarning
+from astra.eval.metrics import CollapseConfig, frame_stats, windowed_mean
+from astra.eval.plots import contact_sheet, save_png
+from astra.eval.report import world_size
+from astra.files import atomic_write_text
+from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession, load_rollout
+from astra.worlds.base import make_world
+
+FRAMES_PER_LATENT = 4
+
+
+@dataclass(frozen=True)
+class PresetStressConfig:
+    worlds: tuple[str, ...] = ("doom", "robot", "camera", "drive")
+    starts: int = 4  # held-out start frames per world (seeds seed, seed + 1, ...)
+    rollout_frames: int = 256
+    late_from: int = 128  # the saturated fraction is averaged over frames late_from..rollout_frames
+    seed: int = 0
+    split: str = "heldout"
+    sheet_frames: tuple[int, ...] = (0, 4, 16, 32, 64, 128, 192, 256)  # 0 = the start frame
+    collapse: CollapseConfig = CollapseConfig()
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.worlds) - set(MODALITY_OF_WORLD))
+        if unknown:
+            raise AstraError(f"unknown world(s) {', '.join(unknown)}; known: {', '.join(MODALITY_OF_WORLD)}")
+        if not self.worlds:
+            raise AstraError("no worlds to evaluate")
+        if self.starts < 1:
+            raise AstraError(f"--cases (start frames per world) must be >= 1, got {self.starts}")
+        if self.rollout_frames < 1:
+            raise AstraError(f"--rollout-frames must be >= 1, got {self.rollout_frames}")
+        if not 0 <= self.late_from < self.rollout_frames:
+            raise AstraError(f"late_from must be in [0, {self.rollout_frames}), got {self.late_from}")
+
+
+def rollout(session: RolloutSession, start: np.ndarray, latent_rows: np.ndarray, seed: int) -> np.ndarray:
+    """[1 + F, H, W, 3]: the start frame as the model sees it, then the frames generated under per-latent-frame
+    actions, chunk by chunk."""
+    start_frame = session.start(start, seed=seed)
+    chunk = session.chunk_frames
+    with warnings.catch_warnings():  # presets may sit outside the training range on purpose
+        warnings.simplefilter("ignore", UnusualActionWarning)
+        chunks = [session.step_latent(latent_rows[i : i + chunk]) for i in range(0, len(latent_rows), chunk)]
+    return np.concatenate([start_frame[None], *chunks])
+
+
+def score_rollout(video: np.ndarray, config: PresetStressConfig) -> dict[str, Any]:
+    """`video`: the start frame, then the generated frames. Mean saturated fraction of generated frames from
+    `late_from` on; the first generated frame (1-based, or None) that is blank or starts a frozen window."""
+    collapse = config.collapse
+    stats = frame_stats(video, collapse.saturated_level)
+    late = stats["saturated"][1 + config.late_from :]
+    blank = np.flatnonzero(stats["std"][1:] < collapse.blank_std) + 1
+    frozen = np.array([], dtype=int)
+    if len(video) > collapse.frozen_window:  # windows over the motion of frames 1.. (frame 0 has no predecessor)
+        frozen = np.flatnonzero(windowed_mean(stats["motion"][1:], collapse.frozen_window) < collapse.frozen_motion) + 1
+    return {
+        "late_saturated": float(late.mean()),
+        "max_saturated": float(stats["saturated"].max()),
+        "blank": int(blank[0]) if len(blank) else None,
+        "frozen": int(frozen[0]) if len(frozen) else None,
+    }
+
+
+def stress_world(world_name: str, loaded: tuple, config: PresetStressConfig, out: Path, device: str = "cpu") -> dict:
+    model, vae, metadata, rollout_config = loaded
+    modality = MODALITY_OF_WORLD[world_name]
+    action_meta = metadata.get("action_meta", {}).get(world_name, {})
+    latent_frames = -(-config.rollout_frames // (FRAMES_PER_LATENT * model.config.chunk_frames)) * model.config.chunk_frames
+    world = make_world(world_name, size=world_size(world_name, tuple(model.config.resolution)))
+    try:
+        starts = [world.reset(config.seed + index, config.split) for index in range(config.starts)]
+    finally:
+        world.close()
+    presets, sheet_rows = {}, []
+    shown = [t for t in config.sheet_frames if t <= config.rollout_frames]
+    names = list(PRESETS[modality])
+    with tqdm(total=len(names) * len(starts), desc=f"presets {world_name}", unit="rollout") as progress:
+        for name in names:
+            rows = get_preset(name, modality, latent_frames)
+            scores = []
+            for index, start in enumerate(starts):
+                session = RolloutSession(model, vae, modality, rollout_config, action_meta, device)
+                video = rollout(session, start, rows, config.seed + index)[: 1 + config.rollout_frames]
+                scores.append(score_rollout(video, config))
+                if index == 0:
+                    sheet_rows.append((name, video[shown]))
+                progress.update()
+            presets[name] = {
+                "late_saturated": [s["late_saturated"] for s in scores],
+                "max_saturated": [s["max_saturated"] for s in scores],
+                "blank": [s["blank"] for s in scores],
+                "frozen": [s["frozen"] for s in scores],
+            }
+    sheet = f"presets_{world_name}.png"
+    save_png(contact_sheet(sheet_rows, [f"t={t}" for t in shown]), out / sheet)
+    return {"world": world_name, "modality": modality, "presets": presets, "contact_sheet": sheet}
+
+
+def render_markdown(results: dict) -> str:
+    config = results["config"]
+    level, late = config["collapse"]["saturated_level"], config["late_from"]
+    lines = [
+        "# Preset stress test",
+        "",
+        f"Checkpoint `{results['checkpoint']}`; sampler {results['sampler']}. Each action preset held for "
+        f"{config['rollout_frames']} frames from {config['starts']} {config['split']} start frames per world. "
+        f"Saturated: the mean fraction of pixels with every channel above {level}, over frames {late + 1}-"
+        f"{config['rollout_frames']} (one number per start); blank / frozen: starts with a blank frame or a frozen "
+        "window (the thresholds of `astra eval`).",
+        "",
+    ]
+    for world in results["worlds"]:
+        lines += [f"## {world['world']} ({world['modality']})", "", "| preset | saturated per start | worst | blank | frozen |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name, scores in world["presets"].items():
+            saturated = " / ".join(f"{v:.3f}" for v in scores["late_saturated"])
+            blank = sum(v is not None for v in scores["blank"])
+            frozen = sum(v is not None for v in scores["frozen"])
+            lines.append(f"| {name} | {saturated} | {max(scores['late_saturated']):.3f} | {blank} | {frozen} |")
+        lines += ["", f"![{world['world']} presets, first start]({world['contact_sheet']})", ""]
+    return "\n".join(lines)
+
+
+def stress_presets(
+    config: PresetStressConfig,
+    out: str | Path,
+    checkpoint: str | Path = "astra-small",
+    loaded: tuple | None = None,
+    device: str = "cpu",
+    **sampling: Any,
+) -> dict:
+    """Run the preset stress test on every world of `config`; write presets.md / presets.json into `out`.
+    `sampling`: the sampler keywords of `load_rollout`; `loaded` skips loading (tests inject a tiny model)."""
+    config.validate()
+    source = "in-process model" if loaded is not None else str(checkpoint)
+    if loaded is None:
+        loaded = load_rollout(checkpoint, seed=config.seed, device=device, **sampling)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rollout_config = loaded[3]
+    results = {
+        "checkpoint": source,
+        "sampler": f"{rollout_config.num_steps} Euler steps, guidance {rollout_config.guidance_scale}, "
+        f"history noise {rollout_config.history_noise}",
+        "config": asdict(config),
+        "worlds": [stress_world(name, loaded, config, out, device) for name in config.worlds],
+    }
+    atomic_write_text(out / "presets.json", json.dumps(results, indent=1))
+    atomic_write_text(out / "presets.md", render_markdown(results))
+    return results
