@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from astra.actions.align import FRAMES_PER_LATENT
 from astra.actions.parse import PRESETS, get_preset
 from astra.errors import AstraError, UnusualActionWarning
 from astra.eval.metrics import CollapseConfig, frame_stats, windowed_mean
@@ -27,8 +28,6 @@ from astra.eval.report import world_size
 from astra.files import atomic_write_text
 from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession, load_rollout
 from astra.worlds.base import make_world
-
-FRAMES_PER_LATENT = 4
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ def score_rollout(video: np.ndarray, config: PresetStressConfig) -> dict[str, An
         frozen = np.flatnonzero(windowed_mean(stats["motion"][1:], collapse.frozen_window) < collapse.frozen_motion) + 1
     return {
         "late_saturated": float(late.mean()),
-        "max_saturated": float(stats["saturated"].max()),
+        "max_saturated": float(stats["saturated"][1:].max()),
         "blank": int(blank[0]) if len(blank) else None,
         "frozen": int(frozen[0]) if len(frozen) else None,
     }

@@ -19,15 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from astra.actions.align import identity_action, latent_actions
+from astra.actions.align import FRAMES_PER_LATENT, identity_action, latent_actions
 from astra.actions.modalities import check_action_values, get_modality
 from astra.diffusion.flow import add_noise
 from astra.diffusion.guidance import guidance_passes
 from astra.diffusion.sampler import SamplerConfig, sample_chunk
 from astra.errors import AstraError, UnusualActionWarning
 from astra.model.action_experts import ActionInput, unusual_actions
-
-FRAMES_PER_LATENT = 4
 
 
 @dataclass(frozen=True)
