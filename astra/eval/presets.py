@@ -77,6 +77,7 @@ def score_rollout(video: np.ndarray, config: PresetStressConfig) -> dict[str, An
     if len(video) > collapse.frozen_window:  # windows over the motion of frames 1.. (frame 0 has no predecessor)
         frozen = np.flatnonzero(windowed_mean(stats["motion"][1:], collapse.frozen_window) < collapse.frozen_motion) + 1
     return {
+        "start_saturated": float(stats["saturated"][0]),
         "late_saturated": float(late.mean()),
         "max_saturated": float(stats["saturated"][1:].max()),
         "blank": int(blank[0]) if len(blank) else None,
@@ -88,7 +89,8 @@ def stress_world(world_name: str, loaded: tuple, config: PresetStressConfig, out
     model, vae, metadata, rollout_config = loaded
     modality = MODALITY_OF_WORLD[world_name]
     action_meta = metadata.get("action_meta", {}).get(world_name, {})
-    latent_frames = -(-config.rollout_frames // (FRAMES_PER_LATENT * model.config.chunk_frames)) * model.config.chunk_frames
+    chunk = model.config.chunk_frames
+    latent_frames = -(-config.rollout_frames // (FRAMES_PER_LATENT * chunk)) * chunk  # whole chunks, rounded up
     world = make_world(world_name, size=world_size(world_name, tuple(model.config.resolution)))
     try:
         starts = [world.reset(config.seed + index, config.split) for index in range(config.starts)]
@@ -109,6 +111,7 @@ def stress_world(world_name: str, loaded: tuple, config: PresetStressConfig, out
                     sheet_rows.append((name, video[shown]))
                 progress.update()
             presets[name] = {
+                "start_saturated": [s["start_saturated"] for s in scores],
                 "late_saturated": [s["late_saturated"] for s in scores],
                 "max_saturated": [s["max_saturated"] for s in scores],
                 "blank": [s["blank"] for s in scores],
@@ -128,13 +131,20 @@ def render_markdown(results: dict) -> str:
         f"Checkpoint `{results['checkpoint']}`; sampler {results['sampler']}. Each action preset held for "
         f"{config['rollout_frames']} frames from {config['starts']} {config['split']} start frames per world. "
         f"Saturated: the mean fraction of pixels with every channel above {level}, over frames {late + 1}-"
-        f"{config['rollout_frames']} (one number per start); blank / frozen: starts with a blank frame or a frozen "
-        "window (the thresholds of `astra eval`).",
+        f"{config['rollout_frames']} (one number per start; the first row gives the start frames' own, for scenes "
+        "that are bright by nature); blank / frozen: starts with a blank frame or a frozen window (the thresholds "
+        "of `astra eval`).",
         "",
     ]
     for world in results["worlds"]:
-        lines += [f"## {world['world']} ({world['modality']})", "", "| preset | saturated per start | worst | blank | frozen |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        reference = next(iter(world["presets"].values()))["start_saturated"]  # the same starts for every preset
+        lines += [
+            f"## {world['world']} ({world['modality']})",
+            "",
+            "| preset | saturated per start | worst | blank | frozen |",
+            "|---|---|---|---|---|",
+            f"| (the start frames) | {' / '.join(f'{v:.3f}' for v in reference)} | {max(reference):.3f} | | |",
+        ]
         for name, scores in world["presets"].items():
             saturated = " / ".join(f"{v:.3f}" for v in scores["late_saturated"])
             blank = sum(v is not None for v in scores["blank"])

@@ -35,6 +35,7 @@ def test_score_rollout_measures_late_white_blank_and_frozen_frames():
     video[31:, :4] = 255  # half of every frame from generated frame 31 on (video index = frame number) burns white
     scores = score_rollout(video, config)
     assert scores["late_saturated"] == pytest.approx(0.5 * 10 / 20)  # frames 21-40: 10 of them half white
+    assert scores["start_saturated"] == 0.0
     assert scores["max_saturated"] == pytest.approx(0.5)
     assert scores["blank"] is None and scores["frozen"] is None
     video[11:] = 128  # from generated frame 11 on: one flat grey frame, held
@@ -45,7 +46,8 @@ def test_score_rollout_measures_late_white_blank_and_frozen_frames():
 
 def test_preset_stress_test_end_to_end(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "presets"
-    flags = ["--presets", "--worlds", "drive", "--cases", "2", "--rollout-frames", str(ROLLOUT_FRAMES), "--out", str(out)]
+    flags = ["--presets", "--worlds", "drive", "--cases", "2", "--rollout-frames", str(ROLLOUT_FRAMES)]
+    flags += ["--out", str(out)]
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), *flags]) == 0
     assert "worst saturated fraction" in capsys.readouterr().out
     results = json.loads((out / "presets.json").read_text())
@@ -54,7 +56,7 @@ def test_preset_stress_test_end_to_end(tiny_checkpoint, tmp_path, capsys):
     for scores in world["presets"].values():
         assert len(scores["late_saturated"]) == 2 and all(0.0 <= v <= 1.0 for v in scores["late_saturated"])
     report = (out / "presets.md").read_text()
-    assert "| left_turn |" in report and world["contact_sheet"] in report
+    assert "| left_turn |" in report and "| (the start frames) |" in report and world["contact_sheet"] in report
     with Image.open(out / world["contact_sheet"]) as sheet:
         assert sheet.height > 3 * 96  # one row per preset
 
