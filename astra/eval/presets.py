@@ -24,7 +24,7 @@ from astra.actions.parse import PRESETS, get_preset
 from astra.errors import AstraError, UnusualActionWarning
 from astra.eval.metrics import CollapseConfig, frame_stats, windowed_mean
 from astra.eval.plots import contact_sheet, save_png
-from astra.eval.report import world_size
+from astra.eval.report import check_worlds, world_size
 from astra.files import atomic_write_text
 from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession, load_rollout
 from astra.worlds.base import make_world
@@ -42,11 +42,7 @@ class PresetStressConfig:
     collapse: CollapseConfig = CollapseConfig()
 
     def validate(self) -> None:
-        unknown = sorted(set(self.worlds) - set(MODALITY_OF_WORLD))
-        if unknown:
-            raise AstraError(f"unknown world(s) {', '.join(unknown)}; known: {', '.join(MODALITY_OF_WORLD)}")
-        if not self.worlds:
-            raise AstraError("no worlds to evaluate")
+        check_worlds(self.worlds)
         if self.starts < 1:
             raise AstraError(f"--cases (start frames per world) must be >= 1, got {self.starts}")
         if self.rollout_frames < 1:

@@ -50,6 +50,15 @@ class Bars:
     collapse_free_frames: int = 256
 
 
+def check_worlds(worlds: tuple[str, ...]) -> None:
+    """At least one world, each one `astra eval` knows."""
+    unknown = sorted(set(worlds) - set(MODALITY_OF_WORLD))
+    if unknown:
+        raise AstraError(f"unknown world(s) {', '.join(unknown)}; known: {', '.join(MODALITY_OF_WORLD)}")
+    if not worlds:
+        raise AstraError("no worlds to evaluate")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     worlds: tuple[str, ...] = ("doom", "robot", "camera", "drive")
@@ -66,11 +75,7 @@ class EvalConfig:
     bars: Bars = Bars()
 
     def validate(self) -> None:
-        unknown = sorted(set(self.worlds) - set(MODALITY_OF_WORLD))
-        if unknown:
-            raise AstraError(f"unknown world(s) {', '.join(unknown)}; known: {', '.join(MODALITY_OF_WORLD)}")
-        if not self.worlds:
-            raise AstraError("no worlds to evaluate")
+        check_worlds(self.worlds)
         if self.cases < 1:
             raise AstraError(f"--cases must be >= 1, got {self.cases}")
         if self.context_frames < 1 or (self.context_frames - 1) % 4:
