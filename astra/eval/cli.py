@@ -85,7 +85,8 @@ def run_presets(args: argparse.Namespace, worlds: tuple[str, ...]) -> int:
         seed=args.seed,
         split=args.split,
     )
-    results = stress_presets(config, args.out, checkpoint=args.checkpoint, device=args.device, **sampling_settings(args))
+    sampling = sampling_settings(args)
+    results = stress_presets(config, args.out, checkpoint=args.checkpoint, device=args.device, **sampling)
     for world in results["worlds"]:
         worst = {name: max(scores["late_saturated"]) for name, scores in world["presets"].items()}
         print(f"{world['world']:>7}: worst saturated fraction " + ", ".join(f"{k} {v:.3f}" for k, v in worst.items()))

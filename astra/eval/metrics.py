@@ -110,10 +110,29 @@ def frame_stats(frames: np.ndarray, saturated_level: float = CollapseConfig.satu
     return {"mean": unit.mean(axis=1), "std": unit.std(axis=1), "motion": motion, "saturated": saturated}
 
 
-def windowed_mean(values: np.ndarray, window: int) -> np.ndarray:
+def _windowed_mean(values: np.ndarray, window: int) -> np.ndarray:
     """Mean of each run of `window` consecutive values; entry i covers values[i : i + window]."""
     sums = np.convolve(values, np.ones(window), mode="valid")
     return sums / window
+
+
+def collapse_masks(stats: dict[str, np.ndarray], config: CollapseConfig = CollapseConfig()) -> dict[str, np.ndarray]:
+    """Per frame [T] booleans from one video's `frame_stats` (at config.saturated_level): blank, first frame of a
+    frozen window, saturated. Frame 0 has no predecessor, so frozen windows cover the motion of frames 1..T-1."""
+    frozen = np.zeros(len(stats["std"]), dtype=bool)
+    if len(frozen) > config.frozen_window:
+        still = _windowed_mean(stats["motion"][1:], config.frozen_window) < config.frozen_motion
+        frozen[1 : 1 + len(still)] = still
+    return {
+        "blank": stats["std"] < config.blank_std,
+        "frozen": frozen,
+        "saturated": stats["saturated"] > config.saturated_fraction,
+    }
+
+
+def first_true(mask: np.ndarray) -> int | None:
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if len(hits) else None
 
 
 def collapse_frames(generated: np.ndarray, truth: np.ndarray, config: CollapseConfig = CollapseConfig()) -> dict:
@@ -121,24 +140,10 @@ def collapse_frames(generated: np.ndarray, truth: np.ndarray, config: CollapseCo
 
     Frame 0 of both videos should be the start frame, so that frame 1's motion is measured from it."""
     _check_pair(generated, truth)
-    model, real = frame_stats(generated, config.saturated_level), frame_stats(truth, config.saturated_level)
-    blank = np.flatnonzero((model["std"] < config.blank_std) & (real["std"] >= config.blank_std))
-    frozen = np.array([], dtype=int)
-    if len(generated) > config.frozen_window:
-        # windows over the motion of frames 1..T-1 (frame 0 has no predecessor)
-        model_motion = windowed_mean(model["motion"][1:], config.frozen_window)
-        real_motion = windowed_mean(real["motion"][1:], config.frozen_window)
-        frozen = np.flatnonzero((model_motion < config.frozen_motion) & (real_motion >= config.frozen_motion)) + 1
-    limit = config.saturated_fraction
-    saturated = np.flatnonzero((model["saturated"] > limit) & (real["saturated"] <= limit))
-    return {
-        "blank": int(blank[0]) if len(blank) else None,
-        "frozen": int(frozen[0]) if len(frozen) else None,
-        "saturated": int(saturated[0]) if len(saturated) else None,
-    }
+    model, real = (collapse_masks(frame_stats(video, config.saturated_level), config) for video in (generated, truth))
+    return {name: first_true(model[name] & ~real[name]) for name in ("blank", "frozen", "saturated")}
 
 
-# ------------------------------------------------------------------------------------- action following
 def follows_actions(
     generated_true: np.ndarray, generated_alternative: np.ndarray, truth_true: np.ndarray, truth_alternative: np.ndarray
 ) -> list[bool]:

@@ -22,9 +22,9 @@ from tqdm import tqdm
 from astra.actions.align import FRAMES_PER_LATENT
 from astra.actions.parse import PRESETS, get_preset
 from astra.errors import AstraError, UnusualActionWarning
-from astra.eval.metrics import CollapseConfig, frame_stats, windowed_mean
+from astra.eval.metrics import CollapseConfig, collapse_masks, first_true, frame_stats
 from astra.eval.plots import contact_sheet, save_png
-from astra.eval.report import check_worlds, world_size
+from astra.eval.report import check_worlds, describe_sampler, world_size
 from astra.files import atomic_write_text
 from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession, load_rollout
 from astra.worlds.base import make_world
@@ -65,19 +65,15 @@ def rollout(session: RolloutSession, start: np.ndarray, latent_rows: np.ndarray,
 def score_rollout(video: np.ndarray, config: PresetStressConfig) -> dict[str, Any]:
     """`video`: the start frame, then the generated frames. Mean saturated fraction of generated frames from
     `late_from` on; the first generated frame (1-based, or None) that is blank or starts a frozen window."""
-    collapse = config.collapse
-    stats = frame_stats(video, collapse.saturated_level)
-    late = stats["saturated"][1 + config.late_from :]
-    blank = np.flatnonzero(stats["std"][1:] < collapse.blank_std) + 1
-    frozen = np.array([], dtype=int)
-    if len(video) > collapse.frozen_window:  # windows over the motion of frames 1.. (frame 0 has no predecessor)
-        frozen = np.flatnonzero(windowed_mean(stats["motion"][1:], collapse.frozen_window) < collapse.frozen_motion) + 1
+    stats = frame_stats(video, config.collapse.saturated_level)
+    masks = collapse_masks(stats, config.collapse)
+    generated = np.arange(len(video)) > 0  # frame 0 is the input, not a generation
     return {
         "start_saturated": float(stats["saturated"][0]),
-        "late_saturated": float(late.mean()),
+        "late_saturated": float(stats["saturated"][1 + config.late_from :].mean()),
         "max_saturated": float(stats["saturated"][1:].max()),
-        "blank": int(blank[0]) if len(blank) else None,
-        "frozen": int(frozen[0]) if len(frozen) else None,
+        "blank": first_true(masks["blank"] & generated),
+        "frozen": first_true(masks["frozen"] & generated),
     }
 
 
@@ -166,11 +162,9 @@ def stress_presets(
         loaded = load_rollout(checkpoint, seed=config.seed, device=device, **sampling)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rollout_config = loaded[3]
     results = {
         "checkpoint": source,
-        "sampler": f"{rollout_config.num_steps} Euler steps, guidance {rollout_config.guidance_scale}, "
-        f"history noise {rollout_config.history_noise}",
+        "sampler": describe_sampler(loaded[3]),
         "config": asdict(config),
         "worlds": [stress_world(name, loaded, config, out, device) for name in config.worlds],
     }

@@ -373,6 +373,13 @@ def render_markdown(results: dict) -> str:
 
 
 
+def describe_sampler(config: RolloutConfig) -> str:
+    return (
+        f"{config.num_steps} Euler steps, shift {config.shift}, guidance {config.guidance_scale} at t in "
+        f"{list(config.guidance_interval)} ({config.guidance_outside} outside), history noise {config.history_noise}"
+    )
+
+
 def evaluate(
     config: EvalConfig,
     out: str | Path,
@@ -401,10 +408,7 @@ def evaluate(
     rollout_config: RolloutConfig = loaded[3]
     results = {
         "checkpoint": source,
-        "sampler": f"{rollout_config.num_steps} Euler steps, shift {rollout_config.shift}, "
-        f"guidance {rollout_config.guidance_scale} at t in {list(rollout_config.guidance_interval)} "
-        f"({rollout_config.guidance_outside} outside), "
-        f"history noise {rollout_config.history_noise}",
+        "sampler": describe_sampler(rollout_config),
         "sampling": {name: getattr(rollout_config, name) for name in SAMPLING_FIELDS},  # for `astra eval --compare`
         "config": asdict(config),
         "worlds": worlds,
