@@ -55,6 +55,11 @@ class TrainConfig:
     motion_fit_batches: int = 0  # before step 0, fit the motion prior on this many batches (0 = keep it as loaded)
     motion_fit_iterations: int = 300  # full-batch Adam steps of that fit (astra/train/motion_fit.py)
     motion_fit_radius: int = 3  # latent pixels each way the fit's whole-pixel shift search covers per frame
+    # Self-generated memory (rollout training): with this probability a sample's newest history chunk is replaced by
+    # the model's own sample of it (no gradient), so it learns to correct its errors instead of compounding them
+    self_history_prob: float = 0.0
+    self_history_steps: int = 4  # sampler steps of that sample (the rollout default)
+    self_history_guidance: float = 3.0  # its action-free guidance scale (the rollout default, the paper's s)
 
     # --- systems --------------------------------------------------------------------------------------
     mixed_precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "no"
@@ -100,7 +105,7 @@ class TrainConfig:
         lo, hi = self.noisy_memory_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise AstraError(f"noisy_memory_range must satisfy 0 <= lo <= hi <= 1, got {self.noisy_memory_range}")
-        for name in ("noisy_memory_prob", "action_dropout"):
+        for name in ("noisy_memory_prob", "action_dropout", "self_history_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise AstraError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.batch_size < 1 or self.steps < 0 or self.warmup_steps < 0:
@@ -117,6 +122,12 @@ class TrainConfig:
             raise AstraError("copy_prior needs at least one history frame: set history_range lo >= 1")
         if self.diffusion_forcing and self.history_range[0] < 1:
             raise AstraError("diffusion_forcing needs at least one memory frame: set history_range lo >= 1")
+        if self.self_history_prob > 0 and self.diffusion_forcing:
+            raise AstraError(
+                "self_history_prob and diffusion_forcing cannot be combined (diffusion forcing re-splits the history)"
+            )
+        if self.self_history_steps < 1:
+            raise AstraError(f"self_history_steps must be >= 1, got {self.self_history_steps}")
         if self.motion_fit_batches < 0 or self.motion_fit_iterations < 1:
             raise AstraError(
                 f"motion_fit_batches must be >= 0 and motion_fit_iterations >= 1, got {self.motion_fit_batches}, "

@@ -42,6 +42,7 @@ from astra.diffusion.flow import (
     sample_timesteps,
     velocity_target,
 )
+from astra.diffusion.sampler import SamplerConfig, sample_chunk
 from astra.errors import AstraError
 from astra.model.action_experts import ActionInput
 from astra.model.config import PRESETS as MODEL_PRESETS
@@ -224,6 +225,8 @@ def training_loss(
     noisy_target = add_noise(target, noise, timesteps)
 
     history, history_timesteps, history_frames = batch.history_latents, None, 0
+    if history is not None and config.self_history_prob > 0:
+        history = self_generated_history(model, batch, config, generator)
     if history is not None:
         history_frames = history.shape[2]
         low, high = config.noisy_memory_range
@@ -255,6 +258,42 @@ def training_loss(
     aux_loss = out.aux_loss.float()
     loss = sample_flow_loss.mean() + config.aux_loss_weight * aux_loss
     return StepOutput(loss, sample_flow_loss, aux_loss, out.expert_usage.detach())
+
+
+def self_generated_history(
+    model: torch.nn.Module, batch: TrainBatch, config: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """The batch's history with, for a `self_history_prob` share of the samples, its newest chunk (as many frames as
+    the target) replaced by the model's own sample of it given the frames before and the actions, drawn as a
+    rollout draws it (`self_history_steps` Euler steps, guidance `self_history_guidance`, the copy prior).
+
+    Why: at inference the memory is the model's own output, and small errors there (a brighter wall, a blurred edge)
+    compound chunk by chunk (held turns in doom saturate to white within ~20 chunks, docs/results.md). Trained on its
+    own samples as memory with the real next chunk as target, the model learns to pull them back. One generated chunk,
+    no gradient through it: a cheap one-step version of rollout training. Histories with no real frame before their
+    newest chunk are left as they are.
+    """
+    history, chunk = batch.history_latents, batch.target_latents.shape[2]
+    batch_size, history_frames = history.shape[0], history.shape[2]
+    chosen = torch.rand(batch_size, generator=generator) < config.self_history_prob
+    if history_frames <= chunk or not bool(chosen.any()):
+        return history
+    rows = chosen.nonzero().flatten().tolist()
+    index = torch.tensor(rows, device=history.device)
+    past = history[index, :, : history_frames - chunk]
+    actions = ActionInput(batch.action_values[index, :history_frames], tuple(batch.modality[row] for row in rows))
+    noise = torch.randn(history[index, :, -chunk:].shape, generator=generator).to(history.device, history.dtype)
+    sampler = SamplerConfig(
+        num_steps=config.self_history_steps,
+        shift=config.flow.shift,
+        action_guidance=config.self_history_guidance,
+        copy_prior_sigma=config.copy_prior_sigma if config.copy_prior else None,
+    )
+    text = None if batch.text is None else batch.text[index]
+    generated = sample_chunk(model, noise, history_latents=past, actions=actions, text=text, config=sampler)
+    history = history.clone()
+    history[index, :, history_frames - chunk :] = generated.to(history.dtype)
+    return history
 
 
 def diffusion_forcing_split(batch: TrainBatch, model_config: AstraConfig, generator: torch.Generator) -> TrainBatch:

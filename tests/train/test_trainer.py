@@ -44,6 +44,42 @@ def test_noisy_memory_and_action_dropout_reach_the_model(tmp_path):
     assert spy.calls[1]["history_timesteps"].eq(0).all() and not spy.calls[1]["actions"].null.any()
 
 
+class GradSpy(Spy):
+    """Also records whether each call builds a graph (the self-generated history must not)."""
+
+    def forward(self, *args, **kwargs):
+        self.calls.append({**kwargs, "grad": torch.is_grad_enabled()})
+        return self.model(*args, **kwargs)
+
+
+def test_self_generated_history_replaces_the_newest_chunk_without_gradient(tmp_path):
+    config = TINY.replace(
+        history_range=(3, 3), copy_prior=True, noisy_memory_prob=0.0, action_dropout=0.0,
+        self_history_prob=1.0, self_history_steps=2, batch_size=3,
+    )
+    trainer = Trainer(config, tmp_path, progress=False)
+    spy = GradSpy(trainer.model)
+    batch = trainer.batches.batch(0, 0)
+    out = training_loss(spy, batch, config, step_generator(0, 0, 0, 1))
+    *sampling, final = spy.calls
+    assert len(sampling) == 2 and not any(call["grad"] for call in sampling) and final["grad"]
+    chunk = batch.target_latents.shape[2]
+    real = batch.history_latents.shape[2] - chunk  # the frames before the newest chunk
+    assert real >= 1 and all(call["history_latents"].shape[2] == real for call in sampling)
+    history = final["history_latents"]
+    assert torch.equal(history[:, :, :real], batch.history_latents[:, :, :real])  # older frames stay real
+    assert not torch.allclose(history[:, :, real:], batch.history_latents[:, :, real:])  # the newest is the model's
+    assert torch.isfinite(history).all() and torch.isfinite(out.loss)
+
+    spy.calls.clear()  # a history with no real frame before its newest chunk is left as it is
+    short = config.replace(history_range=(chunk, chunk))
+    short_batch = Trainer(short, tmp_path / "short", progress=False).batches.batch(0, 0)
+    training_loss(spy, short_batch, short, step_generator(0, 0, 0, 1))
+    assert len(spy.calls) == 1 and torch.equal(spy.calls[0]["history_latents"], short_batch.history_latents)
+    with pytest.raises(AstraError, match="self_history_prob"):
+        config.replace(self_history_prob=1.5).validate()
+
+
 def test_resume_continues_the_exact_loss_curve(tmp_path):
     config = TINY.replace(steps=4, save_every=2, log_every=1)
     full = Trainer(config, tmp_path / "full", progress=False).fit()
