@@ -282,7 +282,7 @@ def self_generated_history(
     index = torch.tensor(rows, device=history.device)
     past = history[index, :, : history_frames - chunk]
     actions = ActionInput(batch.action_values[index, :history_frames], tuple(batch.modality[row] for row in rows))
-    noise = torch.randn(history[index, :, -chunk:].shape, generator=generator).to(history.device, history.dtype)
+    noise = torch.randn(past.shape[:2] + (chunk,) + past.shape[3:], generator=generator).to(history.device, history.dtype)
     sampler = SamplerConfig(
         num_steps=config.self_history_steps,
         shift=config.flow.shift,

@@ -14,14 +14,14 @@ TINY = get_preset("astra-tiny").replace(model_overrides={"text_dim": 0, "text_le
 
 
 class Spy(torch.nn.Module):
-    """Records the keyword arguments the loss passes to the model."""
+    """Records the keyword arguments the loss passes to the model, and whether the call builds a graph."""
 
     def __init__(self, model):
         super().__init__()
         self.model, self.calls = model, []
 
     def forward(self, *args, **kwargs):
-        self.calls.append(kwargs)
+        self.calls.append({**kwargs, "grad": torch.is_grad_enabled()})
         return self.model(*args, **kwargs)
 
 
@@ -44,21 +44,13 @@ def test_noisy_memory_and_action_dropout_reach_the_model(tmp_path):
     assert spy.calls[1]["history_timesteps"].eq(0).all() and not spy.calls[1]["actions"].null.any()
 
 
-class GradSpy(Spy):
-    """Also records whether each call builds a graph (the self-generated history must not)."""
-
-    def forward(self, *args, **kwargs):
-        self.calls.append({**kwargs, "grad": torch.is_grad_enabled()})
-        return self.model(*args, **kwargs)
-
-
 def test_self_generated_history_replaces_the_newest_chunk_without_gradient(tmp_path):
     config = TINY.replace(
         history_range=(3, 3), copy_prior=True, noisy_memory_prob=0.0, action_dropout=0.0,
         self_history_prob=1.0, self_history_steps=2, batch_size=3,
     )
     trainer = Trainer(config, tmp_path, progress=False)
-    spy = GradSpy(trainer.model)
+    spy = Spy(trainer.model)
     batch = trainer.batches.batch(0, 0)
     out = training_loss(spy, batch, config, step_generator(0, 0, 0, 1))
     *sampling, final = spy.calls
