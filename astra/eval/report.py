@@ -38,7 +38,9 @@ from astra.worlds import EpisodeEnded
 from astra.worlds.base import make_world
 
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "N/A"
-SAMPLING_FIELDS = ("num_steps", "shift", "guidance_scale", "guidance_interval", "guidance_outside", "history_noise")
+SAMPLING_FIELDS = (
+    "num_steps", "shift", "guidance_scale", "guidance_interval", "guidance_outside", "history_noise", "noise_scale"
+)
 
 
 @dataclass(frozen=True)
@@ -376,7 +378,8 @@ def render_markdown(results: dict) -> str:
 def describe_sampler(config: RolloutConfig) -> str:
     return (
         f"{config.num_steps} Euler steps, shift {config.shift}, guidance {config.guidance_scale} at t in "
-        f"{list(config.guidance_interval)} ({config.guidance_outside} outside), history noise {config.history_noise}"
+        f"{list(config.guidance_interval)} ({config.guidance_outside} outside), history noise {config.history_noise}, noise scale "
+        f"{config.noise_scale}"
     )
 
 
@@ -390,6 +393,7 @@ def evaluate(
     history_noise: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
     guidance_outside: float | None = None,
+    noise_scale: float | None = None,
     device: str = "cpu",
 ) -> dict:
     """Evaluate every world of `config` and write the report into `out`. `loaded` = (model, vae, metadata,
@@ -399,7 +403,8 @@ def evaluate(
     if loaded is None:
         loaded = load_rollout(
             checkpoint, steps=steps, guidance_scale=guidance_scale, history_noise=history_noise,
-            guidance_interval=guidance_interval, guidance_outside=guidance_outside, seed=config.seed, device=device,
+            guidance_interval=guidance_interval, guidance_outside=guidance_outside, noise_scale=noise_scale,
+            seed=config.seed, device=device,
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="action scale of the steps outside --guidance-interval: 1 conditional, 0 action-free "
         "(default: the checkpoint's)",
     )
+    parser.add_argument(
+        "--noise-scale", type=float, default=None, metavar="SCALE",
+        help="scale of each chunk's starting noise (sampling temperature): 1 as trained, 0 deterministic "
+        "(default: the checkpoint's)",
+    )
 
 
 def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,4 +49,5 @@ def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
         "history_noise": args.history_noise,
         "guidance_interval": args.guidance_interval,
         "guidance_outside": args.guidance_outside,
+        "noise_scale": args.noise_scale,
     }

@@ -41,6 +41,10 @@ class RolloutConfig:
     copy_prior_sigma: float | None = None  # must match training (read from the checkpoint's metadata)
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # flow times at which guidance applies (SamplerConfig)
     guidance_outside: float = 1.0  # the action scale outside that interval (1 = conditional, 0 = action-free)
+    # Scale of the noise each chunk starts from (the sampling temperature): 1 draws from the trained distribution;
+    # below 1 the Euler path starts nearer the copy anchor's flow, trading detail drawn at random for frames nearer the
+    # model's expectation (0 = deterministic given the memory and actions).
+    noise_scale: float = 1.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -61,6 +65,8 @@ class RolloutConfig:
             and 0.0 <= interval[0] <= interval[1] <= 1.0
         ):
             raise AstraError(f"guidance interval must be two flow times 0 <= lo <= hi <= 1, got {interval}")
+        if not (isinstance(self.noise_scale, (int, float)) and math.isfinite(self.noise_scale) and self.noise_scale >= 0):
+            raise AstraError(f"noise scale (--noise-scale) must be a finite number >= 0, got {self.noise_scale}")
         sigma = self.copy_prior_sigma
         if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
             raise AstraError(f"copy_prior_sigma must be a finite number > 0, got {sigma}")
@@ -263,7 +269,7 @@ class RolloutSession:
         actions = self._actions(chunk_actions)
         batch = 1
         latent_shape = self.newest_latent.shape
-        noise = torch.randn(
+        noise = self.config.noise_scale * torch.randn(
             (batch, latent_shape[1], self.chunk_frames, *latent_shape[3:]), generator=self.generator
         ).to(self.device, self.dtype)
         cond_actions = dataclasses.replace(actions, values=actions.values[:batch], modality=actions.modality[:batch])
@@ -304,6 +310,7 @@ def load_rollout(
     history_noise: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
     guidance_outside: float | None = None,
+    noise_scale: float | None = None,
     seed: int = 0,
     device: str = "cpu",
 ) -> tuple[torch.nn.Module, Any, dict[str, Any], RolloutConfig]:
@@ -330,6 +337,7 @@ def load_rollout(
         history_noise=setting("history_noise", history_noise),
         guidance_interval=tuple(setting("guidance_interval", guidance_interval)),
         guidance_outside=setting("guidance_outside", guidance_outside),
+        noise_scale=setting("noise_scale", noise_scale),
         seed=seed,
     )
     config.validate()

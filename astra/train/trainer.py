@@ -644,6 +644,7 @@ class Trainer:
             "guidance_scale": rollout.guidance_scale,
             "guidance_interval": list(rollout.guidance_interval),
             "guidance_outside": rollout.guidance_outside,
+            "noise_scale": rollout.noise_scale,
             "history_noise": self.config.noisy_memory_range[0] if self.config.noisy_memory_prob > 0 else 0.0,
         }
         if self.config.init_from and is_astra_checkpoint(self.config.init_from):

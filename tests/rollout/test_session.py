@@ -114,6 +114,30 @@ def test_history_noise_is_seeded_shown_to_the_model_and_validated(tiny_parts):
             RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, guidance_interval=interval))
 
 
+def test_noise_scale_zero_makes_the_video_independent_of_the_seed(tiny_parts):
+    """The starting noise is the only draw left at history_noise 0, so scaling it to 0 leaves one video per
+    (image, actions); any other scale still depends on the seed. Bad scales are named."""
+    import dataclasses
+
+    from astra.rollout.session import RolloutSession
+
+    model, vae, config = tiny_parts()
+    image = np.full((16, 16, 3), 100, np.uint8)
+
+    def rollout(noise_scale: float, seed: int) -> np.ndarray:
+        options = dataclasses.replace(config, history_noise=0.0, noise_scale=noise_scale)
+        session = RolloutSession(model, vae, "keyboard_mouse", options)
+        session.start(image, seed=seed)
+        return np.concatenate([session.step(keys(session.frames_per_step, 4)) for _ in range(2)])
+
+    assert np.array_equal(rollout(0.0, seed=1), rollout(0.0, seed=2))
+    assert not np.array_equal(rollout(0.5, seed=1), rollout(0.5, seed=2))
+    assert not np.array_equal(rollout(0.5, seed=1), rollout(1.0, seed=1))
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(AstraError, match=r"noise scale \(--noise-scale\)"):
+            RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, noise_scale=bad))
+
+
 def test_a_bfloat16_model_streams(tiny_parts):
     """On a GPU the weights are bf16: the session feeds noise, actions and latents in the weights' dtype."""
     import torch
