@@ -378,8 +378,8 @@ def render_markdown(results: dict) -> str:
 def describe_sampler(config: RolloutConfig) -> str:
     return (
         f"{config.num_steps} Euler steps, shift {config.shift}, guidance {config.guidance_scale} at t in "
-        f"{list(config.guidance_interval)} ({config.guidance_outside} outside), history noise {config.history_noise}, noise scale "
-        f"{config.noise_scale}"
+        f"{list(config.guidance_interval)} ({config.guidance_outside} outside), history noise {config.history_noise}, "
+        f"noise scale {config.noise_scale}"
     )
 
 

@@ -16,7 +16,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the checkpoint's)")
     parser.add_argument(
         "--guidance-scale", "--guidance", dest="guidance_scale", type=float, default=None, metavar="SCALE",
-        help="action-free guidance scale s in v_null + s (v_act - v_null) (default: the checkpoint's; the paper uses 3)",
+        help="action-free guidance scale s in v_null + s (v_act - v_null) "
+        "(default: the checkpoint's; the paper uses 3)",
     )
     parser.add_argument(
         "--history-noise", type=float, default=None,

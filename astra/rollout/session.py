@@ -42,8 +42,8 @@ class RolloutConfig:
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # flow times at which guidance applies (SamplerConfig)
     guidance_outside: float = 1.0  # the action scale outside that interval (1 = conditional, 0 = action-free)
     # Scale of the noise each chunk starts from (the sampling temperature): 1 draws from the trained distribution;
-    # below 1 the Euler path starts nearer the copy anchor's flow, trading detail drawn at random for frames nearer the
-    # model's expectation (0 = deterministic given the memory and actions).
+    # below 1 the Euler path starts nearer the noise's centre and lands nearer the frame the network expects, with less
+    # detail drawn at random (0 = deterministic given the memory and actions).
     noise_scale: float = 1.0
     seed: int = 0
 
@@ -65,7 +65,8 @@ class RolloutConfig:
             and 0.0 <= interval[0] <= interval[1] <= 1.0
         ):
             raise AstraError(f"guidance interval must be two flow times 0 <= lo <= hi <= 1, got {interval}")
-        if not (isinstance(self.noise_scale, (int, float)) and math.isfinite(self.noise_scale) and self.noise_scale >= 0):
+        scale = self.noise_scale
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
             raise AstraError(f"noise scale (--noise-scale) must be a finite number >= 0, got {self.noise_scale}")
         sigma = self.copy_prior_sigma
         if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
