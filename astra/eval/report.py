@@ -38,9 +38,6 @@ from astra.worlds import EpisodeEnded
 from astra.worlds.base import make_world
 
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "N/A"
-SAMPLING_FIELDS = (
-    "num_steps", "shift", "guidance_scale", "guidance_interval", "guidance_outside", "history_noise", "noise_scale"
-)
 
 
 @dataclass(frozen=True)
@@ -414,7 +411,7 @@ def evaluate(
     results = {
         "checkpoint": source,
         "sampler": describe_sampler(rollout_config),
-        "sampling": {name: getattr(rollout_config, name) for name in SAMPLING_FIELDS},  # for `astra eval --compare`
+        "sampling": rollout_config.sampling(),  # for `astra eval --compare`
         "config": asdict(config),
         "worlds": worlds,
         "overall": summarise_overall(worlds),

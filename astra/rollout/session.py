@@ -28,6 +28,13 @@ from astra.errors import AstraError, UnusualActionWarning
 from astra.model.action_experts import ActionInput, unusual_actions
 
 
+# The RolloutConfig fields that belong to the model (stored in its checkpoint's metadata, compared by `astra eval
+# --compare`); copy_prior_sigma is fixed by training and seed by the caller.
+SAMPLING_FIELDS = (
+    "num_steps", "shift", "guidance_scale", "guidance_interval", "guidance_outside", "history_noise", "noise_scale"
+)
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
     num_steps: int = 4
@@ -71,6 +78,11 @@ class RolloutConfig:
         sigma = self.copy_prior_sigma
         if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
             raise AstraError(f"copy_prior_sigma must be a finite number > 0, got {sigma}")
+
+    def sampling(self) -> dict[str, Any]:
+        """The settings a checkpoint's `sampling` metadata holds (what load_rollout reads back), JSON-ready."""
+        values = {name: getattr(self, name) for name in SAMPLING_FIELDS}
+        return values | {"guidance_interval": list(self.guidance_interval)}
 
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(

@@ -637,14 +637,8 @@ class Trainer:
         from astra.model.checkpoints import astra_metadata, is_astra_checkpoint
         from astra.rollout.session import RolloutConfig
 
-        rollout = RolloutConfig()
         defaults = {
-            "num_steps": rollout.num_steps,
-            "shift": rollout.shift,
-            "guidance_scale": rollout.guidance_scale,
-            "guidance_interval": list(rollout.guidance_interval),
-            "guidance_outside": rollout.guidance_outside,
-            "noise_scale": rollout.noise_scale,
+            **RolloutConfig().sampling(),
             "history_noise": self.config.noisy_memory_range[0] if self.config.noisy_memory_prob > 0 else 0.0,
         }
         if self.config.init_from and is_astra_checkpoint(self.config.init_from):
