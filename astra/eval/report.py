@@ -33,7 +33,14 @@ from astra.eval.metrics import (
 )
 from astra.eval.plots import contact_sheet, line_plot, save_png, stack_vertically
 from astra.files import atomic_write_text
-from astra.rollout.session import MODALITY_OF_WORLD, RolloutConfig, RolloutSession, load_rollout
+from astra.rollout.session import (
+    MODALITY_OF_WORLD,
+    RolloutConfig,
+    RolloutSession,
+    frames_to_video,
+    load_rollout,
+    video_to_frames,
+)
 from astra.worlds import EpisodeEnded
 from astra.worlds.base import make_world
 
@@ -94,6 +101,14 @@ def _generate(session: RolloutSession, start: np.ndarray, rows: np.ndarray, seed
     return start_frame, np.concatenate(chunks)
 
 
+@torch.no_grad()
+def vae_round_trip(session: RolloutSession, frames: np.ndarray) -> np.ndarray:
+    """uint8 frames [1 + 4k, H, W, 3] (the start and what follows) encoded and decoded by the model's VAE: what a
+    model that predicted the true latents exactly would show (the practical ceiling of its PSNR)."""
+    video = frames_to_video(frames).to(session.device, session.vae_dtype)
+    return video_to_frames(session.vae.decode(session.vae.encode(video)))
+
+
 def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> dict[str, Any]:
     """All per-case numbers (arrays stay numpy) plus the frames the contact sheet needs."""
     chunk = session.frames_per_step
@@ -103,6 +118,10 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
     copy_last = np.broadcast_to(start, case.true_frames.shape)
 
     truth_chunk, model_chunk, copy_chunk = case.true_frames[:chunk], generated[:chunk], copy_last[:chunk]
+    # the two reference points inside the latent space: the truth through the VAE (no model can beat it) and the
+    # start frame as the model sees it, repeated (what a network that only copies would score)
+    ceiling_chunk = vae_round_trip(session, np.concatenate([start[None], truth_chunk]))[1:]
+    copy_seen_chunk = np.broadcast_to(start_frame, truth_chunk.shape)
     scored = futures_differ(truth_chunk, case.alternative_frames, config.min_future_mse)
     follows = []
     if scored:
@@ -114,6 +133,8 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
         "seed": case.seed,
         "chunk_psnr": float(psnr_per_frame(model_chunk, truth_chunk).mean()),
         "chunk_psnr_copy": float(psnr_per_frame(copy_chunk, truth_chunk).mean()),
+        "chunk_psnr_vae": float(psnr_per_frame(ceiling_chunk, truth_chunk).mean()),
+        "chunk_psnr_copy_vae": float(psnr_per_frame(copy_seen_chunk, truth_chunk).mean()),
         "chunk_ssim": float(ssim_per_frame(model_chunk, truth_chunk).mean()),
         "chunk_ssim_copy": float(ssim_per_frame(copy_chunk, truth_chunk).mean()),
         "action_scored": scored,
@@ -151,7 +172,8 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
     copy_at = {str(t): float(copy_curve[t - 1]) for t in config.report_frames if t <= length}
     collapsed = [r for r in results if r["collapse"]["blank"] is not None or r["collapse"]["frozen"] is not None]
     chunk_keys = {"psnr": "chunk_psnr", "psnr_copy_last": "chunk_psnr_copy", "ssim": "chunk_ssim",
-                  "ssim_copy_last": "chunk_ssim_copy"}  # fmt: skip
+                  "ssim_copy_last": "chunk_ssim_copy", "psnr_vae_round_trip": "chunk_psnr_vae",
+                  "psnr_copy_last_via_vae": "chunk_psnr_copy_vae"}  # fmt: skip
     next_chunk = {"frames": chunk}
     next_chunk.update({name: float(np.mean([r[key] for r in results])) for name, key in chunk_keys.items()})
     next_chunk["psnr_gain_db"] = next_chunk["psnr"] - next_chunk["psnr_copy_last"]
@@ -278,7 +300,8 @@ def evaluate_world(world_name: str, loaded: tuple, config: EvalConfig, out: Path
 def summarise_overall(worlds: list[dict]) -> dict:
     hits = sum(w["action_following"]["hits"] for w in worlds)
     trials = sum(w["action_following"]["n"] for w in worlds)
-    keys = ("psnr", "psnr_copy_last", "psnr_gain_db", "ssim", "ssim_copy_last")
+    keys = ("psnr", "psnr_copy_last", "psnr_gain_db", "ssim", "ssim_copy_last", "psnr_vae_round_trip",
+            "psnr_copy_last_via_vae")
     return {
         "next_chunk": {key: float(np.mean([w["next_chunk"][key] for w in worlds])) for key in keys},
         "action_following": {
@@ -324,11 +347,20 @@ def render_markdown(results: dict) -> str:
 
     def chunk_row(name: str, n: dict, frames: Any) -> list[Any]:
         return [name, frames, _fmt(n["psnr"]), _fmt(n["psnr_copy_last"]), _fmt(n["psnr_gain_db"]),
-                _fmt(n["ssim"], 3), _fmt(n["ssim_copy_last"], 3)]  # fmt: skip
+                _fmt(n["ssim"], 3), _fmt(n["ssim_copy_last"], 3), _fmt(n.get("psnr_vae_round_trip")),
+                _fmt(n.get("psnr_copy_last_via_vae"))]  # fmt: skip
 
-    lines += ["## Next-chunk prediction (first chunk after the context)", ""]
+    lines += [
+        "## Next-chunk prediction (first chunk after the context)",
+        "",
+        "Two references inside the model's latent space: the true chunk encoded and decoded by the VAE (what a model "
+        "that predicted the true latents exactly would score: the practical ceiling) and the start frame as the model "
+        "sees it (after the VAE), repeated (what a network that only copied would score).",
+        "",
+    ]
     lines += _table(
-        ["world", "frames", "PSNR model", "PSNR copy-last", "gain dB", "SSIM model", "SSIM copy-last"],
+        ["world", "frames", "PSNR model", "PSNR copy-last", "gain dB", "SSIM model", "SSIM copy-last",
+         "PSNR VAE round trip (ceiling)", "PSNR copy-last via VAE"],
         [chunk_row(w["world"], w["next_chunk"], w["next_chunk"]["frames"]) for w in worlds]
         + [chunk_row("**mean**", overall["next_chunk"], "")],
     )
@@ -386,6 +418,7 @@ def evaluate(
     checkpoint: str | Path = "astra-small",
     loaded: tuple | None = None,
     steps: int | None = None,
+    shift: float | None = None,
     guidance_scale: float | None = None,
     history_noise: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
@@ -399,7 +432,7 @@ def evaluate(
     source = "in-process model" if loaded is not None else str(checkpoint)
     if loaded is None:
         loaded = load_rollout(
-            checkpoint, steps=steps, guidance_scale=guidance_scale, history_noise=history_noise,
+            checkpoint, steps=steps, shift=shift, guidance_scale=guidance_scale, history_noise=history_noise,
             guidance_interval=guidance_interval, guidance_outside=guidance_outside, noise_scale=noise_scale,
             seed=config.seed, device=device,
         )

@@ -15,6 +15,11 @@ from astra.errors import AstraError
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the checkpoint's)")
     parser.add_argument(
+        "--shift", type=float, default=None,
+        help="timestep shift of the denoising schedule: above 1 spends more of the steps at high noise, where the "
+        "layout and the motion are decided (default: the checkpoint's; Wan2.1 uses 5)",
+    )
+    parser.add_argument(
         "--guidance-scale", "--guidance", dest="guidance_scale", type=float, default=None, metavar="SCALE",
         help="action-free guidance scale s in v_null + s (v_act - v_null) "
         "(default: the checkpoint's; the paper uses 3)",
@@ -46,6 +51,7 @@ def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
         raise AstraError(f"--steps must be >= 1, got {args.steps}")
     return {
         "steps": args.steps,
+        "shift": args.shift,
         "guidance_scale": args.guidance_scale,
         "history_noise": args.history_noise,
         "guidance_interval": args.guidance_interval,

@@ -64,7 +64,7 @@ class RolloutConfig:
         if not (isinstance(self.guidance_outside, (int, float)) and math.isfinite(self.guidance_outside)):
             raise AstraError(f"guidance outside the interval must be a finite number, got {self.guidance_outside}")
         if not (math.isfinite(self.shift) and self.shift > 0):
-            raise AstraError(f"shift must be a finite number > 0, got {self.shift}")
+            raise AstraError(f"shift (--shift) must be a finite number > 0, got {self.shift}")
         interval = self.guidance_interval
         if not (
             len(interval) == 2
@@ -319,6 +319,7 @@ def load_rollout(
     checkpoint: str | Path = "astra-small",
     *,
     steps: int | None = None,
+    shift: float | None = None,
     guidance_scale: float | None = None,
     history_noise: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
@@ -344,7 +345,7 @@ def load_rollout(
 
     config = RolloutConfig(
         num_steps=setting("num_steps", steps),
-        shift=setting("shift", None),
+        shift=setting("shift", shift),
         guidance_scale=setting("guidance_scale", guidance_scale),
         copy_prior_sigma=metadata.get("copy_prior_sigma"),
         history_noise=setting("history_noise", history_noise),

@@ -25,6 +25,10 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     # the copy-last baseline is a real measurement: finite, and the camera of seed 4 moves, so below the cap
     assert 5.0 < world["next_chunk"]["psnr_copy_last"] < 60.0
     assert 0.0 < world["next_chunk"]["ssim"] < 1.0
+    # the VAE references are measured too (the tiny test VAE is untrained: far below a perfect round trip)
+    assert 0.0 < world["next_chunk"]["psnr_vae_round_trip"] < 40.0
+    assert 0.0 < world["next_chunk"]["psnr_copy_last_via_vae"] < 40.0
+    assert "VAE round trip (ceiling)" in (out / "report.md").read_text()
     assert world["action_following"]["n"] + 2 * world["action_following"]["skipped_cases"] == 2
     assert world["bars"]["no_collapse"] == "N/A"  # 16 frames cannot show 256 collapse-free frames
     report = (out / "report.md").read_text()
@@ -59,3 +63,27 @@ def test_bad_options_fail_with_one_clear_line(tiny_checkpoint, tmp_path, capsys,
     error = capsys.readouterr().err
     assert "astra eval: error:" in error and "Traceback" not in error
     assert re.search(message, error)
+
+
+def test_the_vae_round_trip_of_an_exact_vae_is_the_truth():
+    """The ceiling column's helper: with a VAE that encodes and decodes exactly, the round trip returns the frames."""
+    import torch
+
+    from astra.eval.report import vae_round_trip
+
+    class ExactVae(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def encode(self, video):
+            return video * self.scale
+
+        def decode(self, latents):
+            return latents / self.scale
+
+    class Session:
+        vae, device, vae_dtype = ExactVae(), torch.device("cpu"), torch.float32
+
+    frames = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(vae_round_trip(Session(), frames), frames)

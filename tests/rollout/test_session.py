@@ -136,6 +136,8 @@ def test_noise_scale_zero_makes_the_video_independent_of_the_seed(tiny_parts):
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(AstraError, match=r"noise scale \(--noise-scale\)"):
             RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, noise_scale=bad))
+        with pytest.raises(AstraError, match=r"shift \(--shift\)"):
+            RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, shift=bad))
 
 
 def test_a_bfloat16_model_streams(tiny_parts):

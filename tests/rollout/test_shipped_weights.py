@@ -16,6 +16,14 @@ def test_the_shipped_model_and_its_vae_load_strictly_and_decode():
     assert torch.isfinite(frames).all()
 
 
+def test_given_sampler_settings_override_the_checkpoints_and_unset_ones_keep_them():
+    _, _, metadata, own = load_rollout("astra-small")
+    _, _, _, given = load_rollout("astra-small", shift=3.0, noise_scale=0.5)
+    assert (given.shift, given.noise_scale) == (3.0, 0.5)
+    assert own.shift == metadata["sampling"]["shift"] and own.noise_scale == metadata["sampling"]["noise_scale"]
+    assert given.guidance_scale == own.guidance_scale == metadata["sampling"]["guidance_scale"]
+
+
 def test_the_shipped_model_keeps_its_latents_bounded_over_a_long_drive():
     """With its own sampling settings (memory noised to `history_noise`) the shipped model's latents stay at the
     data's scale (std ~1) over 32 chunks; with clean memory the same weights reach std 8.9 on this input."""
