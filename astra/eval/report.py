@@ -118,8 +118,8 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
     copy_last = np.broadcast_to(start, case.true_frames.shape)
 
     truth_chunk, model_chunk, copy_chunk = case.true_frames[:chunk], generated[:chunk], copy_last[:chunk]
-    # the two reference points inside the latent space: the truth through the VAE (no model can beat it) and the
-    # start frame as the model sees it, repeated (what a network that only copies would score)
+    # the two reference points inside the latent space: the truth through the VAE (what predicting the true latents
+    # exactly would score) and the start frame as the model sees it, repeated (what a network that only copies scores)
     ceiling_chunk = vae_round_trip(session, np.concatenate([start[None], truth_chunk]))[1:]
     copy_seen_chunk = np.broadcast_to(start_frame, truth_chunk.shape)
     scored = futures_differ(truth_chunk, case.alternative_frames, config.min_future_mse)
