@@ -347,8 +347,8 @@ def render_markdown(results: dict) -> str:
 
     def chunk_row(name: str, n: dict, frames: Any) -> list[Any]:
         return [name, frames, _fmt(n["psnr"]), _fmt(n["psnr_copy_last"]), _fmt(n["psnr_gain_db"]),
-                _fmt(n["ssim"], 3), _fmt(n["ssim_copy_last"], 3), _fmt(n.get("psnr_vae_round_trip")),
-                _fmt(n.get("psnr_copy_last_via_vae"))]  # fmt: skip
+                _fmt(n["ssim"], 3), _fmt(n["ssim_copy_last"], 3), _fmt(n["psnr_vae_round_trip"]),
+                _fmt(n["psnr_copy_last_via_vae"])]  # fmt: skip
 
     lines += [
         "## Next-chunk prediction (first chunk after the context)",
@@ -417,25 +417,16 @@ def evaluate(
     out: str | Path,
     checkpoint: str | Path = "astra-small",
     loaded: tuple | None = None,
-    steps: int | None = None,
-    shift: float | None = None,
-    guidance_scale: float | None = None,
-    history_noise: float | None = None,
-    guidance_interval: tuple[float, float] | None = None,
-    guidance_outside: float | None = None,
-    noise_scale: float | None = None,
     device: str = "cpu",
+    **sampling: Any,
 ) -> dict:
-    """Evaluate every world of `config` and write the report into `out`. `loaded` = (model, vae, metadata,
-    RolloutConfig) skips loading `checkpoint` (tests inject a random tiny model this way)."""
+    """Evaluate every world of `config` and write the report into `out`. `sampling`: the sampler keywords of
+    `load_rollout`; `loaded` = (model, vae, metadata, RolloutConfig) skips loading `checkpoint` (tests inject a random
+    tiny model this way)."""
     config.validate()
     source = "in-process model" if loaded is not None else str(checkpoint)
     if loaded is None:
-        loaded = load_rollout(
-            checkpoint, steps=steps, shift=shift, guidance_scale=guidance_scale, history_noise=history_noise,
-            guidance_interval=guidance_interval, guidance_outside=guidance_outside, noise_scale=noise_scale,
-            seed=config.seed, device=device,
-        )
+        loaded = load_rollout(checkpoint, seed=config.seed, device=device, **sampling)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)  # the sessions seed their own noise; this covers anything else that draws

@@ -340,20 +340,15 @@ def load_rollout(
     vae = load_vae(recorded if recorded and Path(recorded).exists() else model.config.vae)
     sampling = metadata.get("sampling", {})
 
-    def setting(name: str, given: Any) -> Any:  # the caller's value, else the checkpoint's, else the default
-        return given if given is not None else sampling.get(name, getattr(RolloutConfig, name))
-
-    config = RolloutConfig(
-        num_steps=setting("num_steps", steps),
-        shift=setting("shift", shift),
-        guidance_scale=setting("guidance_scale", guidance_scale),
-        copy_prior_sigma=metadata.get("copy_prior_sigma"),
-        history_noise=setting("history_noise", history_noise),
-        guidance_interval=tuple(setting("guidance_interval", guidance_interval)),
-        guidance_outside=setting("guidance_outside", guidance_outside),
-        noise_scale=setting("noise_scale", noise_scale),
-        seed=seed,
-    )
+    given = {"num_steps": steps, "shift": shift, "guidance_scale": guidance_scale, "history_noise": history_noise,
+             "guidance_interval": guidance_interval, "guidance_outside": guidance_outside, "noise_scale": noise_scale}  # fmt: skip
+    # per field: the caller's value, else the checkpoint's, else the default
+    values = {
+        name: given[name] if given[name] is not None else sampling.get(name, getattr(RolloutConfig, name))
+        for name in SAMPLING_FIELDS
+    }
+    values["guidance_interval"] = tuple(values["guidance_interval"])
+    config = RolloutConfig(**values, copy_prior_sigma=metadata.get("copy_prior_sigma"), seed=seed)
     config.validate()
     return model, vae, metadata, config
 
