@@ -24,9 +24,9 @@ from astra.actions.parse import PRESETS, get_preset
 from astra.errors import AstraError, UnusualActionWarning
 from astra.eval.metrics import CollapseConfig, collapse_masks, first_true, frame_stats
 from astra.eval.plots import contact_sheet, save_png
-from astra.eval.report import check_worlds, describe_sampler, world_size
+from astra.eval.report import check_worlds, describe_sampler, loaded_model, world_size
 from astra.files import atomic_write_text
-from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession, load_rollout
+from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession
 from astra.worlds.base import make_world
 
 
@@ -157,9 +157,7 @@ def stress_presets(
     """Run the preset stress test on every world of `config`; write presets.md / presets.json into `out`.
     `sampling`: the sampler keywords of `load_rollout`; `loaded` skips loading (tests inject a tiny model)."""
     config.validate()
-    source = "in-process model" if loaded is not None else str(checkpoint)
-    if loaded is None:
-        loaded = load_rollout(checkpoint, seed=config.seed, device=device, **sampling)
+    source, loaded = loaded_model(checkpoint, loaded, config.seed, device, sampling)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {

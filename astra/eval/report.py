@@ -412,6 +412,16 @@ def describe_sampler(config: RolloutConfig) -> str:
     )
 
 
+def loaded_model(
+    checkpoint: str | Path, loaded: tuple | None, seed: int, device: str, sampling: dict[str, Any]
+) -> tuple[str, tuple]:
+    """(what the results name as the checkpoint, (model, vae, metadata, RolloutConfig)): `loaded` as given (an
+    in-process model), else `checkpoint` loaded with the sampler keywords of `load_rollout`."""
+    if loaded is not None:
+        return "in-process model", loaded
+    return str(checkpoint), load_rollout(checkpoint, seed=seed, device=device, **sampling)
+
+
 def evaluate(
     config: EvalConfig,
     out: str | Path,
@@ -424,9 +434,7 @@ def evaluate(
     `load_rollout`; `loaded` = (model, vae, metadata, RolloutConfig) skips loading `checkpoint` (tests inject a random
     tiny model this way)."""
     config.validate()
-    source = "in-process model" if loaded is not None else str(checkpoint)
-    if loaded is None:
-        loaded = load_rollout(checkpoint, seed=config.seed, device=device, **sampling)
+    source, loaded = loaded_model(checkpoint, loaded, config.seed, device, sampling)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)  # the sessions seed their own noise; this covers anything else that draws
