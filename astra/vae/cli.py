@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--split", default="heldout", choices=("train", "heldout"))
     evaluate.add_argument("--max-frames", type=int, default=33, help="frames per episode evaluated (4k+1)")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+    evaluate.add_argument(
+        "--latents-vs",
+        metavar="VAE",
+        help="also report how far this VAE's normalised latents moved from VAE's (|z - z_ref|^2 / |z_ref|^2): "
+        "whether a transformer trained on VAE's latents still fits",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,14 +74,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"saved {args.out} ({params:,} parameters; worlds: {', '.join(pool.worlds)})")
         return 0
     vae = load_vae(args.vae)
-    results = evaluate_vae(vae, load_clip_pool(args.episodes, split=args.split), max_frames=args.max_frames)
+    reference = load_vae(args.latents_vs) if args.latents_vs else None
+    pool = load_clip_pool(args.episodes, split=args.split)
+    results = evaluate_vae(vae, pool, max_frames=args.max_frames, reference=reference)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     speed = results.pop("speed")
-    print(f"{'world':<16}{'episodes':>9}{'PSNR dB':>9}{'SSIM':>8}")
+    change_header = f"{'latent change':>15}" if reference is not None else ""
+    print(f"{'world':<16}{'episodes':>9}{'PSNR dB':>9}{'SSIM':>8}{change_header}")
     for world, row in results.items():
-        print(f"{world:<16}{row['episodes']:>9}{row['psnr']:>9.2f}{row['ssim']:>8.4f}")
+        change = f"{row['latent_change']:>15.4f}" if reference is not None else ""
+        print(f"{world:<16}{row['episodes']:>9}{row['psnr']:>9.2f}{row['ssim']:>8.4f}{change}")
     print(
         f"decode {speed['decode_ms_per_frame']:.2f} ms/frame one-shot, "
         f"{speed['stream_decode_ms_per_frame']:.2f} ms/frame streaming"

@@ -283,13 +283,16 @@ def decode_ms_per_frame(vae, latents: torch.Tensor, repeats: int = 3) -> dict[st
 
 
 @torch.no_grad()
-def evaluate_vae(vae, pool: ClipPool, max_frames: int = 33) -> dict[str, Any]:
-    """PSNR/SSIM per world over the first 4k+1 (<= max_frames) frames of every episode, and decode speed."""
+def evaluate_vae(vae, pool: ClipPool, max_frames: int = 33, reference=None) -> dict[str, Any]:
+    """PSNR/SSIM per world over the first 4k+1 (<= max_frames) frames of every episode, and decode speed.
+
+    With a `reference` VAE also the latent change |z - z_ref|^2 / |z_ref|^2 of the normalised latents: whether a
+    transformer trained on the reference's latents still fits this VAE's (0 after a decoder-only fine-tune)."""
     results: dict[str, Any] = {}
     resolution = vae.config.resolution if isinstance(vae, SmallVAE) else None
     latents = None
     for world, episodes in pool.episodes.items():
-        scores = []
+        scores, change, reference_energy = [], 0.0, 0.0
         for frames in episodes:
             usable = min(len(frames), max_frames)
             usable -= (usable - 1) % TEMPORAL_STRIDE
@@ -297,11 +300,22 @@ def evaluate_vae(vae, pool: ClipPool, max_frames: int = 33) -> dict[str, Any]:
             latents = vae.encode(video)
             reconstruction = vae.decode(latents)
             scores.append((psnr(reconstruction, video), ssim(reconstruction, video)))
+            if reference is not None:
+                reference_latents = reference.encode(video)
+                if reference_latents.shape != latents.shape:
+                    raise AstraError(
+                        f"the reference VAE encodes {world} to latents of shape {tuple(reference_latents.shape)}, "
+                        f"this one to {tuple(latents.shape)}: latent change needs the same latent layout"
+                    )
+                change += (latents - reference_latents).square().sum().item()
+                reference_energy += reference_latents.square().sum().item()
         results[world] = {
             "episodes": len(scores),
             "psnr": float(np.mean([s[0] for s in scores])),
             "ssim": float(np.mean([s[1] for s in scores])),
         }
+        if reference is not None:
+            results[world]["latent_change"] = change / max(reference_energy, 1e-12)
     results["speed"] = decode_ms_per_frame(vae, latents)
     return results
 

@@ -136,3 +136,38 @@ def test_decoder_finetune_keeps_the_latent_space(tmp_path):
     video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
     assert torch.equal(reloaded.encode(video), original.encode(video))
     assert any(not torch.equal(a, b) for a, b in zip(tuned.decoder.parameters(), original.decoder.parameters()))
+
+
+def test_latent_change_against_a_reference(episodes, tmp_path, capsys):
+    """--latents-vs: zero for the same encoder (a decoder-only change too), positive once the encoder moved,
+    a named error for a reference with another latent layout."""
+    from astra.errors import AstraError
+    from astra.vae.small import save_small_vae
+
+    pool = load_clip_pool([episodes], split="heldout")
+    torch.manual_seed(0)
+    reference = SmallVAE(SMALL_VAE_PRESETS["astra-tiny-vae"]).eval()
+    new_decoder, new_encoder = SmallVAE(reference.config).eval(), SmallVAE(reference.config).eval()
+    new_decoder.load_state_dict(reference.state_dict())
+    new_encoder.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        for parameter in new_decoder.decoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+        for parameter in new_encoder.encoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    for world in WORLDS:
+        assert evaluate_vae(new_decoder, pool, max_frames=9, reference=reference)[world]["latent_change"] == 0.0
+        assert evaluate_vae(new_encoder, pool, max_frames=9, reference=reference)[world]["latent_change"] > 1e-4
+    assert "latent_change" not in evaluate_vae(reference, pool, max_frames=9)[WORLDS[0]]
+    other_layout = SmallVAE(dataclasses.replace(reference.config, z_dim=8)).eval()
+    with pytest.raises(AstraError, match="same latent layout"):
+        evaluate_vae(reference, pool, max_frames=9, reference=other_layout)
+
+    save_small_vae(reference, tmp_path / "reference")
+    save_small_vae(new_encoder, tmp_path / "moved")
+    args = ["vae", "eval", "--vae", str(tmp_path / "moved"), "--episodes", str(episodes), "--max-frames", "9"]
+    assert main(args + ["--latents-vs", str(tmp_path / "reference")]) == 0
+    printed = capsys.readouterr().out
+    assert "latent change" in printed and all(world in printed for world in WORLDS)
+    assert main(args + ["--latents-vs", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
