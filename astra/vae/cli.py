@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument(
         "--latents-vs",
         metavar="VAE",
-        help="also report how far this VAE's normalised latents moved from VAE's (|z - z_ref|^2 / |z_ref|^2): "
-        "whether a transformer trained on VAE's latents still fits",
+        help="also report per world how far the normalised latents moved from those of VAE "
+        "(|z - z_VAE|^2 / |z_VAE|^2): whether a transformer trained on VAE's latents still fits",
     )
 
 
