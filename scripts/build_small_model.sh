@@ -37,8 +37,7 @@ astra train --preset astra-small --out "$WORK/flow" --set data="$WORK/latents" -
 astra train --preset astra-small --out "$WORK/run" --set data="$WORK/latents" --set init_from="$WORK/flow/export" \
   --set steps="$PRIOR_STEPS" --set warmup_steps=50 --resume
 astra train --preset astra-small --out "$WORK/run" --set data="$WORK/latents" --export
-# A model trained from scratch plays with the generic sampler defaults (guidance 3, noise scale 1); the shipped
-# settings were chosen on training episodes (docs/results.md, session 19) and also scored better for the session-22
-# rebuild (21.75 vs 20.65 dB pooled on the train split), so the eval uses them; pick others with --split train only.
-astra eval --checkpoint "$WORK/run/export" --out "$WORK/eval" --guidance 2 --history-noise 0.3 --noise-scale 0.3
-echo "done: copy $WORK/vae-decoder to weights/astra-small-vae and $WORK/run/export to weights/astra-small if the eval is better (and write the sampler settings the eval used into its config.json metadata.sampling)"
+# The export plays with the preset's sampler settings (`sampling` in astra/train/config.py: the shipped model's,
+# chosen on training episodes, docs/results.md); pick others on --split train only, then --set sampling.NAME=VALUE.
+astra eval --checkpoint "$WORK/run/export" --out "$WORK/eval"
+echo "done: copy $WORK/vae-decoder to weights/astra-small-vae and $WORK/run/export to weights/astra-small if the eval is better"

@@ -630,10 +630,10 @@ class Trainer:
         return meta
 
     def sampling_defaults(self) -> dict[str, float]:
-        """The rollout settings the exported model plays with. Training that went on from one of our checkpoints
-        keeps that checkpoint's settings (chosen for it, e.g. the shipped history noise); otherwise the
-        RolloutConfig defaults, and memory noised to the lowest level training noised it at (0 = clean when
-        training never did), so the model's own frames enter its memory the way noised real frames did."""
+        """The rollout settings the exported model plays with: those the config's `sampling` names; else, when
+        training went on from one of our checkpoints, that checkpoint's (chosen for it, e.g. the shipped history
+        noise); else the RolloutConfig defaults, and memory noised to the lowest level training noised it at (0 =
+        clean when training never did), so the model's own frames enter its memory the way noised real frames did."""
         from astra.model.checkpoints import astra_metadata, is_astra_checkpoint
         from astra.rollout.session import RolloutConfig
 
@@ -644,7 +644,7 @@ class Trainer:
         if self.config.init_from and is_astra_checkpoint(self.config.init_from):
             inherited = astra_metadata(self.config.init_from).get("sampling") or {}
             defaults.update({key: inherited[key] for key in defaults if key in inherited})
-        return defaults
+        return defaults | self.config.sampling
 
     def export(self, directory: str | Path | None = None, use_ema: bool = True) -> Path | None:
         """Write the model (EMA weights for the trainable set) with save_astra: model.safetensors + config.json."""

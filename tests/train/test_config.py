@@ -50,6 +50,23 @@ def test_set_values_of_the_wrong_kind_are_named(item, message):
         get_preset("astra-tiny").with_updates(parse_overrides([item]))
 
 
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("sampling.guidance=2", "unknown setting.*guidance;"),
+        ("sampling.history_noise=1.5", "history_noise must lie in"),
+        ("sampling.guidance_scale=abc", "wrong type"),
+        ("sampling.guidance_interval=5", "wrong type"),
+    ],
+)
+def test_sampling_settings_are_checked_before_training(item, message):
+    config = get_preset("astra-small").with_updates(parse_overrides(["sampling.num_steps=6"]))
+    config.validate()
+    assert config.sampling["num_steps"] == 6 and config.sampling["guidance_scale"] == 2.0  # merged, not replaced
+    with pytest.raises(AstraError, match=message):
+        config.with_updates(parse_overrides([item])).validate()
+
+
 def test_config_files_must_hold_objects(tmp_path):
     listed = tmp_path / "list.json"
     listed.write_text("[1]")

@@ -284,6 +284,8 @@ def test_training_on_from_a_checkpoint_keeps_its_sampling_settings_and_its_motio
     follow.fit()
     _, metadata = load_astra(follow.export())
     assert metadata["sampling"] == sampling
+    chosen = Trainer(config.replace(sampling={"guidance_scale": 1.5}), tmp_path / "chosen", progress=False)
+    assert chosen.sampling_defaults() == sampling | {"guidance_scale": 1.5}  # the config's own choice wins
     followed, _ = load_astra(tmp_path / "follow" / "export")
     for name, tensor in source.model.motion_prior.state_dict().items():
         assert torch.equal(tensor, followed.motion_prior.state_dict()[name]), name
