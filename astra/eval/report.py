@@ -106,7 +106,7 @@ def vae_round_trip(session: RolloutSession, frames: np.ndarray) -> np.ndarray:
     """uint8 frames [1 + 4k, H, W, 3] (the start and what follows) encoded and decoded by the model's VAE: what a
     model that predicted the true latents exactly would show (the practical ceiling of its PSNR)."""
     video = frames_to_video(frames).to(session.device, session.vae_dtype)
-    return video_to_frames(session.vae.decode(session.vae.encode(video)))
+    return video_to_frames(session.vae.decode(session.vae.encode(video), start=video[:, :, :1]))
 
 
 def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> dict[str, Any]:

@@ -194,7 +194,8 @@ class RolloutSession:
         """Encode the start image as latent frame 0 and fill the cache; returns the frame as the model sees it."""
         frame = prepare_image(image, self.resolution)
         self.generator.manual_seed(self.config.seed if seed is None else seed)
-        latent = self.vae.encode(frames_to_video(frame[None]).to(self.device, self.vae_dtype)).to(self.dtype)
+        video = frames_to_video(frame[None]).to(self.device, self.vae_dtype)
+        latent = self.vae.encode(video).to(self.dtype)
         identity = identity_action(self.modality)[None]  # latent frame 0's action: nothing happened yet
         # The start frame is real, not generated: it enters the memory clean (flow time 0).
         if self.streaming:
@@ -203,7 +204,7 @@ class RolloutSession:
             levels = torch.zeros(latent.shape[0], 1, device=self.device, dtype=self.dtype)
             self.history_latents, self.history_levels, self.history_actions = latent, levels, identity
         self.started = True
-        self.decoder = self.vae.stream_decoder()
+        self.decoder = self.vae.stream_decoder(start=video)  # a reference-frame decoder starts from the real image
         self.newest_latent = self.newest_memory = latent
         return video_to_frames(self.decoder.decode_chunk(latent.to(self.vae_dtype)))[0]
 

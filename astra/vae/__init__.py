@@ -2,8 +2,8 @@
 
 `load_vae(name_or_path)` returns either the small causal VAE trained here (`astra-small-vae`, a folder
 with `model.safetensors` + `config.json`) or the Wan2.1 VAE through diffusers (a diffusers folder or the
-original `Wan2.1_VAE.pth`). Both expose `encode`, `decode`, `stream_decoder()`, `latent_channels`,
-`temporal_stride` and `spatial_stride`; latents are normalised per channel.
+original `Wan2.1_VAE.pth`). Both expose `encode`, `decode(latents, start=None)`, `stream_decoder(start=None)`,
+`latent_channels`, `temporal_stride` and `spatial_stride`; latents are normalised per channel.
 """
 
 from __future__ import annotations

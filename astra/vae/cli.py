@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--freeze-encoder", action="store_true",
         help="train only the decoder of --init-from: latents (and models trained on them) stay valid",
     )
+    train.add_argument(
+        "--reference-frame", action="store_true",
+        help="add a reference path to --init-from's decoder: each chunk also sees the frame shown before it",
+    )
 
     evaluate = commands.add_parser("eval", help="PSNR/SSIM per world on episodes, and decode ms/frame")
     evaluate.add_argument("--vae", default="astra-small-vae", help="weights name or path (either VAE)")
@@ -64,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             init_from=args.init_from,
             freeze_encoder=args.freeze_encoder,
+            reference_frame=args.reference_frame,
         )
         config.validate()
         if args.init_from:  # a bad --init-from is named now, not after minutes of reading episodes

@@ -51,6 +51,10 @@ class SmallVAEConfig:
     frame_res_blocks: int = 1  # residual blocks per 2-D level
     latent_res_blocks: int = 2  # causal residual blocks on latent frames
     temporal_kernel: int = 3  # latent frames seen by each causal conv (current + kernel - 1 previous)
+    # Reference-frame decoding: every decoded chunk also sees the frame shown just before it (the real start image
+    # for the first, then the decoder's own last output), so detail the latents cannot hold is carried over from
+    # it instead of being lost at every chunk (see SmallDecoder).
+    reference_frame: bool = False
     resolution: tuple[int, int] = (64, 64)  # what it is trained on (informational; any multiple works)
     # Per-channel statistics of the raw latent means, measured after training (identity before).
     latents_mean: tuple[float, ...] | None = None
@@ -208,6 +212,35 @@ class SmallEncoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
+class ReferenceEncoder(nn.Module):
+    """Features of the reference frame at every decoder resolution, added to the decoder's frames through
+    zero-initialised 1x1 convs: a reference path added to a trained decoder starts out as that decoder."""
+
+    def __init__(self, config: SmallVAEConfig):
+        super().__init__()
+        widths = config.frame_channels  # finest first
+        self.conv_in = nn.Conv2d(config.in_channels, widths[0], 3, padding=1)
+        self.levels = nn.ModuleList()
+        for level, width in enumerate(widths):
+            blocks: list[nn.Module] = [FrameResBlock(width)]
+            if level > 0:
+                blocks.insert(0, nn.Conv2d(widths[level - 1], width, 3, stride=2, padding=1))
+            self.levels.append(nn.Sequential(*blocks))
+        self.to_decoder = nn.ModuleList(nn.Conv2d(width, width, 1) for width in widths)
+        for conv in self.to_decoder:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, reference: torch.Tensor) -> list[torch.Tensor]:
+        """[B, 3, H, W] -> one feature map per decoder level, coarsest first (the decoder's order)."""
+        x = self.conv_in(reference)
+        features = []
+        for level, project in zip(self.levels, self.to_decoder):
+            x = level(x)
+            features.append(project(x))
+        return features[::-1]
+
+
 class SmallDecoder(nn.Module):
     def __init__(self, config: SmallVAEConfig):
         super().__init__()
@@ -229,11 +262,33 @@ class SmallDecoder(nn.Module):
             self.levels.append(nn.Sequential(*blocks))
         self.norm_out = RMSNorm(widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], config.in_channels, 3, padding=1)
+        self.reference = ReferenceEncoder(config) if config.reference_frame else None
 
     def forward(
-        self, latents: torch.Tensor, state: StreamState | None = None, first_chunk: bool = True
+        self,
+        latents: torch.Tensor,
+        state: StreamState | None = None,
+        first_chunk: bool = True,
+        reference: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """[B, z, f, h, w] raw latents -> [B, 3, 4f (-3 when `first_chunk`), H, W] frames, unclamped."""
+        """[B, z, f, h, w] raw latents -> [B, 3, 4f (-3 when `first_chunk`), H, W] frames, unclamped.
+
+        With a reference path, `reference` [B, 3, H, W] is the frame shown just before these latents (None = none
+        known: the path adds nothing); latent frames are then decoded one at a time, each seeing the last frame
+        decoded before it (clamped, as it is shown), so a clip decodes exactly as it streams."""
+        if self.reference is None:
+            return self._decode(latents, state, first_chunk, None)
+        state = StreamState() if state is None else state
+        chunks = []
+        for index in range(latents.shape[2]):
+            frames = self._decode(latents[:, :, index : index + 1], state, first_chunk and index == 0, reference)
+            chunks.append(frames)
+            reference = frames[:, :, -1].clamp(-1.0, 1.0)
+        return torch.cat(chunks, dim=2)
+
+    def _decode(
+        self, latents: torch.Tensor, state: StreamState | None, first_chunk: bool, reference: torch.Tensor | None
+    ) -> torch.Tensor:
         x = self.time_in(latents, state)
         for block in self.latent_blocks:
             x = block(x, state)
@@ -243,8 +298,12 @@ class SmallDecoder(nn.Module):
         x = x.reshape(b, c // TEMPORAL_STRIDE, f * TEMPORAL_STRIDE, h, w)
         if first_chunk:  # latent frame 0 stands for video frame 0 alone: keep the last of its 4 slots
             x = x[:, :, TEMPORAL_STRIDE - 1 :]
+        frames = x.shape[2]
         x = _frames_to_batch(x)
-        for level in self.levels:
+        features = self.reference(reference) if reference is not None and self.reference is not None else None
+        for index, level in enumerate(self.levels):
+            if features is not None:  # the same reference for every frame of the chunk
+                x = x + features[index].repeat_interleave(frames, dim=0)
             x = level(x)
         return _batch_to_frames(self.conv_out(F.silu(self.norm_out(x))), b)
 
@@ -296,39 +355,65 @@ class SmallVAE(nn.Module):
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         return self.normalize(self.encode_distribution(video)[0])
 
-    def decode_raw(self, raw_latents: torch.Tensor) -> torch.Tensor:
-        """Differentiable decode of raw latents; unclamped (training uses this)."""
-        return self.decoder(raw_latents)
+    def decode_raw(self, raw_latents: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """Differentiable decode of raw latents; unclamped (training uses this). `start`: see `decode`."""
+        return self.decoder(raw_latents, reference=self._start_frame(start))
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised latents whose frame 0 is the start -> video in [-1, 1]. `start` [B, 3, 1, H, W]: the real
+        start frame, when known, for a decoder with a reference path (others ignore it)."""
         check_latents(latents, self.latent_channels)
-        return self.decoder(self.denormalize(latents)).clamp(-1.0, 1.0)
+        return self.decoder(self.denormalize(latents), reference=self._start_frame(start)).clamp(-1.0, 1.0)
 
-    def stream_decoder(self) -> "SmallStreamDecoder":
-        return SmallStreamDecoder(self)
+    def stream_decoder(self, start: torch.Tensor | None = None) -> "SmallStreamDecoder":
+        return SmallStreamDecoder(self, start)
+
+    def _start_frame(self, start: torch.Tensor | None) -> torch.Tensor | None:
+        if start is None or not self.config.reference_frame:
+            return None
+        check_video(start, self.config.in_channels, self.spatial_stride)
+        return start[:, :, 0]
 
 
 class SmallStreamDecoder:
     """Decodes latent chunks one after another; the concatenated output equals `SmallVAE.decode` of
-    the concatenated latents (the causal convs carry their last inputs across chunks)."""
+    the concatenated latents (the causal convs carry their last inputs across chunks, and a reference path the
+    last frame shown)."""
 
-    def __init__(self, vae: SmallVAE):
+    def __init__(self, vae: SmallVAE, start: torch.Tensor | None = None):
         self.vae = vae
+        self.start = vae._start_frame(start)
         self.state = StreamState()
         self.frames_seen = 0
+        self.last_frame: torch.Tensor | None = None
 
     @torch.no_grad()
     def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
         check_latents(latents, self.vae.latent_channels)
         first = self.frames_seen == 0
         self.frames_seen += latents.shape[2]
-        frames = self.vae.decoder(self.vae.denormalize(latents), self.state, first_chunk=first)
-        return frames.clamp(-1.0, 1.0)
+        reference = self.start if first else self.last_frame
+        frames = self.vae.decoder(self.vae.denormalize(latents), self.state, first_chunk=first, reference=reference)
+        frames = frames.clamp(-1.0, 1.0)
+        self.last_frame = frames[:, :, -1] if self.vae.config.reference_frame else None
+        return frames
 
     def reset(self) -> None:
         self.state.clear()
         self.frames_seen = 0
+        self.last_frame = None
+
+
+def add_reference_path(vae: SmallVAE) -> SmallVAE:
+    """`vae` with a (zero-initialised) reference path added to its decoder: it decodes exactly as before until
+    that path is trained (`astra vae train --init-from ... --reference-frame`)."""
+    if vae.config.reference_frame:
+        return vae
+    extended = SmallVAE(vae.config.replace(reference_frame=True))
+    missing, unexpected = extended.load_state_dict(vae.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("decoder.reference.") for name in missing), (missing, unexpected)
+    return extended
 
 
 def save_small_vae(vae: SmallVAE, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from astra.errors import AstraError, CheckpointError, DataError
 from astra.files import atomic_write_bytes
 from astra.vae.common import TEMPORAL_STRIDE
-from astra.vae.small import SMALL_VAE_PRESETS, SmallVAE, load_small_vae, save_small_vae
+from astra.vae.small import SMALL_VAE_PRESETS, SmallVAE, add_reference_path, load_small_vae, save_small_vae
 
 TRAINING_STATE_FILE = "training_state.pt"
 
@@ -53,6 +53,10 @@ class VAETrainConfig:
     # statistics, stay exactly as they are, so a transformer trained on its latents stays valid.
     init_from: str | None = None
     freeze_encoder: bool = False
+    # Add a reference path to init_from's decoder (SmallVAEConfig.reference_frame) and train it; each batch decodes
+    # without the real start frame with probability reference_dropout, so the decoder also works when none is known.
+    reference_frame: bool = False
+    reference_dropout: float = 0.1
 
     def validate(self) -> None:
         if self.preset not in SMALL_VAE_PRESETS:
@@ -71,8 +75,12 @@ class VAETrainConfig:
                 f"warmup_steps must be >= 0 and final_lr_fraction in [0, 1], got {self.warmup_steps}, "
                 f"{self.final_lr_fraction}"
             )
+        if not 0.0 <= self.reference_dropout <= 1.0:
+            raise AstraError(f"reference_dropout must lie in [0, 1], got {self.reference_dropout}")
         if self.freeze_encoder and self.init_from is None:
             raise AstraError("freeze_encoder needs init_from: the VAE whose encoder is kept")
+        if self.reference_frame and self.init_from is None:
+            raise AstraError("reference_frame adds a reference path to a trained decoder: it needs init_from")
 
 
 class ClipPool:
@@ -138,7 +146,10 @@ def vae_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     mean, logvar = vae.encode_distribution(video)
     noise = torch.randn(mean.shape, generator=generator)
-    reconstruction = vae.decode_raw(mean + (0.5 * logvar).exp() * noise)
+    start = None
+    if vae.config.reference_frame:  # (no draw otherwise: older runs keep their random stream)
+        start = None if torch.rand(1, generator=generator).item() < config.reference_dropout else video[:, :, :1]
+    reconstruction = vae.decode_raw(mean + (0.5 * logvar).exp() * noise, start=start)
     l1 = (reconstruction - video).abs().mean()
     gradient = image_gradient_l1(reconstruction, video)
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
@@ -198,6 +209,8 @@ def train_vae(pool: ClipPool, out: str | Path, config: VAETrainConfig, resume: b
         if state_file.is_file():
             raise CheckpointError(f"{out} already holds a training run; pass --resume to continue it")
         vae = load_small_vae(config.init_from) if config.init_from else SmallVAE(SMALL_VAE_PRESETS[config.preset])
+        if config.reference_frame:
+            vae = add_reference_path(vae)
         training_state = None
     kept_stats = _statistics_of(vae)
     if config.freeze_encoder:
@@ -298,7 +311,7 @@ def evaluate_vae(vae, pool: ClipPool, max_frames: int = 33, reference=None) -> d
             usable -= (usable - 1) % TEMPORAL_STRIDE
             video = frames_to_video(frames[:usable], resolution or frames.shape[1:3])
             latents = vae.encode(video)
-            reconstruction = vae.decode(latents)
+            reconstruction = vae.decode(latents, start=video[:, :, :1])  # the start is known, as in a rollout
             scores.append((psnr(reconstruction, video), ssim(reconstruction, video)))
             if reference is not None:
                 reference_latents = reference.encode(video)

@@ -165,11 +165,12 @@ class WanVAE(nn.Module):
         return latents * self.latents_std.to(latents) + self.latents_mean.to(latents)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """`start` (the real start frame) is for decoders with a reference path; the Wan VAE has none."""
         check_latents(latents, self.latent_channels)
         return self.model.decode(self.denormalize(latents)).sample
 
-    def stream_decoder(self) -> "WanStreamDecoder":
+    def stream_decoder(self, start: torch.Tensor | None = None) -> "WanStreamDecoder":
         return WanStreamDecoder(self)
 
 

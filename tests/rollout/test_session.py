@@ -172,3 +172,30 @@ def test_actions_far_outside_the_training_data_warn_once_per_column(tiny_session
     recwarn.clear()
     session.step_latent(far)
     assert not [w for w in recwarn if w.category is UnusualActionWarning], "each column warns once per session"
+
+
+def test_a_reference_frame_vae_decodes_the_first_chunk_from_the_real_start_image(tiny_parts):
+    """The session hands the real start image to the VAE's stream decoder; a VAE without a reference path is
+    unaffected (the same frames as before the path existed)."""
+    import torch
+
+    from astra.rollout.session import RolloutSession
+    from astra.vae.small import add_reference_path
+
+    model, vae, config = tiny_parts()
+    extended = add_reference_path(vae).eval()
+    image = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    rows = keys(4, 4)
+
+    def play(decoder_vae):
+        session = RolloutSession(model, decoder_vae, "keyboard_mouse", config)
+        return session.start(image, seed=1), session.step(rows[: session.frames_per_step])
+
+    plain = play(vae)
+    np.testing.assert_array_equal(play(extended)[1], plain[1])  # zero-initialised path: same video
+    with torch.no_grad():
+        for parameter in extended.decoder.reference.parameters():
+            parameter.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(parameter.numel()))
+    start_frame, chunk = play(extended)
+    assert np.abs(start_frame.astype(int) - plain[0].astype(int)).max() > 0
+    assert np.abs(chunk.astype(int) - plain[1].astype(int)).max() > 0

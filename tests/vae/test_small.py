@@ -120,3 +120,58 @@ def test_strict_load_names_bad_keys(vae, tmp_path):
         load_small_vae(folder)
     with pytest.raises(CheckpointError, match="no VAE named"):
         load_vae(tmp_path / "nothing-here")
+
+
+def _with_trained_reference_path(vae):
+    from astra.vae.small import add_reference_path
+
+    extended = add_reference_path(vae).eval()
+    with torch.no_grad():  # stand-in for training: the zero-initialised path starts doing something
+        for parameter in extended.decoder.reference.parameters():
+            parameter.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(parameter.numel()))
+    return extended
+
+
+def test_an_added_reference_path_starts_as_the_decoder_it_extends(vae):
+    from astra.vae.small import add_reference_path
+
+    video = random_video(frames=9)
+    latents = vae.encode(video)
+    extended = add_reference_path(vae).eval()
+    assert extended.config.reference_frame and not vae.config.reference_frame
+    torch.testing.assert_close(extended.decode(latents, start=video[:, :, :1]), vae.decode(latents), rtol=0, atol=0)
+    torch.testing.assert_close(extended.encode(video), latents, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("chunks", [(1, 1, 1), (2, 1), (3,)])
+def test_reference_decoding_streams_as_it_decodes_one_shot(vae, chunks):
+    """Each chunk sees the start frame (first) or the last frame decoded before it, in a stream and one-shot."""
+    extended = _with_trained_reference_path(vae)
+    video = random_video(frames=9)
+    latents, start = extended.encode(video), video[:, :, :1]
+    one_shot = extended.decode(latents, start=start)
+    stream, pieces, offset = extended.stream_decoder(start=start), [], 0
+    for size in chunks:
+        pieces.append(stream.decode_chunk(latents[:, :, offset : offset + size]))
+        offset += size
+    torch.testing.assert_close(torch.cat(pieces, dim=2), one_shot)
+    assert not torch.allclose(one_shot, extended.decode(latents))  # the start frame is used ...
+    other_start = extended.decode(latents, start=-start)
+    assert not torch.allclose(other_start[:, :, 5:], one_shot[:, :, 5:])  # ... and carried on chunk after chunk
+    with pytest.raises(AstraError):
+        extended.decode(latents, start=torch.zeros(2, 3, 1, 15, 16))  # a start frame of the wrong size
+
+
+def test_reference_checkpoints_round_trip_and_load_strictly(vae, tmp_path):
+    extended = _with_trained_reference_path(vae)
+    save_small_vae(extended, tmp_path / "ref")
+    reloaded = load_small_vae(tmp_path / "ref")
+    assert reloaded.config.reference_frame
+    video = random_video(frames=5)
+    latents = extended.encode(video)
+    start = video[:, :, :1]
+    torch.testing.assert_close(reloaded.decode(latents, start=start), extended.decode(latents, start=start))
+    config = json.loads((tmp_path / "ref" / "config.json").read_text())
+    (tmp_path / "ref" / "config.json").write_text(json.dumps({**config, "reference_frame": False}))
+    with pytest.raises(CheckpointError, match="decoder.reference"):
+        load_small_vae(tmp_path / "ref")

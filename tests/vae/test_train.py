@@ -173,3 +173,28 @@ def test_latent_change_against_a_reference(episodes, tmp_path, capsys):
     assert "latent change" in printed and all(world in printed for world in WORLDS)
     assert main(args + ["--latents-vs", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_reference_frame_training_extends_the_decoder_and_resumes(tmp_path):
+    """--reference-frame: the latent space stays, the new path trains, and an interrupted run resumes exactly."""
+    from astra.errors import AstraError
+    from astra.vae.small import load_small_vae, save_small_vae
+    from astra.vae.train import ClipPool
+
+    torch.manual_seed(0)
+    save_small_vae(SmallVAE(SMALL_VAE_PRESETS["astra-tiny-vae"]), tmp_path / "base")
+    rng = np.random.default_rng(0)
+    pool = ClipPool({"doom": [rng.integers(0, 255, (13, 16, 16, 3), dtype=np.uint8)]})
+    config = VAETrainConfig(preset="astra-tiny-vae", steps=4, batch_size=2, clip_frames=9, checkpoint_every=2,
+                            init_from=str(tmp_path / "base"), freeze_encoder=True, reference_frame=True)
+    tuned = train_vae(pool, tmp_path / "tuned", config)
+    assert tuned.config.reference_frame
+    assert any(p.abs().sum() > 0 for p in tuned.decoder.reference.to_decoder.parameters())  # left its zero start
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    assert torch.equal(tuned.encode(video), load_small_vae(tmp_path / "base").encode(video))
+    train_vae(pool, tmp_path / "halted", dataclasses.replace(config, steps=2))
+    resumed = train_vae(pool, tmp_path / "halted", config, resume=True)
+    for a, b in zip(resumed.state_dict().values(), tuned.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(AstraError, match="needs init_from"):
+        dataclasses.replace(config, init_from=None, freeze_encoder=False).validate()
