@@ -214,7 +214,9 @@ class SmallEncoder(nn.Module):
 
 class ReferenceEncoder(nn.Module):
     """Features of the reference frame at every decoder resolution, added to the decoder's frames through
-    zero-initialised 1x1 convs: a reference path added to a trained decoder starts out as that decoder."""
+    zero-initialised 1x1 convs, and a per-pixel gate in [0, 1] (zero-initialised, so closed) through which the
+    decoder copies the reference's pixels where nothing moved: a reference path added to a trained decoder starts
+    out as that decoder."""
 
     def __init__(self, config: SmallVAEConfig):
         super().__init__()
@@ -227,7 +229,8 @@ class ReferenceEncoder(nn.Module):
                 blocks.insert(0, nn.Conv2d(widths[level - 1], width, 3, stride=2, padding=1))
             self.levels.append(nn.Sequential(*blocks))
         self.to_decoder = nn.ModuleList(nn.Conv2d(width, width, 1) for width in widths)
-        for conv in self.to_decoder:
+        self.copy_gate = nn.Conv2d(widths[0], 1, 3, padding=1)  # from the decoder's finest features
+        for conv in [*self.to_decoder, self.copy_gate]:
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
@@ -305,7 +308,12 @@ class SmallDecoder(nn.Module):
             if features is not None:  # the same reference for every frame of the chunk
                 x = x + features[index].repeat_interleave(frames, dim=0)
             x = level(x)
-        return _batch_to_frames(self.conv_out(F.silu(self.norm_out(x))), b)
+        x = F.silu(self.norm_out(x))
+        video = self.conv_out(x)
+        if features is not None:  # a hard-sigmoid gate: exactly closed at initialisation, still learning there
+            gate = self.reference.copy_gate(x).clamp(0.0, 1.0)
+            video = video + gate * (reference.repeat_interleave(frames, dim=0) - video)
+        return _batch_to_frames(video, b)
 
 
 class SmallVAE(nn.Module):
