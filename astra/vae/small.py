@@ -214,9 +214,10 @@ class SmallEncoder(nn.Module):
 
 class ReferenceEncoder(nn.Module):
     """Features of the reference frame at every decoder resolution, added to the decoder's frames through
-    zero-initialised 1x1 convs, and a per-pixel gate in [0, 1] (zero-initialised, so closed) through which the
-    decoder copies the reference's pixels where nothing moved: a reference path added to a trained decoder starts
-    out as that decoder."""
+    zero-initialised 1x1 convs, and a per-pixel gate in [0, 1] through which the decoder copies the reference's
+    pixels where nothing moved. The gate sees the decoder's finest features, its decoded frame and the reference, so
+    it can tell static pixels (decoded ~ reference) from moving ones; its last conv is zero-initialised, so it starts
+    closed. A reference path added to a trained decoder therefore starts out as that decoder."""
 
     def __init__(self, config: SmallVAEConfig):
         super().__init__()
@@ -229,8 +230,11 @@ class ReferenceEncoder(nn.Module):
                 blocks.insert(0, nn.Conv2d(widths[level - 1], width, 3, stride=2, padding=1))
             self.levels.append(nn.Sequential(*blocks))
         self.to_decoder = nn.ModuleList(nn.Conv2d(width, width, 1) for width in widths)
-        self.copy_gate = nn.Conv2d(widths[0], 1, 3, padding=1)  # from the decoder's finest features
-        for conv in [*self.to_decoder, self.copy_gate]:
+        gate_inputs = widths[0] + 2 * config.in_channels
+        self.copy_gate = nn.Sequential(
+            nn.Conv2d(gate_inputs, widths[0], 3, padding=1), nn.SiLU(), nn.Conv2d(widths[0], 1, 3, padding=1)
+        )
+        for conv in [*self.to_decoder, self.copy_gate[-1]]:
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
@@ -311,8 +315,9 @@ class SmallDecoder(nn.Module):
         x = F.silu(self.norm_out(x))
         video = self.conv_out(x)
         if features is not None:  # a hard-sigmoid gate: exactly closed at initialisation, still learning there
-            gate = self.reference.copy_gate(x).clamp(0.0, 1.0)
-            video = video + gate * (reference.repeat_interleave(frames, dim=0) - video)
+            reference = reference.repeat_interleave(frames, dim=0)
+            gate = self.reference.copy_gate(torch.cat([x, video, reference], dim=1)).clamp(0.0, 1.0)
+            video = video + gate * (reference - video)
         return _batch_to_frames(video, b)
 
 

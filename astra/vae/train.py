@@ -53,7 +53,8 @@ class VAETrainConfig:
     # statistics, stay exactly as they are, so a transformer trained on its latents stays valid.
     init_from: str | None = None
     freeze_encoder: bool = False
-    # Add a reference path to init_from's decoder (SmallVAEConfig.reference_frame) and train it; each batch decodes
+    # Add a reference path to init_from's decoder (SmallVAEConfig.reference_frame) and train only that path (the
+    # rest of the VAE stays as it was, so where the path does not help, decoding is unchanged); each batch decodes
     # without the real start frame with probability reference_dropout, so the decoder also works when none is known.
     reference_frame: bool = False
     reference_dropout: float = 0.1
@@ -213,10 +214,14 @@ def train_vae(pool: ClipPool, out: str | Path, config: VAETrainConfig, resume: b
             vae = add_reference_path(vae)
         training_state = None
     kept_stats = _statistics_of(vae)
-    if config.freeze_encoder:
+    keeps_encoder = config.freeze_encoder or config.reference_frame
+    if keeps_encoder:
         if training_state is not None:  # resuming a decoder fine-tune: the statistics are the encoder's
             kept_stats = _statistics_of(load_small_vae(config.init_from))
         vae.encoder.requires_grad_(False)
+    if config.reference_frame:
+        vae.requires_grad_(False)
+        vae.decoder.reference.requires_grad_(True)
     trainable = [p for p in vae.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     start = 0
@@ -240,7 +245,7 @@ def train_vae(pool: ClipPool, out: str | Path, config: VAETrainConfig, resume: b
             _save_checkpoint(vae, optimizer, generator, step + 1, out, config)
     # A generator of its own, so that a finished run resumed with more steps samples as one long run would.
     stats_generator = torch.Generator().manual_seed(config.seed + 1)
-    if config.freeze_encoder:
+    if keeps_encoder:
         vae.set_latent_stats(*kept_stats)
     else:
         vae.set_latent_stats(*measure_latent_statistics(vae, pool, config, stats_generator))

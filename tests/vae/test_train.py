@@ -191,7 +191,10 @@ def test_reference_frame_training_extends_the_decoder_and_resumes(tmp_path):
     assert tuned.config.reference_frame
     assert any(p.abs().sum() > 0 for p in tuned.decoder.reference.to_decoder.parameters())  # left its zero start
     video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
-    assert torch.equal(tuned.encode(video), load_small_vae(tmp_path / "base").encode(video))
+    base = load_small_vae(tmp_path / "base")
+    assert torch.equal(tuned.encode(video), base.encode(video))
+    for name, tensor in base.state_dict().items():  # only the new path trained
+        assert torch.equal(tuned.state_dict()[name], tensor), name
     train_vae(pool, tmp_path / "halted", dataclasses.replace(config, steps=2))
     resumed = train_vae(pool, tmp_path / "halted", config, resume=True)
     for a, b in zip(resumed.state_dict().values(), tuned.state_dict().values()):
