@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--reference-frame", action="store_true",
-        help="add a reference path to --init-from's decoder: each chunk also sees the frame shown before it",
+        help="add a reference path to --init-from's decoder (each chunk also sees the frame shown before it) and "
+        "train only that path: latents and the rest of the decoder stay as they are",
     )
 
     evaluate = commands.add_parser("eval", help="PSNR/SSIM per world on episodes, and decode ms/frame")
