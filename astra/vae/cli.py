@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--lr", type=float, default=_DEFAULTS.learning_rate)
     train.add_argument("--kl-weight", type=float, default=_DEFAULTS.kl_weight)
     train.add_argument("--gradient-weight", type=float, default=_DEFAULTS.gradient_weight)
+    train.add_argument(
+        "--temporal-gradient-weight", type=float, default=_DEFAULTS.temporal_gradient_weight,
+        help="weight of the L1 between frame-to-frame changes of reconstruction and video",
+    )
     train.add_argument("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every)
     train.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
             learning_rate=args.lr,
             kl_weight=args.kl_weight,
             gradient_weight=args.gradient_weight,
+            temporal_gradient_weight=args.temporal_gradient_weight,
             checkpoint_every=args.checkpoint_every,
             seed=args.seed,
             init_from=args.init_from,

@@ -45,6 +45,9 @@ class VAETrainConfig:
     warmup_steps: int = 200
     final_lr_fraction: float = 0.1  # cosine decay to this fraction of the peak learning rate
     gradient_weight: float = 0.5
+    # L1 between the frame-to-frame changes of reconstruction and video: a decoder that copies a reference frame
+    # where the truth moved is charged for the motion it hides (0 = off, as the shipped VAE's first stages trained)
+    temporal_gradient_weight: float = 0.0
     kl_weight: float = 1e-6
     checkpoint_every: int = 500
     stats_clips: int = 64  # clips used to measure the latent mean/std at the end
@@ -68,7 +71,7 @@ class VAETrainConfig:
             raise AstraError("steps, batch_size, checkpoint_every and stats_clips must be >= 1")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise AstraError(f"learning rate (--lr) must be a finite number > 0, got {self.learning_rate}")
-        for name in ("weight_decay", "gradient_weight", "kl_weight"):
+        for name in ("weight_decay", "gradient_weight", "temporal_gradient_weight", "kl_weight"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise AstraError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0 or not 0.0 <= self.final_lr_fraction <= 1.0:
@@ -153,9 +156,10 @@ def vae_loss(
     reconstruction = vae.decode_raw(mean + (0.5 * logvar).exp() * noise, start=start)
     l1 = (reconstruction - video).abs().mean()
     gradient = image_gradient_l1(reconstruction, video)
+    motion = (reconstruction.diff(dim=2) - video.diff(dim=2)).abs().mean() if video.shape[2] > 1 else l1 * 0
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
-    loss = l1 + config.gradient_weight * gradient + config.kl_weight * kl
-    return loss, {"l1": l1.item(), "grad": gradient.item(), "kl": kl.item()}
+    loss = l1 + config.gradient_weight * gradient + config.temporal_gradient_weight * motion + config.kl_weight * kl
+    return loss, {"l1": l1.item(), "grad": gradient.item(), "motion": motion.item(), "kl": kl.item()}
 
 
 def learning_rate(step: int, config: VAETrainConfig) -> float:

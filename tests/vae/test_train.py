@@ -201,3 +201,24 @@ def test_reference_frame_training_extends_the_decoder_and_resumes(tmp_path):
         torch.testing.assert_close(a, b)
     with pytest.raises(AstraError, match="needs init_from"):
         dataclasses.replace(config, init_from=None, freeze_encoder=False).validate()
+
+
+def test_temporal_gradient_loss_charges_hidden_motion():
+    """A reconstruction that freezes a moving video costs more with the temporal term on; a still one does not."""
+    from astra.errors import AstraError
+    from astra.vae.train import vae_loss
+
+    torch.manual_seed(0)
+    vae = SmallVAE(SMALL_VAE_PRESETS["astra-tiny-vae"])
+    moving = torch.from_numpy(synthetic_frames("stripes", seed=0, frames=5)).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    still = moving[:, :, :1].expand_as(moving).contiguous()
+    on = _with(FAST, temporal_gradient_weight=1.0)
+    losses = {}
+    for name, video in (("moving", moving), ("still", still)):
+        loss_off, parts = vae_loss(vae, video, FAST, torch.Generator().manual_seed(1))
+        loss_on, _ = vae_loss(vae, video, on, torch.Generator().manual_seed(1))
+        losses[name] = (loss_on - loss_off).item()
+        assert abs(losses[name] - parts["motion"]) < 1e-5
+    assert losses["moving"] > losses["still"]
+    with pytest.raises(AstraError, match="temporal_gradient_weight"):
+        _with(FAST, temporal_gradient_weight=-1.0).validate()
