@@ -280,8 +280,8 @@ class SmallDecoder(nn.Module):
     ) -> torch.Tensor:
         """[B, z, f, h, w] raw latents -> [B, 3, 4f (-3 when `first_chunk`), H, W] frames, unclamped.
 
-        With a reference path, `reference` [B, 3, H, W] is the frame shown just before these latents (None = none
-        known: the path adds nothing); latent frames are then decoded one at a time, each seeing the last frame
+        With a reference path, `reference` [B, 3, H, W] is the newest frame known before these latents (for the first
+        chunk the real start image they encode; None = none known: the path adds nothing); latent frames are then decoded one at a time, each seeing the last frame
         decoded before it (clamped, as it is shown), so a clip decodes exactly as it streams."""
         if self.reference is None:
             return self._decode(latents, state, first_chunk, None)
@@ -370,22 +370,27 @@ class SmallVAE(nn.Module):
 
     def decode_raw(self, raw_latents: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
         """Differentiable decode of raw latents; unclamped (training uses this). `start`: see `decode`."""
-        return self.decoder(raw_latents, reference=self._start_frame(start))
+        return self.decoder(raw_latents, reference=self._start_frame(start, raw_latents))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised latents whose frame 0 is the start -> video in [-1, 1]. `start` [B, 3, 1, H, W]: the real
         start frame, when known, for a decoder with a reference path (others ignore it)."""
         check_latents(latents, self.latent_channels)
-        return self.decoder(self.denormalize(latents), reference=self._start_frame(start)).clamp(-1.0, 1.0)
+        return self.decoder(self.denormalize(latents), reference=self._start_frame(start, latents)).clamp(-1.0, 1.0)
 
     def stream_decoder(self, start: torch.Tensor | None = None) -> "SmallStreamDecoder":
         return SmallStreamDecoder(self, start)
 
-    def _start_frame(self, start: torch.Tensor | None) -> torch.Tensor | None:
+    def _start_frame(self, start: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor | None:
+        """The start frame [B, 3, H, W] the reference path sees, checked against the latents it goes with."""
         if start is None or not self.config.reference_frame:
             return None
         check_video(start, self.config.in_channels, self.spatial_stride)
+        b, _, _, h, w = latents.shape
+        expected = (b, self.config.in_channels, 1, h * self.spatial_stride, w * self.spatial_stride)
+        if tuple(start.shape) != expected:
+            raise AstraError(f"start frame has shape {tuple(start.shape)}; these latents need {expected}")
         return start[:, :, 0]
 
 
@@ -396,7 +401,7 @@ class SmallStreamDecoder:
 
     def __init__(self, vae: SmallVAE, start: torch.Tensor | None = None):
         self.vae = vae
-        self.start = vae._start_frame(start)
+        self.start = start
         self.state = StreamState()
         self.frames_seen = 0
         self.last_frame: torch.Tensor | None = None
@@ -406,7 +411,7 @@ class SmallStreamDecoder:
         check_latents(latents, self.vae.latent_channels)
         first = self.frames_seen == 0
         self.frames_seen += latents.shape[2]
-        reference = self.start if first else self.last_frame
+        reference = self.vae._start_frame(self.start, latents) if first else self.last_frame
         frames = self.vae.decoder(self.vae.denormalize(latents), self.state, first_chunk=first, reference=reference)
         frames = frames.clamp(-1.0, 1.0)
         self.last_frame = frames[:, :, -1] if self.vae.config.reference_frame else None

@@ -159,7 +159,11 @@ def test_reference_decoding_streams_as_it_decodes_one_shot(vae, chunks):
     other_start = extended.decode(latents, start=-start)
     assert not torch.allclose(other_start[:, :, 5:], one_shot[:, :, 5:])  # ... and carried on chunk after chunk
     with pytest.raises(AstraError):
-        extended.decode(latents, start=torch.zeros(2, 3, 1, 15, 16))  # a start frame of the wrong size
+        extended.decode(latents, start=torch.zeros(2, 3, 1, 15, 16))  # not a multiple of the stride
+    with pytest.raises(AstraError, match="these latents need"):
+        extended.decode(latents, start=torch.zeros(2, 3, 1, 32, 32))  # the wrong size for these latents
+    with pytest.raises(AstraError, match="these latents need"):
+        extended.stream_decoder(start=start[:1]).decode_chunk(latents[:, :, :1])  # the wrong batch
 
 
 def test_reference_checkpoints_round_trip_and_load_strictly(vae, tmp_path):
