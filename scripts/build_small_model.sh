@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the shipped small Astra from nothing: record the four worlds, train the VAE (then its decoder alone, then
-# the decoder's reference path), encode latents, train the transformer jointly on all worlds, export, evaluate. Every stage resumes where it stopped; run it again after an
+# Builds the shipped small Astra from nothing: record the four worlds, train the VAE, encode latents, train the
+# transformer jointly on all worlds, export, evaluate. Every stage resumes where it stopped; run it again after an
 # interruption. On a GPU machine pass e.g. VAE_STEPS=20000 FLOW_STEPS=200000 to train much longer.
 # The transformer trains in two stages, as the shipped one did (docs/results.md): flow matching with the motion
 # prior at zero, then a short stage with the prior fitted by least squares before its step 0 and frozen.
@@ -11,7 +11,6 @@ WORK=${1:-data/small-model}
 EPISODES=$WORK/episodes
 VAE_STEPS=${VAE_STEPS:-3000}
 DECODER_STEPS=${DECODER_STEPS:-7000}
-REFERENCE_STEPS=${REFERENCE_STEPS:-1000}
 FLOW_STEPS=${FLOW_STEPS:-6300}
 PRIOR_STEPS=${PRIOR_STEPS:-600}
 THREADS=${THREADS:-2}
@@ -31,11 +30,7 @@ astra vae train --episodes "$EPISODES" --out "$WORK/vae" --steps "$VAE_STEPS" $(
 # decoder-only fine-tune: the encoder (and so every latent) stays as trained above
 astra vae train --episodes "$EPISODES" --out "$WORK/vae-decoder" --init-from "$WORK/vae" --freeze-encoder \
   --steps "$DECODER_STEPS" --lr 1e-3 $(resume_vae "$WORK/vae-decoder")
-# reference path: each decoded chunk also sees the frame shown before it (only the new path trains)
-astra vae train --episodes "$EPISODES" --out "$WORK/vae-reference" --init-from "$WORK/vae-decoder" --reference-frame \
-  --steps "$REFERENCE_STEPS" --clip-frames 17 --lr 1e-3 --seed 3 $(resume_vae "$WORK/vae-reference")
-# the three VAE stages share one encoder: the latents are the same, and the export then plays with the last decoder
-astra data encode --episodes "$EPISODES" --vae "$WORK/vae-reference" --out "$WORK/latents"
+astra data encode --episodes "$EPISODES" --vae "$WORK/vae" --out "$WORK/latents"
 astra train --preset astra-small --out "$WORK/flow" --set data="$WORK/latents" --set steps="$FLOW_STEPS" \
   --set motion_fit_batches=0 --resume
 astra train --preset astra-small --out "$WORK/flow" --set data="$WORK/latents" --export
@@ -45,4 +40,4 @@ astra train --preset astra-small --out "$WORK/run" --set data="$WORK/latents" --
 # The export plays with the preset's sampler settings (`sampling` in astra/train/config.py: the shipped model's,
 # chosen on training episodes, docs/results.md); pick others on --split train only, then --set sampling.NAME=VALUE.
 astra eval --checkpoint "$WORK/run/export" --out "$WORK/eval"
-echo "done: copy $WORK/vae-reference to weights/astra-small-vae and $WORK/run/export to weights/astra-small if the eval is better"
+echo "done: copy $WORK/vae-decoder to weights/astra-small-vae and $WORK/run/export to weights/astra-small if the eval is better"
