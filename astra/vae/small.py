@@ -307,7 +307,7 @@ class SmallDecoder(nn.Module):
             x = x[:, :, TEMPORAL_STRIDE - 1 :]
         frames = x.shape[2]
         x = _frames_to_batch(x)
-        features = self.reference(reference) if reference is not None and self.reference is not None else None
+        features = self.reference(reference) if reference is not None else None  # forward passes None without a path
         for index, level in enumerate(self.levels):
             if features is not None:  # the same reference for every frame of the chunk
                 x = x + features[index].repeat_interleave(frames, dim=0)
