@@ -33,10 +33,8 @@ astra vae train --episodes "$EPISODES" --out "$WORK/vae-decoder" --init-from "$W
 astra data encode --episodes "$EPISODES" --vae "$WORK/vae" --out "$WORK/latents"
 astra train --preset astra-small --out "$WORK/flow" --set data="$WORK/latents" --set steps="$FLOW_STEPS" \
   --set motion_fit_batches=0 --resume
-astra train --preset astra-small --out "$WORK/flow" --set data="$WORK/latents" --export
 astra train --preset astra-small --out "$WORK/run" --set data="$WORK/latents" --set init_from="$WORK/flow/export" \
   --set steps="$PRIOR_STEPS" --set warmup_steps=50 --resume
-astra train --preset astra-small --out "$WORK/run" --set data="$WORK/latents" --export
 # The export plays with the preset's sampler settings (`sampling` in astra/train/config.py: the shipped model's,
 # chosen on training episodes, docs/results.md); pick others on --split train only, then --set sampling.NAME=VALUE.
 astra eval --checkpoint "$WORK/run/export" --out "$WORK/eval"

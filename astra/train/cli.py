@@ -22,7 +22,11 @@ HELP = "train an Astra model (flow matching, noisy memory, action dropout)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="astra-small", help="training preset: astra-tiny, astra-small, wan2.1-t2v-1.3b")
+    parser.add_argument(
+        "--preset", default="astra-small",
+        help="training preset: astra-tiny, astra-small, wan2.1-t2v-1.3b (with --resume or --export, a run directory's "
+        "saved train_config.json is used instead)",
+    )
     parser.add_argument("--config", type=Path, help="JSON file of TrainConfig settings applied over the preset")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -56,20 +60,60 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return updates
 
 
+# What may differ from a run's saved settings when it is resumed or exported: none of these changes the weights
+# a checkpoint holds or how its frozen parts (init_from, the motion-prior fit, the data's statistics) are rebuilt.
+MAY_CHANGE_ON_RESUME = frozenset(
+    {"steps", "log_every", "save_every", "keep_checkpoints", "val_every", "val_batches", "grad_checkpointing",
+     "parallel", "mixed_precision", "sampling"}
+)
+
+
 def resolve_config(args: argparse.Namespace):
+    """The preset, then --config, then --set. With --resume or --export in a run directory that holds
+    train_config.json, that saved config replaces the preset: a checkpoint holds only the trainable weights, so the
+    frozen ones must be rebuilt exactly as the run built them, and an export's metadata must describe that run."""
     from astra.train.config import TrainConfig, get_preset
 
-    config = get_preset(args.preset)
+    explicit: dict[str, Any] = {}
     if args.config is not None:
-        settings = read_json_object(args.config, label=f"--config {args.config}", holding="TrainConfig settings")
-        config = config.with_updates(settings)
-    config = config.with_updates(parse_overrides(args.overrides))
+        explicit |= read_json_object(args.config, label=f"--config {args.config}", holding="TrainConfig settings")
+    explicit |= parse_overrides(args.overrides)
+    saved_path = args.out / "train_config.json"
+    continuing = args.export or args.resume
+    if continuing and saved_path.is_file():
+        saved = TrainConfig.from_dict(read_json_object(saved_path, label=str(saved_path), holding="TrainConfig settings"))
+        config = saved.with_updates(explicit)
+        refused = [
+            f"{key}: {old!r} -> {new!r}" for key, old, new in _differences(saved.to_dict(), config.to_dict())
+            if key.partition(".")[0] not in MAY_CHANGE_ON_RESUME
+        ]
+        if refused:
+            raise AstraError(
+                f"{args.out} was trained with other settings than --config/--set give ({'; '.join(refused)}); "
+                f"--resume and --export go on with the run's own train_config.json (only "
+                f"{', '.join(sorted(MAY_CHANGE_ON_RESUME))} may change): to change the others, start a new --out "
+                f"with --set init_from={args.out}/export"
+            )
+    else:
+        config = get_preset(args.preset).with_updates(explicit)
     try:
         config.validate()
     except TypeError as error:  # a JSON value of the wrong kind (e.g. a string where a number belongs)
         raise AstraError(f"invalid setting: {error}") from None
     assert isinstance(config, TrainConfig)
     return config
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every setting that differs, nested settings key by key."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            found += _differences(before, after, f"{prefix}{key}.")
+        elif before != after:
+            found.append((f"{prefix}{key}", before, after))
+    return found
 
 
 def run(args: argparse.Namespace) -> int:
