@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import time
 from collections import defaultdict
@@ -29,7 +30,9 @@ from tqdm import tqdm
 from astra.errors import AstraError, CheckpointError, DataError
 from astra.files import atomic_write_bytes
 from astra.vae.common import TEMPORAL_STRIDE
-from astra.vae.small import SMALL_VAE_PRESETS, SmallVAE, add_reference_path, load_small_vae, save_small_vae
+from astra.vae.small import (
+    SMALL_VAE_PRESETS, SmallVAE, add_reference_path, load_small_vae, read_small_vae_config, save_small_vae,
+)
 
 TRAINING_STATE_FILE = "training_state.pt"
 
@@ -193,6 +196,31 @@ def _save_checkpoint(vae, optimizer, generator, step: int, out: Path, config: VA
     atomic_write_bytes(out / TRAINING_STATE_FILE, buffer.getvalue())
 
 
+# Settings a resumed run may change: none alters what trains or how (a decoder fine-tune resumed without
+# --freeze-encoder would move the latents that a transformer was trained on).
+MAY_CHANGE_ON_RESUME = frozenset({"steps", "checkpoint_every", "stats_clips"})
+
+
+def _check_resumable(out: Path, config: VAETrainConfig) -> None:
+    """Refuse to resume a run under other training settings than it was saved with, naming them."""
+    saved = read_small_vae_config(out)[1].get("train")
+    if not isinstance(saved, dict):  # written before runs recorded their settings: nothing to compare
+        return
+    given = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as the saved JSON holds them
+    # a setting newer than the run was, in effect, at its default
+    saved = json.loads(json.dumps(dataclasses.asdict(VAETrainConfig()))) | saved
+    changed = [
+        f"{key}: {saved.get(key)!r} -> {given.get(key)!r}" for key in sorted(set(saved) | set(given))
+        if key not in MAY_CHANGE_ON_RESUME and saved.get(key) != given.get(key)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"{out} was trained with other settings ({'; '.join(changed)}); --resume continues a run as it was "
+            f"started (only {', '.join(sorted(MAY_CHANGE_ON_RESUME))} may change): pass the same flags, or start a "
+            f"new --out with --init-from {out}"
+        )
+
+
 def _statistics_of(vae: SmallVAE) -> tuple[torch.Tensor, torch.Tensor]:
     return vae.latents_mean.flatten().clone(), vae.latents_std.flatten().clone()
 
@@ -205,6 +233,7 @@ def train_vae(pool: ClipPool, out: str | Path, config: VAETrainConfig, resume: b
     generator = torch.Generator().manual_seed(config.seed)
     state_file = out / TRAINING_STATE_FILE
     if resume and state_file.is_file():
+        _check_resumable(out, config)
         vae = load_small_vae(out)
         vae.set_latent_stats(torch.zeros(vae.latent_channels), torch.ones(vae.latent_channels))
         training_state = torch.load(state_file, map_location="cpu", weights_only=True)

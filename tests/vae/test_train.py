@@ -8,6 +8,7 @@ import torch
 
 from astra.cli import main
 from astra.data.format import Episode, write_episode
+from astra.errors import CheckpointError
 from astra.vae import SMALL_VAE_PRESETS, SmallVAE, load_vae
 from astra.vae.train import VAETrainConfig, evaluate_vae, load_clip_pool, ssim, train_vae
 
@@ -90,6 +91,9 @@ def test_resume_continues_exactly(episodes, tmp_path):
         torch.testing.assert_close(a, b, msg=name)
     with pytest.raises(Exception, match="--resume"):
         train_vae(pool, tmp_path / "resumed", _with(config, steps=4))
+    with pytest.raises(CheckpointError, match=r"learning_rate: .* -> 0\.5; seed: 0 -> 3"):  # not a silent mix
+        train_vae(pool, tmp_path / "resumed", _with(config, steps=6, learning_rate=0.5, seed=3), resume=True)
+    train_vae(pool, tmp_path / "resumed", _with(config, steps=6, checkpoint_every=3), resume=True)  # may change
 
 
 def test_ssim_is_one_for_identical_and_lower_for_noisy():
