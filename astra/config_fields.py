@@ -105,3 +105,24 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
 def _kind(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def changed_settings(saved: dict[str, Any], given: dict[str, Any], may_change: frozenset[str]) -> list[str]:
+    """"key: old -> new" for every setting (nested ones by dotted key) in which `given` differs from `saved`, except
+    those whose top-level name is in `may_change`; both sides compared as JSON holds them (tuples as lists)."""
+    as_json = lambda settings: json.loads(json.dumps(settings))  # noqa: E731
+    return [
+        f"{key}: {old!r} -> {new!r}" for key, old, new in _differences(as_json(saved), as_json(given))
+        if key.partition(".")[0] not in may_change
+    ]
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    found = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            found += _differences(before, after, f"{prefix}{key}.")
+        elif before != after:
+            found.append((f"{prefix}{key}", before, after))
+    return found

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from astra.config_fields import read_json_object
+from astra.config_fields import changed_settings, read_json_object
 from astra.errors import AstraError
 
 if TYPE_CHECKING:  # torch is imported lazily, after the config is validated
@@ -81,12 +81,10 @@ def resolve_config(args: argparse.Namespace):
     saved_path = args.out / "train_config.json"
     continuing = args.export or args.resume
     if continuing and saved_path.is_file():
-        saved = TrainConfig.from_dict(read_json_object(saved_path, label=str(saved_path), holding="TrainConfig settings"))
+        settings = read_json_object(saved_path, label=str(saved_path), holding="TrainConfig settings")
+        saved = TrainConfig.from_dict(settings)
         config = saved.with_updates(explicit)
-        refused = [
-            f"{key}: {old!r} -> {new!r}" for key, old, new in _differences(saved.to_dict(), config.to_dict())
-            if key.partition(".")[0] not in MAY_CHANGE_ON_RESUME
-        ]
+        refused = changed_settings(saved.to_dict(), config.to_dict(), MAY_CHANGE_ON_RESUME)
         if refused:
             raise AstraError(
                 f"{args.out} was trained with other settings than --config/--set give ({'; '.join(refused)}); "
@@ -102,18 +100,6 @@ def resolve_config(args: argparse.Namespace):
         raise AstraError(f"invalid setting: {error}") from None
     assert isinstance(config, TrainConfig)
     return config
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) for every setting that differs, nested settings key by key."""
-    found = []
-    for key in sorted(set(old) | set(new)):
-        before, after = old.get(key), new.get(key)
-        if isinstance(before, dict) and isinstance(after, dict):
-            found += _differences(before, after, f"{prefix}{key}.")
-        elif before != after:
-            found.append((f"{prefix}{key}", before, after))
-    return found
 
 
 def run(args: argparse.Namespace) -> int:

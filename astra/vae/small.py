@@ -280,9 +280,10 @@ class SmallDecoder(nn.Module):
     ) -> torch.Tensor:
         """[B, z, f, h, w] raw latents -> [B, 3, 4f (-3 when `first_chunk`), H, W] frames, unclamped.
 
-        With a reference path, `reference` [B, 3, H, W] is the newest frame known before these latents (for the first
-        chunk the real start image they encode; None = none known: the path adds nothing); latent frames are then decoded one at a time, each seeing the last frame
-        decoded before it (clamped, as it is shown), so a clip decodes exactly as it streams."""
+        With a reference path, `reference` [B, 3, H, W] is the newest frame known before these latents (for the
+        first chunk the real start image they encode; None = none known: the path adds nothing); latent frames are
+        then decoded one at a time, each seeing the last frame decoded before it (clamped, as it is shown), so a
+        clip decodes exactly as it streams."""
         if self.reference is None:
             return self._decode(latents, state, first_chunk, None)
         state = StreamState() if state is None else state

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import time
 from collections import defaultdict
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from astra.config_fields import changed_settings
 from astra.errors import AstraError, CheckpointError, DataError
 from astra.files import atomic_write_bytes
 from astra.vae.common import TEMPORAL_STRIDE
@@ -206,13 +206,8 @@ def _check_resumable(out: Path, config: VAETrainConfig) -> None:
     saved = read_small_vae_config(out)[1].get("train")
     if not isinstance(saved, dict):  # written before runs recorded their settings: nothing to compare
         return
-    given = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as the saved JSON holds them
-    # a setting newer than the run was, in effect, at its default
-    saved = json.loads(json.dumps(dataclasses.asdict(VAETrainConfig()))) | saved
-    changed = [
-        f"{key}: {saved.get(key)!r} -> {given.get(key)!r}" for key in sorted(set(saved) | set(given))
-        if key not in MAY_CHANGE_ON_RESUME and saved.get(key) != given.get(key)
-    ]
+    saved = dataclasses.asdict(VAETrainConfig()) | saved  # a setting newer than the run was, in effect, at its default
+    changed = changed_settings(saved, dataclasses.asdict(config), MAY_CHANGE_ON_RESUME)
     if changed:
         raise CheckpointError(
             f"{out} was trained with other settings ({'; '.join(changed)}); --resume continues a run as it was "

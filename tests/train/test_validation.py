@@ -107,4 +107,3 @@ def test_cli_validate_prints_the_table_and_refuses_two_jobs(tmp_path, capsys):
         import argparse
 
         run(argparse.Namespace(validate=True, export=True, measure=False))
-
