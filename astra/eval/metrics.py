@@ -90,7 +90,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------- long rollouts
 @dataclass(frozen=True)
 class CollapseConfig:
-    blank_std: float = 0.02  # a frame whose pixel std is below this is blank...
+    blank_std: float = 0.02  # a frame whose spatial std (per channel, averaged) is below this is blank...
     frozen_motion: float = 0.002  # ...and a run whose mean |frame_t - frame_t-1| is below this is frozen
     frozen_window: int = 16  # consecutive frames in such a run
     # A frame is saturated when more than `saturated_fraction` of its pixels have every channel above
@@ -100,14 +100,16 @@ class CollapseConfig:
 
 
 def frame_stats(frames: np.ndarray, saturated_level: float = CollapseConfig.saturated_level) -> dict[str, np.ndarray]:
-    """Per frame [T]: mean intensity, pixel std, mean |frame_t - frame_t-1| (0 for the first frame), and the
+    """Per frame [T]: mean intensity, spatial std (of each channel over the frame, averaged over channels: a frame
+    of one colour has none, whatever the colour), mean |frame_t - frame_t-1| (0 for the first frame), and the
     fraction of pixels with every channel above `saturated_level`."""
     pixels = to_unit(frames)
     unit = pixels.reshape(len(frames), -1)
+    spatial_std = pixels.reshape(len(frames), -1, pixels.shape[-1]).std(axis=1).mean(axis=1)
     motion = np.zeros(len(frames))
     motion[1:] = np.abs(np.diff(unit, axis=0)).mean(axis=1)
     saturated = (pixels.min(axis=-1) > saturated_level).reshape(len(frames), -1).mean(axis=1)
-    return {"mean": unit.mean(axis=1), "std": unit.std(axis=1), "motion": motion, "saturated": saturated}
+    return {"mean": unit.mean(axis=1), "std": spatial_std, "motion": motion, "saturated": saturated}
 
 
 def _windowed_mean(values: np.ndarray, window: int) -> np.ndarray:

@@ -219,7 +219,7 @@ def _write_world_plots(summary: dict, results: list[dict], out: Path, config: Ev
     title = f"{world}: PSNR vs ground truth over the rollout (mean of {summary['cases']} cases)"
     curves = series(long["psnr_per_frame"], long["psnr_copy_last_per_frame"], "copy last context frame")
     psnr = line_plot(curves, title, "frame", "dB")
-    stats = (("mean", "mean intensity"), ("std", "pixel std"), ("motion", "mean |frame_t - frame_t-1|"))
+    stats = (("mean", "mean intensity"), ("std", "spatial std (per channel)"), ("motion", "mean |frame_t - frame_t-1|"))
     panels = []
     for stat, name in stats:
         curves = series(long["model_stats"][stat], long["truth_stats"][stat], "ground truth")

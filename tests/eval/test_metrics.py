@@ -74,6 +74,10 @@ def test_frame_stats_and_collapse_flags():
     assert collapse_frames(blank[:26], truth[:26])["frozen"] is None  # only 15 still frames: shorter than the window
     # a ground truth that does not move cannot make the model "frozen"
     assert collapse_frames(frozen, frozen, CollapseConfig())["frozen"] is None
+    # one colour is blank whatever the colour: an olive field has no picture although its channels differ
+    olive = truth.copy()
+    olive[10:] = (150, 140, 40)
+    assert frame_stats(olive)["std"][10] < 1e-6 and collapse_frames(olive, truth)["blank"] == 10
 
 
 def test_saturated_frames_are_flagged_even_while_they_change():
