@@ -72,7 +72,7 @@ def compare_table(runs: dict[str, dict]) -> str:
     names = list(runs)
     reference = {w["world"]: w for w in runs[names[0]]["worlds"]}
     header = ["world", "run", "next-chunk PSNR", "vs copy-last", f"vs {names[0]}", "following (hits/n)",
-              f"following vs {names[0]}", "rollout PSNR (frame)", "saturated cases"]  # fmt: skip
+              f"following vs {names[0]}", "rollout PSNR (frame)", "blank / frozen / saturated cases"]  # fmt: skip
     rows = []
     worlds = list(dict.fromkeys(w["world"] for run in runs.values() for w in run["worlds"]))
     for world_name in worlds:
@@ -87,12 +87,13 @@ def compare_table(runs: dict[str, dict]) -> str:
             score, base_score = following.get("score"), None if base is None else base["action_following"].get("score")
             follow_delta = None if name == names[0] or score is None or base_score is None else score - base_score
             frame, rollout = _last_rollout_psnr(world)
-            saturated = world["long_rollout"].get("collapse", {}).get("cases_saturated")
+            collapse = world["long_rollout"].get("collapse", {})
+            counts = [collapse.get(f"cases_{flag}") for flag in ("blank", "frozen", "saturated")]
             cells = [
                 world_name, name, _fmt(chunk["psnr"]), _signed(chunk["psnr"] - chunk["psnr_copy_last"]),
                 _signed(psnr_delta), f"{_fmt(score)} ({following['hits']}/{following['n']})",
                 _signed(follow_delta), f"{_fmt(rollout)} ({frame})",
-                "-" if saturated is None else f"{saturated} of {world['cases']}",
+                " / ".join("-" if count is None else str(count) for count in counts) + f" of {world['cases']}",
             ]  # fmt: skip
             rows.append(cells)
     # pooled over the worlds every run evaluated, so that a run of fewer worlds is not ranked on other cases

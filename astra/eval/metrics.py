@@ -90,7 +90,10 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------- long rollouts
 @dataclass(frozen=True)
 class CollapseConfig:
-    blank_std: float = 0.02  # a frame whose spatial std (per channel, averaged) is below this is blank...
+    # A frame is blank when its spatial std (per channel, averaged) is below this fraction of its reference's: the
+    # ground truth's same frame, or (no ground truth) the start frame. Relative, because doom's dark scenes have
+    # little contrast to begin with (std 0.035-0.05) and the VAE alone keeps only 0.35-0.9 of it there.
+    blank_contrast: float = 0.25
     frozen_motion: float = 0.002  # ...and a run whose mean |frame_t - frame_t-1| is below this is frozen
     frozen_window: int = 16  # consecutive frames in such a run
     # A frame is saturated when more than `saturated_fraction` of its pixels have every channel above
@@ -118,15 +121,18 @@ def _windowed_mean(values: np.ndarray, window: int) -> np.ndarray:
     return sums / window
 
 
-def collapse_masks(stats: dict[str, np.ndarray], config: CollapseConfig = CollapseConfig()) -> dict[str, np.ndarray]:
-    """Per frame [T] booleans from one video's `frame_stats` (at config.saturated_level): blank, first frame of a
-    frozen window, saturated. Frame 0 has no predecessor, so frozen windows cover the motion of frames 1..T-1."""
+def collapse_masks(
+    stats: dict[str, np.ndarray], reference_std: np.ndarray | float, config: CollapseConfig = CollapseConfig()
+) -> dict[str, np.ndarray]:
+    """Per frame [T] booleans from one video's `frame_stats` (at config.saturated_level): blank (against
+    `reference_std`, per frame or one number), first frame of a frozen window, saturated. Frame 0 has no predecessor,
+    so frozen windows cover the motion of frames 1..T-1."""
     frozen = np.zeros(len(stats["std"]), dtype=bool)
     if len(frozen) > config.frozen_window:
         still = _windowed_mean(stats["motion"][1:], config.frozen_window) < config.frozen_motion
         frozen[1 : 1 + len(still)] = still
     return {
-        "blank": stats["std"] < config.blank_std,
+        "blank": stats["std"] < config.blank_contrast * np.asarray(reference_std),
         "frozen": frozen,
         "saturated": stats["saturated"] > config.saturated_fraction,
     }
@@ -138,11 +144,13 @@ def first_true(mask: np.ndarray) -> int | None:
 
 
 def collapse_frames(generated: np.ndarray, truth: np.ndarray, config: CollapseConfig = CollapseConfig()) -> dict:
-    """First frame index (or None) where the generation is blank, frozen or saturated while the ground truth is not.
+    """First frame index (or None) where the generation is blank (has lost most of the ground truth's contrast),
+    frozen or saturated while the ground truth is not.
 
     Frame 0 of both videos should be the start frame, so that frame 1's motion is measured from it."""
     _check_pair(generated, truth)
-    model, real = (collapse_masks(frame_stats(video, config.saturated_level), config) for video in (generated, truth))
+    model_stats, truth_stats = (frame_stats(video, config.saturated_level) for video in (generated, truth))
+    model, real = (collapse_masks(stats, truth_stats["std"], config) for stats in (model_stats, truth_stats))
     return {name: first_true(model[name] & ~real[name]) for name in ("blank", "frozen", "saturated")}
 
 

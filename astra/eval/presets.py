@@ -66,7 +66,7 @@ def score_rollout(video: np.ndarray, config: PresetStressConfig) -> dict[str, An
     """`video`: the start frame, then the generated frames. Mean saturated fraction of generated frames from
     `late_from` on; the first generated frame (1-based, or None) that is blank or starts a frozen window."""
     stats = frame_stats(video, config.collapse.saturated_level)
-    masks = collapse_masks(stats, config.collapse)
+    masks = collapse_masks(stats, stats["std"][0], config.collapse)  # blank: most of the start frame's contrast lost
     generated = np.arange(len(video)) > 0  # frame 0 is the input, not a generation
     return {
         "start_saturated": float(stats["saturated"][0]),

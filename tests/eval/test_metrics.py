@@ -78,6 +78,12 @@ def test_frame_stats_and_collapse_flags():
     olive = truth.copy()
     olive[10:] = (150, 140, 40)
     assert frame_stats(olive)["std"][10] < 1e-6 and collapse_frames(olive, truth)["blank"] == 10
+    # blank is relative to the truth: a dark, low-contrast truth keeps a faint (blurred) generation from counting
+    faint = (truth // 8).astype(np.uint8)  # std about 0.04, like a dark doom scene
+    for divisor, first_blank in ((2, None), (5, 1)):  # half the contrast: still a picture; a fifth: blank
+        washed = faint // divisor + 60
+        washed[0] = faint[0]  # frame 0 is the start frame on both sides
+        assert collapse_frames(washed, faint)["blank"] == first_blank, divisor
 
 
 def test_saturated_frames_are_flagged_even_while_they_change():
