@@ -124,8 +124,8 @@ def render_markdown(results: dict) -> str:
         f"{config['rollout_frames']} frames from {config['starts']} {config['split']} start frames per world. "
         f"Saturated: the mean fraction of pixels with every channel above {level}, over frames {late + 1}-"
         f"{config['rollout_frames']} (one number per start; the first row gives the start frames' own, for scenes "
-        "that are bright by nature); blank / frozen: starts with a blank frame or a frozen window (the thresholds "
-        "of `astra eval`).",
+        "that are bright by nature); blank / frozen: starts with a blank frame (under a quarter of the start "
+        "frame's spatial contrast) or a frozen window (the threshold of `astra eval`).",
         "",
     ]
     for world in results["worlds"]:
