@@ -94,7 +94,7 @@ class CollapseConfig:
     # ground truth's same frame, or (no ground truth) the start frame. Relative, because doom's dark scenes have
     # little contrast to begin with (std 0.035-0.05) and the VAE alone keeps only 0.35-0.9 of it there.
     blank_contrast: float = 0.25
-    frozen_motion: float = 0.002  # ...and a run whose mean |frame_t - frame_t-1| is below this is frozen
+    frozen_motion: float = 0.002  # a run of frames whose mean |frame_t - frame_t-1| is below this is frozen
     frozen_window: int = 16  # consecutive frames in such a run
     # A frame is saturated when more than `saturated_fraction` of its pixels have every channel above
     # `saturated_level`: held doom turns burned the picture white and changing, which neither flag above sees.

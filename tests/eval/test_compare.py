@@ -12,7 +12,8 @@ def _world(name, psnr, copy, hits, n, rollout=12.0, saturated=1, blank=0):
         "world": name, "cases": 4,
         "next_chunk": {"psnr": psnr, "psnr_copy_last": copy},
         "action_following": {"score": hits / n, "hits": hits, "n": n},
-        "long_rollout": {"psnr_at": {"32": 15.0, "256": rollout}, "collapse": {"cases_blank": blank, "cases_saturated": saturated}},
+        "long_rollout": {"psnr_at": {"32": 15.0, "256": rollout},
+                         "collapse": {"cases_blank": blank, "cases_saturated": saturated}},
     }  # fmt: skip
 
 
@@ -35,7 +36,8 @@ def test_table_rows_deltas_and_pooled_over_common_worlds():
     lines = compare_table(runs).splitlines()
     row = next(line for line in lines if line.startswith("| doom | candidate"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells == ["doom", "candidate", "20.50", "-0.50", "+0.50", "0.50 (4/8)", "-0.25", "13.25 (256)", "2 / - / 3 of 4"]
+    expected = ["doom", "candidate", "20.50", "-0.50", "+0.50", "0.50 (4/8)", "-0.25", "13.25 (256)", "2 / - / 3 of 4"]
+    assert cells == expected
     assert any(line.startswith("| camera | candidate | not evaluated") for line in lines)
     pooled = [line for line in lines if line.startswith("| pooled")]
     # camera is missing from the candidate, so the pooled rows cover doom only
