@@ -11,11 +11,11 @@ from astra.train.config import get_preset
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "build_small_model.sh"
+FLAGS = {"--set", "--preset", "--out", "--resume"}  # all a stage's `astra train` call may use
 
 
-def _stages() -> list[tuple[str, str, dict]]:
+def _stages(text: str) -> list[tuple[str, str, dict]]:
     """(preset, out dir, --set overrides) of every `astra train` call, with the script's default step counts."""
-    text = SCRIPT.read_text()
     defaults = dict(re.findall(r"^(\w+)=\$\{\1:-([^}]*)\}", text, flags=re.M))
     stages = []
     for line in text.replace("\\\n", " ").splitlines():
@@ -23,16 +23,16 @@ def _stages() -> list[tuple[str, str, dict]]:
             continue
         expanded = re.sub(r"\$(\w+)", lambda m: defaults.get(m.group(1), "$" + m.group(1)), line)
         words = shlex.split(expanded)[2:]
-        flags = {"--resume"}
         settings = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
         options = {words[i]: words[i + 1] for i, word in enumerate(words) if word in ("--preset", "--out")}
-        assert set(words) - set(settings) - set(options.values()) <= {"--set", "--preset", "--out"} | flags, words
+        assert set(words) - set(settings) - set(options.values()) <= FLAGS, words
         stages.append((options["--preset"], options["--out"], parse_overrides(settings)))
     return stages
 
 
 def test_build_script_stages_are_valid_and_chained():
-    stages = _stages()
+    text = SCRIPT.read_text()
+    stages = _stages(text)
     assert len(stages) >= 2
     previous = None
     for preset, out, overrides in stages:
@@ -44,4 +44,4 @@ def test_build_script_stages_are_valid_and_chained():
         previous = out
     lineage = json.loads((ROOT / "weights" / "astra-small" / "config.json").read_text())["metadata"]["lineage"]
     assert sum(overrides["steps"] for *_, overrides in stages) == sum(stage["steps"] for stage in lineage.values())
-    assert f'astra eval --checkpoint "{stages[-1][1]}/export"' in SCRIPT.read_text()
+    assert f'astra eval --checkpoint "{stages[-1][1]}/export"' in text
