@@ -60,6 +60,12 @@ class TrainConfig:
     self_history_prob: float = 0.0
     self_history_steps: int = 4  # sampler steps of that sample (the rollout default)
     self_history_guidance: float = 3.0  # its action-free guidance scale (the rollout default, the paper's s)
+    # Faded memory: with this probability a sample's history, all but its oldest frame (a clean reference, as the start
+    # frame is in a rollout), is shrunk toward each frame's per-channel spatial mean by a contrast factor drawn from
+    # faded_memory_range, with the real target: rollouts lose contrast chunk by chunk and a model that copies its memory
+    # hands the loss on, so it should learn to restore it (docs/results.md, session 26)
+    faded_memory_prob: float = 0.0
+    faded_memory_range: tuple[float, float] = (0.3, 1.0)  # contrast kept, ~ U[lo, hi]
     # Rollout settings the exported model plays with (RolloutConfig fields, e.g. {"guidance_scale": 2.0}); they win
     # over those inherited from init_from, which win over the generic defaults (Trainer.sampling_defaults)
     sampling: dict[str, Any] = field(default_factory=dict)
@@ -108,7 +114,10 @@ class TrainConfig:
         lo, hi = self.noisy_memory_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise AstraError(f"noisy_memory_range must satisfy 0 <= lo <= hi <= 1, got {self.noisy_memory_range}")
-        for name in ("noisy_memory_prob", "action_dropout", "self_history_prob"):
+        lo, hi = self.faded_memory_range
+        if not 0.0 < lo <= hi <= 1.0:
+            raise AstraError(f"faded_memory_range must satisfy 0 < lo <= hi <= 1, got {self.faded_memory_range}")
+        for name in ("noisy_memory_prob", "action_dropout", "self_history_prob", "faded_memory_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise AstraError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.batch_size < 1 or self.steps < 0 or self.warmup_steps < 0:

@@ -227,6 +227,8 @@ def training_loss(
     history, history_timesteps, history_frames = batch.history_latents, None, 0
     if history is not None and config.self_history_prob > 0:
         history = self_generated_history(model, batch, config, generator)
+    if history is not None and config.faded_memory_prob > 0:
+        history = faded_history(history, config, generator)
     if history is not None:
         history_frames = history.shape[2]
         low, high = config.noisy_memory_range
@@ -294,6 +296,26 @@ def self_generated_history(
     history = history.clone()
     history[index, :, history_frames - chunk :] = generated.to(history.dtype)
     return history
+
+
+def faded_history(history: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """The history with, for a `faded_memory_prob` share of the samples, every frame but the oldest shrunk toward its
+    per-channel spatial mean: contrast c ~ U(faded_memory_range), frame -> mean + c * (frame - mean).
+
+    Why: long rollouts fade to a flat field (docs/results.md); each chunk keeps a little less contrast than its memory
+    and the copy prior hands the loss on. Faded memory with the real target teaches the network to put it back, using
+    the oldest frame (the clean start frame at inference, always kept in memory) as the reference for the level.
+    """
+    batch_size, history_frames = history.shape[0], history.shape[2]
+    chosen = torch.rand(batch_size, generator=generator) < config.faded_memory_prob
+    low, high = config.faded_memory_range
+    contrast = torch.where(chosen, low + (high - low) * torch.rand(batch_size, generator=generator), torch.ones(()))
+    if history_frames < 2 or not bool(chosen.any()):
+        return history
+    contrast = contrast.to(history.device, history.dtype).view(batch_size, 1, 1, 1, 1)
+    recent = history[:, :, 1:]
+    mean = recent.mean(dim=(3, 4), keepdim=True)
+    return torch.cat([history[:, :, :1], mean + contrast * (recent - mean)], dim=2)
 
 
 def diffusion_forcing_split(batch: TrainBatch, model_config: AstraConfig, generator: torch.Generator) -> TrainBatch:

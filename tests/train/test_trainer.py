@@ -8,7 +8,7 @@ from astra.train.batches import SyntheticBatches, step_generator
 from astra.train.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
 from astra.train.config import get_preset
 from astra.train.logging import read_metrics
-from astra.train.trainer import Trainer, lr_factor, training_loss
+from astra.train.trainer import Trainer, faded_history, lr_factor, training_loss
 
 TINY = get_preset("astra-tiny").replace(model_overrides={"text_dim": 0, "text_len": 0})
 
@@ -70,6 +70,28 @@ def test_self_generated_history_replaces_the_newest_chunk_without_gradient(tmp_p
     assert len(spy.calls) == 1 and torch.equal(spy.calls[0]["history_latents"], short_batch.history_latents)
     with pytest.raises(AstraError, match="self_history_prob"):
         config.replace(self_history_prob=1.5).validate()
+
+
+def test_faded_memory_shrinks_all_but_the_oldest_history_frame_toward_its_mean(tmp_path):
+    config = TINY.replace(history_range=(3, 3), noisy_memory_prob=0.0, faded_memory_prob=1.0,
+                          faded_memory_range=(0.5, 0.5), batch_size=3)
+    trainer = Trainer(config, tmp_path, progress=False)
+    batch = trainer.batches.batch(0, 0)
+    real = batch.history_latents
+    faded = faded_history(real, config, step_generator(0, 0, 0, 1))
+    assert torch.equal(faded[:, :, :1], real[:, :, :1])  # the oldest frame is the clean reference
+    mean = real[:, :, 1:].mean(dim=(3, 4), keepdim=True)
+    assert torch.allclose(faded[:, :, 1:], mean + 0.5 * (real[:, :, 1:] - mean), atol=1e-6)
+    assert torch.allclose(faded[:, :, 1:].mean(dim=(3, 4)), mean[..., 0, 0], atol=1e-6)  # colour kept, contrast halved
+
+    spy = Spy(trainer.model)
+    training_loss(spy, batch, config, step_generator(0, 0, 0, 1))
+    assert torch.allclose(spy.calls[0]["history_latents"], faded)  # what the model sees
+    assert torch.equal(faded_history(real, config.replace(faded_memory_prob=0.0), step_generator(0, 0, 0, 1)), real)
+    one_frame = real[:, :, :1]
+    assert torch.equal(faded_history(one_frame, config, step_generator(0, 0, 0, 1)), one_frame)
+    with pytest.raises(AstraError, match="faded_memory_range"):
+        config.replace(faded_memory_range=(0.0, 0.5)).validate()
 
 
 def test_resume_continues_the_exact_loss_curve(tmp_path):
