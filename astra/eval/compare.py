@@ -52,13 +52,14 @@ def setup_differences(runs: dict[str, dict]) -> list[str]:
     return lines
 
 
-def _last_rollout_psnr(world: dict) -> tuple[str, float | None]:
-    """(frame, PSNR) at the latest report frame of the long rollout."""
-    at = world["long_rollout"].get("psnr_at", {})
+def _last_rollout_scores(world: dict) -> tuple[str, float | None, float | None]:
+    """(frame, PSNR, SSIM) at the latest report frame of the long rollout (no SSIM in results before session 26)."""
+    long = world["long_rollout"]
+    at = long.get("psnr_at", {})
     if not at:
-        return "-", None
+        return "-", None, None
     frame = max(at, key=int)
-    return frame, at[frame]
+    return frame, at[frame], long.get("ssim_at", {}).get(frame)
 
 
 def _signed(value: float | None, digits: int = 2) -> str:
@@ -72,7 +73,7 @@ def compare_table(runs: dict[str, dict]) -> str:
     names = list(runs)
     reference = {w["world"]: w for w in runs[names[0]]["worlds"]}
     header = ["world", "run", "next-chunk PSNR", "vs copy-last", f"vs {names[0]}", "following (hits/n)",
-              f"following vs {names[0]}", "rollout PSNR (frame)", "blank / frozen / saturated cases"]  # fmt: skip
+              f"following vs {names[0]}", "rollout PSNR / SSIM (frame)", "blank / frozen / saturated cases"]  # fmt: skip
     rows = []
     worlds = list(dict.fromkeys(w["world"] for run in runs.values() for w in run["worlds"]))
     for world_name in worlds:
@@ -86,13 +87,13 @@ def compare_table(runs: dict[str, dict]) -> str:
             psnr_delta = None if base is None or name == names[0] else chunk["psnr"] - base["next_chunk"]["psnr"]
             score, base_score = following.get("score"), None if base is None else base["action_following"].get("score")
             follow_delta = None if name == names[0] or score is None or base_score is None else score - base_score
-            frame, rollout = _last_rollout_psnr(world)
+            frame, rollout, rollout_ssim = _last_rollout_scores(world)
             collapse = world["long_rollout"].get("collapse", {})
             counts = [collapse.get(f"cases_{flag}") for flag in ("blank", "frozen", "saturated")]
             cells = [
                 world_name, name, _fmt(chunk["psnr"]), _signed(chunk["psnr"] - chunk["psnr_copy_last"]),
                 _signed(psnr_delta), f"{_fmt(score)} ({following['hits']}/{following['n']})",
-                _signed(follow_delta), f"{_fmt(rollout)} ({frame})",
+                _signed(follow_delta), f"{_fmt(rollout)} / {_fmt(rollout_ssim, 3)} ({frame})",
                 " / ".join("-" if count is None else str(count) for count in counts) + f" of {world['cases']}",
             ]  # fmt: skip
             rows.append(cells)

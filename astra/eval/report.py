@@ -142,6 +142,8 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
         "action_trials": len(follows),
         "psnr_curve": psnr_per_frame(generated, case.true_frames),
         "psnr_curve_copy": psnr_per_frame(copy_last, case.true_frames),
+        "ssim_curve": ssim_per_frame(generated, case.true_frames),  # structure: a field of the right colours scores ~0
+        "ssim_curve_copy": ssim_per_frame(copy_last, case.true_frames),
         "model_stats": {name: values[1:] for name, values in frame_stats(generated_video, level).items()},
         "truth_stats": {name: values[1:] for name, values in frame_stats(truth_video, level).items()},
         "collapse": collapse_frames(generated_video, truth_video, config.collapse),
@@ -170,6 +172,7 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
     length = len(psnr_curve)
     at = {str(t): float(psnr_curve[t - 1]) for t in config.report_frames if t <= length}
     copy_at = {str(t): float(copy_curve[t - 1]) for t in config.report_frames if t <= length}
+    ssim_curve, ssim_copy_curve = _mean_curve(results, "ssim_curve"), _mean_curve(results, "ssim_curve_copy")
     collapsed = [r for r in results if r["collapse"]["blank"] is not None or r["collapse"]["frozen"] is not None]
     chunk_keys = {"psnr": "chunk_psnr", "psnr_copy_last": "chunk_psnr_copy", "ssim": "chunk_ssim",
                   "ssim_copy_last": "chunk_ssim_copy", "psnr_vae_round_trip": "chunk_psnr_vae",
@@ -191,6 +194,8 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
             "psnr_copy_last_at": copy_at,
             "psnr_per_frame": psnr_curve.tolist(),
             "psnr_copy_last_per_frame": copy_curve.tolist(),
+            "ssim_at": {t: float(ssim_curve[int(t) - 1]) for t in at},
+            "ssim_copy_last_at": {t: float(ssim_copy_curve[int(t) - 1]) for t in at},
             "model_stats": {s: _mean_curve(results, "model_stats", s).tolist() for s in ("mean", "std", "motion")},
             "truth_stats": {s: _mean_curve(results, "truth_stats", s).tolist() for s in ("mean", "std", "motion")},
             "collapse": {
@@ -381,6 +386,12 @@ def render_markdown(results: dict) -> str:
         collapse = long["collapse"]
         rows.append([w["world"], *cells, collapse["cases_blank"], collapse["cases_frozen"], collapse["cases_saturated"]])
     lines += _table(["world", *(f"t={t}" for t in frames), "blank cases", "frozen cases", "saturated cases"], rows)
+    lines += ["SSIM at frame t (model / copy-last-context): structure, which PSNR does not tell from a field of the "
+              "scene's mean colour.", ""]
+    rows = [[w["world"], *(f"{_fmt(w['long_rollout']['ssim_at'].get(t), 3)} / "
+                           f"{_fmt(w['long_rollout']['ssim_copy_last_at'].get(t), 3)}" for t in frames)]
+            for w in worlds]  # fmt: skip
+    lines += _table(["world", *(f"t={t}" for t in frames)], rows)
     saturation = setup["collapse"]
     lines += [
         "Saturated (not part of the issue's collapse bar, which counts blank or frozen frames): more than "

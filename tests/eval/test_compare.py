@@ -7,14 +7,17 @@ from astra.errors import AstraError
 from astra.eval.compare import compare, compare_table, load_results, setup_differences
 
 
-def _world(name, psnr, copy, hits, n, rollout=12.0, saturated=1, blank=0):
-    return {
+def _world(name, psnr, copy, hits, n, rollout=12.0, saturated=1, blank=0, ssim=None):
+    world = {
         "world": name, "cases": 4,
         "next_chunk": {"psnr": psnr, "psnr_copy_last": copy},
         "action_following": {"score": hits / n, "hits": hits, "n": n},
         "long_rollout": {"psnr_at": {"32": 15.0, "256": rollout},
                          "collapse": {"cases_blank": blank, "cases_saturated": saturated}},
     }  # fmt: skip
+    if ssim is not None:  # results since session 26
+        world["long_rollout"]["ssim_at"] = {"32": 0.5, "256": ssim}
+    return world
 
 
 def _results(worlds, split="heldout", seed=0, sampler="4 Euler steps"):
@@ -31,13 +34,14 @@ def _write(folder, results):
 def test_table_rows_deltas_and_pooled_over_common_worlds():
     runs = {
         "shipped": _results([_world("doom", 20.0, 21.0, 6, 8), _world("camera", 21.0, 28.0, 7, 8)]),
-        "candidate": _results([_world("doom", 20.5, 21.0, 4, 8, rollout=13.25, saturated=3, blank=2)]),
+        "candidate": _results([_world("doom", 20.5, 21.0, 4, 8, rollout=13.25, saturated=3, blank=2, ssim=0.125)]),
     }
     lines = compare_table(runs).splitlines()
     row = next(line for line in lines if line.startswith("| doom | candidate"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    expected = ["doom", "candidate", "20.50", "-0.50", "+0.50", "0.50 (4/8)", "-0.25", "13.25 (256)", "2 / - / 3 of 4"]
+    expected = ["doom", "candidate", "20.50", "-0.50", "+0.50", "0.50 (4/8)", "-0.25", "13.25 / 0.125 (256)", "2 / - / 3 of 4"]
     assert cells == expected
+    assert "| 12.00 / - (256) |" in next(line for line in lines if line.startswith("| doom | shipped"))  # no SSIM
     assert any(line.startswith("| camera | candidate | not evaluated") for line in lines)
     pooled = [line for line in lines if line.startswith("| pooled")]
     # camera is missing from the candidate, so the pooled rows cover doom only

@@ -22,6 +22,8 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert world["world"] == "camera" and world["seeds"] == [4]
     assert world["next_chunk"]["frames"] == 8
     assert len(world["long_rollout"]["psnr_per_frame"]) == ROLLOUT_FRAMES
+    long = world["long_rollout"]
+    assert set(long["ssim_at"]) == set(long["psnr_at"]) and all(-1.0 < v < 1.0 for v in long["ssim_at"].values())
     # the copy-last baseline is a real measurement: finite, and the camera of seed 4 moves, so below the cap
     assert 5.0 < world["next_chunk"]["psnr_copy_last"] < 60.0
     assert 0.0 < world["next_chunk"]["ssim"] < 1.0
@@ -32,6 +34,7 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert world["bars"]["no_collapse"] == "N/A"  # 16 frames cannot show 256 collapse-free frames
     report = (out / "report.md").read_text()
     assert "| camera |" in report and "copy-last" in report and "VAE round trip (ceiling)" in report
+    assert "SSIM at frame t" in report
     for name in world["plots"].values():
         assert name in report
         with Image.open(out / name) as image:
