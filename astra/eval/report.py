@@ -234,6 +234,7 @@ def _write_world_plots(summary: dict, results: list[dict], out: Path, config: Ev
     for result in results[: config.sheet_cases]:
         picks = [t - 1 for t in shown]
         rows += [(f"seed {result['seed']} GT", result["frames"]["truth"][picks]),
+                 (f"seed {result['seed']} GT (VAE)", result["frames"]["truth_via_vae"][picks]),
                  (f"seed {result['seed']} model", result["frames"]["model"][picks])]  # fmt: skip
     sheet = contact_sheet(rows, [f"t={t}" for t in shown])
     chunk = summary["next_chunk"]["frames"]
@@ -290,7 +291,10 @@ def evaluate_world(world_name: str, loaded: tuple, config: EvalConfig, out: Path
                 with warnings.catch_warnings():  # the simulator's own actions: data, however rare
                     warnings.simplefilter("ignore", UnusualActionWarning)
                     result = evaluate_case(case, session, config)
-                if len(results) >= config.sheet_cases:  # only the contact sheets need frames
+                if len(results) < config.sheet_cases:  # only the contact sheets need frames; they show the VAE's share
+                    truth_video = np.concatenate([case.context_frames[-1][None], case.true_frames])
+                    result["frames"]["truth_via_vae"] = vae_round_trip(session, truth_video)[1:]
+                else:
                     del result["frames"]
                 results.append(result)
                 progress.update()

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from astra.cli import main
+from astra.eval.plots import SheetStyle
 from astra.eval.report import EvalConfig, evaluate
 from astra.rollout.session import load_rollout
 
@@ -39,6 +40,10 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
         assert name in report
         with Image.open(out / name) as image:
             assert image.width > 100 and image.height > 100
+    height = load_rollout(tiny_checkpoint)[0].config.resolution[0]
+    tile, style = -(-SheetStyle.min_tile // height) * height, SheetStyle()
+    with Image.open(out / world["plots"]["contact_sheet"]) as sheet:  # rows: GT, GT through the VAE, model
+        assert sheet.height == style.header_height + 3 * (tile + style.gap)
 
     # same seed, same numbers (the model injected in-process this time)
     loaded = load_rollout(tiny_checkpoint)
