@@ -142,7 +142,7 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
         "action_trials": len(follows),
         "psnr_curve": psnr_per_frame(generated, case.true_frames),
         "psnr_curve_copy": psnr_per_frame(copy_last, case.true_frames),
-        "ssim_curve": ssim_per_frame(generated, case.true_frames),  # structure: a field of the right colours scores ~0
+        "ssim_curve": ssim_per_frame(generated, case.true_frames),  # structure, which PSNR weighs little
         "ssim_curve_copy": ssim_per_frame(copy_last, case.true_frames),
         "model_stats": {name: values[1:] for name, values in frame_stats(generated_video, level).items()},
         "truth_stats": {name: values[1:] for name, values in frame_stats(truth_video, level).items()},

@@ -39,7 +39,8 @@ def test_table_rows_deltas_and_pooled_over_common_worlds():
     lines = compare_table(runs).splitlines()
     row = next(line for line in lines if line.startswith("| doom | candidate"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    expected = ["doom", "candidate", "20.50", "-0.50", "+0.50", "0.50 (4/8)", "-0.25", "13.25 / 0.125 (256)", "2 / - / 3 of 4"]
+    expected = ["doom", "candidate", "20.50", "-0.50", "+0.50", "0.50 (4/8)", "-0.25", "13.25 / 0.125 (256)",
+                "2 / - / 3 of 4"]
     assert cells == expected
     assert "| 12.00 / - (256) |" in next(line for line in lines if line.startswith("| doom | shipped"))  # no SSIM
     assert any(line.startswith("| camera | candidate | not evaluated") for line in lines)

@@ -40,13 +40,13 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
         assert name in report
         with Image.open(out / name) as image:
             assert image.width > 100 and image.height > 100
-    height = load_rollout(tiny_checkpoint)[0].config.resolution[0]
-    tile, style = -(-SheetStyle.min_tile // height) * height, SheetStyle()
-    with Image.open(out / world["plots"]["contact_sheet"]) as sheet:  # rows: GT, GT through the VAE, model
-        assert sheet.height == style.header_height + 3 * (tile + style.gap)
 
     # same seed, same numbers (the model injected in-process this time)
     loaded = load_rollout(tiny_checkpoint)
+    height, style = loaded[0].config.resolution[0], SheetStyle()
+    tile = -(-style.min_tile // height) * height
+    with Image.open(out / world["plots"]["contact_sheet"]) as sheet:  # rows: GT, GT through the VAE, model
+        assert sheet.height == style.header_height + 3 * (tile + style.gap)
     config = EvalConfig(worlds=("camera",), cases=1, context_frames=5, rollout_frames=ROLLOUT_FRAMES, seed=4)
     again = evaluate(config, tmp_path / "again", loaded=loaded)["worlds"][0]
     assert again["next_chunk"] == world["next_chunk"]
