@@ -104,15 +104,18 @@ class CollapseConfig:
 
 def frame_stats(frames: np.ndarray, saturated_level: float = CollapseConfig.saturated_level) -> dict[str, np.ndarray]:
     """Per frame [T]: mean intensity, spatial std (of each channel over the frame, averaged over channels: a frame
-    of one colour has none, whatever the colour), mean |frame_t - frame_t-1| (0 for the first frame), and the
-    fraction of pixels with every channel above `saturated_level`."""
+    of one colour has none, whatever the colour), detail (mean |difference| between neighbouring pixels, across and
+    down: edges and texture, which smooth blobs of colour lack as much as a flat field), mean |frame_t - frame_t-1|
+    (0 for the first frame), and the fraction of pixels with every channel above `saturated_level`."""
     pixels = to_unit(frames)
     unit = pixels.reshape(len(frames), -1)
     spatial_std = pixels.reshape(len(frames), -1, pixels.shape[-1]).std(axis=1).mean(axis=1)
+    across, down = np.abs(np.diff(pixels, axis=2)), np.abs(np.diff(pixels, axis=1))
+    detail = (across.mean(axis=(1, 2, 3)) + down.mean(axis=(1, 2, 3))) / 2
     motion = np.zeros(len(frames))
     motion[1:] = np.abs(np.diff(unit, axis=0)).mean(axis=1)
     saturated = (pixels.min(axis=-1) > saturated_level).reshape(len(frames), -1).mean(axis=1)
-    return {"mean": unit.mean(axis=1), "std": spatial_std, "motion": motion, "saturated": saturated}
+    return {"mean": unit.mean(axis=1), "std": spatial_std, "detail": detail, "motion": motion, "saturated": saturated}
 
 
 def _windowed_mean(values: np.ndarray, window: int) -> np.ndarray:

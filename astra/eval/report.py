@@ -45,6 +45,9 @@ from astra.worlds import EpisodeEnded
 from astra.worlds.base import make_world
 
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "N/A"
+# the per-frame statistics averaged over cases, plotted and written to results.json (astra/eval/metrics.py)
+STAT_CURVES = {"mean": "mean intensity", "std": "spatial std (per channel)",
+               "detail": "detail (mean |neighbour difference|)", "motion": "mean |frame_t - frame_t-1|"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,8 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
     at = {str(t): float(psnr_curve[t - 1]) for t in config.report_frames if t <= length}
     copy_at = {str(t): float(copy_curve[t - 1]) for t in config.report_frames if t <= length}
     ssim_curve, ssim_copy_curve = _mean_curve(results, "ssim_curve"), _mean_curve(results, "ssim_curve_copy")
+    model_detail = _mean_curve(results, "model_stats", "detail")
+    truth_detail = _mean_curve(results, "truth_stats", "detail")
     collapsed = [r for r in results if r["collapse"]["blank"] is not None or r["collapse"]["frozen"] is not None]
     chunk_keys = {"psnr": "chunk_psnr", "psnr_copy_last": "chunk_psnr_copy", "ssim": "chunk_ssim",
                   "ssim_copy_last": "chunk_ssim_copy", "psnr_vae_round_trip": "chunk_psnr_vae",
@@ -196,8 +201,9 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
             "psnr_copy_last_per_frame": copy_curve.tolist(),
             "ssim_at": {t: float(ssim_curve[int(t) - 1]) for t in at},
             "ssim_copy_last_at": {t: float(ssim_copy_curve[int(t) - 1]) for t in at},
-            "model_stats": {s: _mean_curve(results, "model_stats", s).tolist() for s in ("mean", "std", "motion")},
-            "truth_stats": {s: _mean_curve(results, "truth_stats", s).tolist() for s in ("mean", "std", "motion")},
+            "detail_kept_at": {t: float(model_detail[int(t) - 1] / max(truth_detail[int(t) - 1], 1e-12)) for t in at},
+            "model_stats": {s: _mean_curve(results, "model_stats", s).tolist() for s in STAT_CURVES},
+            "truth_stats": {s: _mean_curve(results, "truth_stats", s).tolist() for s in STAT_CURVES},
             "collapse": {
                 "cases_blank": sum(r["collapse"]["blank"] is not None for r in results),
                 "cases_frozen": sum(r["collapse"]["frozen"] is not None for r in results),
@@ -224,9 +230,8 @@ def _write_world_plots(summary: dict, results: list[dict], out: Path, config: Ev
     title = f"{world}: PSNR vs ground truth over the rollout (mean of {summary['cases']} cases)"
     curves = series(long["psnr_per_frame"], long["psnr_copy_last_per_frame"], "copy last context frame")
     psnr = line_plot(curves, title, "frame", "dB")
-    stats = (("mean", "mean intensity"), ("std", "spatial std (per channel)"), ("motion", "mean |frame_t - frame_t-1|"))
     panels = []
-    for stat, name in stats:
+    for stat, name in STAT_CURVES.items():
         curves = series(long["model_stats"][stat], long["truth_stats"][stat], "ground truth")
         panels.append(line_plot(curves, f"{world}: {name}", "frame", stat))
     shown = [t for t in config.sheet_frames if t <= long["frames"]]
@@ -395,6 +400,10 @@ def render_markdown(results: dict) -> str:
     rows = [[w["world"], *(f"{_fmt(w['long_rollout']['ssim_at'].get(t), 3)} / "
                            f"{_fmt(w['long_rollout']['ssim_copy_last_at'].get(t), 3)}" for t in frames)]
             for w in worlds]  # fmt: skip
+    lines += _table(["world", *(f"t={t}" for t in frames)], rows)
+    lines += ["Detail kept at frame t (the model's mean |neighbour difference| over the ground truth's): a flat field "
+              "and smooth blobs of colour keep little, whatever their contrast.", ""]
+    rows = [[w["world"], *(f"{_fmt(w['long_rollout']['detail_kept_at'].get(t))}" for t in frames)] for w in worlds]
     lines += _table(["world", *(f"t={t}" for t in frames)], rows)
     saturation = setup["collapse"]
     lines += [

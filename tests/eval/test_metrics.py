@@ -86,6 +86,18 @@ def test_frame_stats_and_collapse_flags():
         assert collapse_frames(washed, faint)["blank"] == first_blank, divisor
 
 
+def test_detail_tells_pictures_from_fields_and_blobs_whatever_their_contrast():
+    picture = np.random.default_rng(4).integers(60, 160, size=(1, 32, 32, 3), dtype=np.uint8)  # texture everywhere
+    field = np.full_like(picture, 90)
+    blobs = field.copy()
+    blobs[:, :, 16:] = (250, 30, 200)  # two smooth halves: high contrast, one edge
+    detail = {name: frame_stats(frames)["detail"][0] for name, frames in
+              (("picture", picture), ("field", field), ("blobs", blobs))}  # fmt: skip
+    assert detail["field"] == 0.0
+    assert frame_stats(blobs)["std"][0] > frame_stats(picture)["std"][0]  # the blobs have more contrast ...
+    assert detail["blobs"] < 0.1 * detail["picture"]  # ... and a tenth of the detail
+
+
 def test_saturated_frames_are_flagged_even_while_they_change():
     """Held doom turns burned moving white stripes into the picture: not blank, not frozen, but not the world."""
     rng = np.random.default_rng(3)

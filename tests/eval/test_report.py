@@ -23,8 +23,6 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert world["world"] == "camera" and world["seeds"] == [4]
     assert world["next_chunk"]["frames"] == 8
     assert len(world["long_rollout"]["psnr_per_frame"]) == ROLLOUT_FRAMES
-    long = world["long_rollout"]
-    assert set(long["ssim_at"]) == set(long["psnr_at"]) and all(-1.0 < v < 1.0 for v in long["ssim_at"].values())
     # the copy-last baseline is a real measurement: finite, and the camera of seed 4 moves, so below the cap
     assert 5.0 < world["next_chunk"]["psnr_copy_last"] < 60.0
     assert 0.0 < world["next_chunk"]["ssim"] < 1.0
@@ -35,7 +33,8 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert world["bars"]["no_collapse"] == "N/A"  # 16 frames cannot show 256 collapse-free frames
     report = (out / "report.md").read_text()
     assert "| camera |" in report and "copy-last" in report and "VAE round trip (ceiling)" in report
-    assert "SSIM at frame t" in report
+    assert "SSIM at frame t" in report and "Detail kept at frame t" in report
+    assert len(world["long_rollout"]["model_stats"]["detail"]) == ROLLOUT_FRAMES
     for name in world["plots"].values():
         assert name in report
         with Image.open(out / name) as image:
@@ -47,9 +46,13 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     tile = -(-style.min_tile // height) * height
     with Image.open(out / world["plots"]["contact_sheet"]) as sheet:  # rows: GT, GT through the VAE, model
         assert sheet.height == style.header_height + 3 * (tile + style.gap)
-    config = EvalConfig(worlds=("camera",), cases=1, context_frames=5, rollout_frames=ROLLOUT_FRAMES, seed=4)
+    config = EvalConfig(worlds=("camera",), cases=1, context_frames=5, rollout_frames=ROLLOUT_FRAMES, seed=4,
+                        report_frames=(8, ROLLOUT_FRAMES))
     again = evaluate(config, tmp_path / "again", loaded=loaded)["worlds"][0]
     assert again["next_chunk"] == world["next_chunk"]
+    long = again["long_rollout"]  # the report frames within 16 frames: SSIM and detail kept there
+    assert set(long["ssim_at"]) == set(long["detail_kept_at"]) == {"8", "16"}
+    assert all(-1.0 < v < 1.0 for v in long["ssim_at"].values()) and min(long["detail_kept_at"].values()) > 0
     np.testing.assert_array_equal(again["long_rollout"]["psnr_per_frame"], world["long_rollout"]["psnr_per_frame"])
 
     # `astra eval --compare` reads what `astra eval` writes: same cases, so no warning, and a zero delta
