@@ -105,7 +105,7 @@ class CollapseConfig:
 def frame_stats(frames: np.ndarray, saturated_level: float = CollapseConfig.saturated_level) -> dict[str, np.ndarray]:
     """Per frame [T]: mean intensity, spatial std (of each channel over the frame, averaged over channels: a frame
     of one colour has none, whatever the colour), detail (mean |difference| between neighbouring pixels, across and
-    down: edges and texture, which smooth blobs of colour lack as much as a flat field), mean |frame_t - frame_t-1|
+    down: edges and texture; blur lowers it, a flat field has none, smooth blobs little), mean |frame_t - frame_t-1|
     (0 for the first frame), and the fraction of pixels with every channel above `saturated_level`."""
     pixels = to_unit(frames)
     unit = pixels.reshape(len(frames), -1)
@@ -116,6 +116,11 @@ def frame_stats(frames: np.ndarray, saturated_level: float = CollapseConfig.satu
     motion[1:] = np.abs(np.diff(unit, axis=0)).mean(axis=1)
     saturated = (pixels.min(axis=-1) > saturated_level).reshape(len(frames), -1).mean(axis=1)
     return {"mean": unit.mean(axis=1), "std": spatial_std, "detail": detail, "motion": motion, "saturated": saturated}
+
+
+def detail_kept(frames: np.ndarray, reference: np.ndarray) -> float:
+    """The mean `detail` of `frames` over that of `reference` (1 = as much edge and texture; blur lowers it)."""
+    return float(frame_stats(frames)["detail"].mean() / max(frame_stats(reference)["detail"].mean(), 1e-12))
 
 
 def _windowed_mean(values: np.ndarray, window: int) -> np.ndarray:

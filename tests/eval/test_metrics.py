@@ -7,6 +7,7 @@ from astra.eval.metrics import (
     CollapseConfig,
     binomial_summary,
     collapse_frames,
+    detail_kept,
     follows_actions,
     frame_stats,
     futures_differ,
@@ -86,7 +87,7 @@ def test_frame_stats_and_collapse_flags():
         assert collapse_frames(washed, faint)["blank"] == first_blank, divisor
 
 
-def test_detail_tells_pictures_from_fields_and_blobs_whatever_their_contrast():
+def test_detail_is_none_for_a_field_and_low_for_smooth_blobs_of_high_contrast():
     picture = np.random.default_rng(4).integers(60, 160, size=(1, 32, 32, 3), dtype=np.uint8)  # texture everywhere
     field = np.full_like(picture, 90)
     blobs = field.copy()
@@ -96,6 +97,8 @@ def test_detail_tells_pictures_from_fields_and_blobs_whatever_their_contrast():
     assert detail["field"] == 0.0
     assert frame_stats(blobs)["std"][0] > frame_stats(picture)["std"][0]  # the blobs have more contrast ...
     assert detail["blobs"] < 0.1 * detail["picture"]  # ... and a tenth of the detail
+    assert detail_kept(blobs, picture) == pytest.approx(detail["blobs"] / detail["picture"])
+    assert detail_kept(picture, picture) == 1.0
 
 
 def test_saturated_frames_are_flagged_even_while_they_change():

@@ -35,6 +35,7 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert "| camera |" in report and "copy-last" in report and "VAE round trip (ceiling)" in report
     assert "SSIM at frame t" in report and "Detail kept at frame t" in report
     assert len(world["long_rollout"]["model_stats"]["detail"]) == ROLLOUT_FRAMES
+    assert 0.0 < world["next_chunk"]["detail_kept_vae_round_trip"] < 10.0
     for name in world["plots"].values():
         assert name in report
         with Image.open(out / name) as image:
