@@ -407,7 +407,7 @@ def render_markdown(results: dict) -> str:
     lines += ["Detail kept at frame t (the model's mean |neighbour difference| over the ground truth's; blur lowers it, "
               "a flat field has none, noisy or hard-edged colour can exceed the truth's) and, as the reference, what the "
               "VAE round trip keeps of the first chunk's.", ""]
-    rows = [[w["world"], *(f"{_fmt(w['long_rollout']['detail_kept_at'].get(t))}" for t in frames),
+    rows = [[w["world"], *(_fmt(w["long_rollout"]["detail_kept_at"].get(t)) for t in frames),
              _fmt(w["next_chunk"]["detail_kept_vae_round_trip"])] for w in worlds]  # fmt: skip
     lines += _table(["world", *(f"t={t}" for t in frames), "VAE round trip"], rows)
     saturation = setup["collapse"]
