@@ -14,6 +14,7 @@ import numpy as np
 
 from astra.errors import AstraError
 from astra.eval.report import _fmt, _table
+from astra.rollout.session import RolloutConfig
 
 # the EvalConfig fields that decide which cases were scored and how
 SETUP_FIELDS = ("split", "seed", "cases", "context_frames", "rollout_frames")
@@ -39,13 +40,21 @@ def load_results(folder: str | Path) -> dict:
     return results
 
 
+def _sampler_of(run: dict, key: str) -> str | dict:
+    """A run's sampler record; settings added after the run was written (absent) at their defaults, which
+    reproduce what the sampler did before they existed."""
+    if key != "sampling":
+        return run.get(key)
+    return RolloutConfig().sampling() | run["sampling"]
+
+
 def setup_differences(runs: dict[str, dict]) -> list[str]:
     """One line per setting whose value differs between the runs (empty when they scored the same cases)."""
     lines = []
     # the sampler's settings where every run recorded them (since session 15), else its description
     sampler = "sampling" if all("sampling" in run for run in runs.values()) else "sampler"
     for field in (*SETUP_FIELDS, sampler):
-        values = {name: (run.get(sampler) if field == sampler else run["config"].get(field))
+        values = {name: (_sampler_of(run, sampler) if field == sampler else run["config"].get(field))
                   for name, run in runs.items()}  # fmt: skip
         if len({json.dumps(value, sort_keys=True) for value in values.values()}) > 1:
             lines.append(f"{field} differs: " + "; ".join(f"{name} {value}" for name, value in values.items()))

@@ -437,7 +437,7 @@ def describe_sampler(config: RolloutConfig) -> str:
     return (
         f"{config.num_steps} Euler steps, shift {config.shift}, guidance {config.guidance_scale} at t in "
         f"{list(config.guidance_interval)} ({config.guidance_outside} outside), history noise {config.history_noise}, "
-        f"noise scale {config.noise_scale}"
+        f"noise scale {config.noise_scale}" + (f", stats anchor {config.stats_anchor}" if config.stats_anchor else "")
     )
 
 

@@ -42,6 +42,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="scale of each chunk's starting noise (sampling temperature): 1 as trained, 0 deterministic "
         "(default: the checkpoint's)",
     )
+    parser.add_argument(
+        "--stats-anchor", type=float, default=None, metavar="FRACTION",
+        help="pull each generated latent frame's per-channel mean and contrast this fraction of the way toward the "
+        "start frame's, against colour drift and fading: 0 off, 1 match (default: the checkpoint's)",
+    )
 
 
 def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,4 +62,5 @@ def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
         "guidance_interval": args.guidance_interval,
         "guidance_outside": args.guidance_outside,
         "noise_scale": args.noise_scale,
+        "stats_anchor": args.stats_anchor,
     }

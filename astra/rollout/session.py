@@ -31,7 +31,8 @@ from astra.model.action_experts import ActionInput, unusual_actions
 # The RolloutConfig fields that belong to the model (stored in its checkpoint's metadata, compared by `astra eval
 # --compare`); copy_prior_sigma is fixed by training and seed by the caller.
 SAMPLING_FIELDS = (
-    "num_steps", "shift", "guidance_scale", "guidance_interval", "guidance_outside", "history_noise", "noise_scale"
+    "num_steps", "shift", "guidance_scale", "guidance_interval", "guidance_outside", "history_noise", "noise_scale",
+    "stats_anchor",
 )
 
 
@@ -52,6 +53,11 @@ class RolloutConfig:
     # below 1 the Euler path starts nearer the noise's centre and lands nearer the frame the network expects, with less
     # detail drawn at random (0 = deterministic given the memory and actions).
     noise_scale: float = 1.0
+    # Rollouts of a small model drift chunk by chunk: the latents' colour wanders and their contrast fades to a flat
+    # field. With an anchor a > 0, each generated latent frame's per-channel spatial mean and spread are pulled that
+    # fraction of the way toward the start frame's (the spread geometrically) before the frame is decoded and
+    # remembered: 1 matches them, 0 leaves the latents as sampled. It keeps colour and contrast, not content.
+    stats_anchor: float = 0.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -75,6 +81,9 @@ class RolloutConfig:
         scale = self.noise_scale
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
             raise AstraError(f"noise scale (--noise-scale) must be a finite number >= 0, got {self.noise_scale}")
+        anchor = self.stats_anchor
+        if not (isinstance(anchor, (int, float)) and math.isfinite(anchor) and 0 <= anchor <= 1):
+            raise AstraError(f"stats anchor (--stats-anchor) must be a number in [0, 1], got {anchor}")
         sigma = self.copy_prior_sigma
         if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
             raise AstraError(f"copy_prior_sigma must be a finite number > 0, got {sigma}")
@@ -93,6 +102,13 @@ class RolloutConfig:
             guidance_interval=self.guidance_interval,
             guidance_outside=self.guidance_outside,
         )
+
+
+def spatial_stats(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, C, F, H, W] -> the mean and standard deviation over H and W per channel and frame, each [B, C, F, 1, 1]."""
+    mean = latents.float().mean(dim=(-2, -1), keepdim=True)
+    spread = latents.float().std(dim=(-2, -1), keepdim=True)
+    return mean.to(latents.dtype), spread.to(latents.dtype)
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -176,6 +192,7 @@ class RolloutSession:
         self.decoder = None
         self.newest_latent: torch.Tensor | None = None
         self.newest_memory: torch.Tensor | None = None  # the newest latent as the model remembers it (noised)
+        self.start_stats: tuple[torch.Tensor, torch.Tensor] | None = None  # the start latent's spatial_stats
         self.unusual_columns: set[str] = set()  # action columns already warned about (once each per session)
 
     @property
@@ -206,7 +223,20 @@ class RolloutSession:
         self.started = True
         self.decoder = self.vae.stream_decoder(start=video)  # a reference-frame decoder starts from the real image
         self.newest_latent = self.newest_memory = latent
+        self.start_stats = spatial_stats(latent[:, :, :1])
         return video_to_frames(self.decoder.decode_chunk(latent.to(self.vae_dtype)))[0]
+
+    def _anchored(self, latents: torch.Tensor) -> torch.Tensor:
+        """Generated latents with each frame's per-channel mean and spread pulled toward the start frame's."""
+        anchor = self.config.stats_anchor
+        if anchor == 0.0:
+            return latents
+        mean, spread = spatial_stats(latents)
+        start_mean, start_spread = self.start_stats
+        target_mean = torch.lerp(mean, start_mean, anchor)
+        target_spread = spread.pow(1.0 - anchor) * start_spread.pow(anchor)
+        spread = spread.clamp_min(torch.finfo(latents.dtype).tiny)
+        return target_mean + (latents - mean) * (target_spread / spread)
 
     def _as_memory(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Finished latents -> (the memory the model attends to: noised to `history_noise` with seeded noise, and
@@ -226,6 +256,7 @@ class RolloutSession:
             self.model, noise, history_latents=self.history_latents, history_timesteps=self.history_levels,
             actions=actions, anchor=anchor, config=self.config.sampler(),
         )
+        latents = self._anchored(latents)
         self.newest_memory, new_levels = self._as_memory(latents)
         history = torch.cat([self.history_latents, self.newest_memory], dim=2)
         levels = torch.cat([self.history_levels, new_levels], dim=1)
@@ -292,6 +323,7 @@ class RolloutSession:
             latents = sample_chunk(
                 self.model, noise, actions=cond_actions, kv_cache=self.cache, anchor=anchor, config=self.config.sampler()
             )
+            latents = self._anchored(latents)
             self.newest_memory, levels = self._as_memory(latents)
             self.model.extend_cache(
                 self.cache, self.newest_memory.repeat(self.passes, 1, 1, 1, 1), actions, levels.repeat(self.passes, 1)
@@ -326,6 +358,7 @@ def load_rollout(
     guidance_interval: tuple[float, float] | None = None,
     guidance_outside: float | None = None,
     noise_scale: float | None = None,
+    stats_anchor: float | None = None,
     seed: int = 0,
     device: str = "cpu",
 ) -> tuple[torch.nn.Module, Any, dict[str, Any], RolloutConfig]:
@@ -342,7 +375,8 @@ def load_rollout(
     sampling = metadata.get("sampling", {})
 
     given = {"num_steps": steps, "shift": shift, "guidance_scale": guidance_scale, "history_noise": history_noise,
-             "guidance_interval": guidance_interval, "guidance_outside": guidance_outside, "noise_scale": noise_scale}  # fmt: skip
+             "guidance_interval": guidance_interval, "guidance_outside": guidance_outside, "noise_scale": noise_scale,
+             "stats_anchor": stats_anchor}  # fmt: skip
     # per field: the caller's value, else the checkpoint's, else the default
     values = {
         name: given[name] if given[name] is not None else sampling.get(name, getattr(RolloutConfig, name))
