@@ -63,8 +63,8 @@ def test_bad_input_is_a_clear_error(tiny_session):
         camera.step(np.zeros((camera.frames_per_step, 7), np.float32))
 
 
-@pytest.mark.parametrize("history_noise", [0.0, 0.2])
-def test_a_non_streaming_model_recomputes_its_history(tiny_parts, history_noise):
+@pytest.mark.parametrize("history_noise, stats_anchor", [(0.0, 0.0), (0.2, 0.5)])
+def test_a_non_streaming_model_recomputes_its_history(tiny_parts, history_noise, stats_anchor):
     """The authors' layout (bidirectional attention, shared timestep) has no cache: history is recomputed."""
     import dataclasses
 
@@ -73,7 +73,8 @@ def test_a_non_streaming_model_recomputes_its_history(tiny_parts, history_noise)
     model, vae, config = tiny_parts()
     compat = type(model)(model.config.replace(attention="bidirectional", per_frame_timesteps=False)).eval()
     compat.load_state_dict(model.state_dict())
-    session = RolloutSession(compat, vae, "keyboard_mouse", dataclasses.replace(config, history_noise=history_noise))
+    options = dataclasses.replace(config, history_noise=history_noise, stats_anchor=stats_anchor)
+    session = RolloutSession(compat, vae, "keyboard_mouse", options)
     assert not session.streaming
     session.start(np.zeros((16, 16, 3), np.uint8))
     for _ in range(session.max_history + 2):
