@@ -106,8 +106,8 @@ class RolloutConfig:
 
 def spatial_stats(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, C, F, H, W] -> the mean and standard deviation over H and W per channel and frame, each [B, C, F, 1, 1]."""
-    mean = latents.float().mean(dim=(-2, -1), keepdim=True)
-    spread = latents.float().std(dim=(-2, -1), keepdim=True)
+    values = latents.float()  # bf16 on GPU: reduce in float32
+    mean, spread = values.mean(dim=(-2, -1), keepdim=True), values.std(dim=(-2, -1), keepdim=True)
     return mean.to(latents.dtype), spread.to(latents.dtype)
 
 
