@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from astra.errors import AstraError
+from astra.rollout.anchor import MATCHES
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +45,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--stats-anchor", type=float, default=None, metavar="FRACTION",
-        help="pull each generated latent frame's per-channel mean and contrast this fraction of the way toward the "
+        help="pull each generated latent frame's colour and contrast statistics this fraction of the way toward the "
         "start frame's, against colour drift and fading: 0 off, 1 match (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--stats-anchor-match", choices=MATCHES, default=None,
+        help="what --stats-anchor pulls: each channel's mean and contrast, or the mean and the channels' joint "
+        "covariance (default: the checkpoint's)",
     )
 
 
@@ -63,4 +69,5 @@ def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
         "guidance_outside": args.guidance_outside,
         "noise_scale": args.noise_scale,
         "stats_anchor": args.stats_anchor,
+        "stats_anchor_match": args.stats_anchor_match,
     }

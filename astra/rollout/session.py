@@ -26,13 +26,14 @@ from astra.diffusion.guidance import guidance_passes
 from astra.diffusion.sampler import SamplerConfig, sample_chunk
 from astra.errors import AstraError, UnusualActionWarning
 from astra.model.action_experts import ActionInput, unusual_actions
+from astra.rollout.anchor import MATCHES, anchor_stats
 
 
 # The RolloutConfig fields that belong to the model (stored in its checkpoint's metadata, compared by `astra eval
 # --compare`); copy_prior_sigma is fixed by training and seed by the caller.
 SAMPLING_FIELDS = (
     "num_steps", "shift", "guidance_scale", "guidance_interval", "guidance_outside", "history_noise", "noise_scale",
-    "stats_anchor",
+    "stats_anchor", "stats_anchor_match",
 )
 
 
@@ -54,10 +55,12 @@ class RolloutConfig:
     # detail drawn at random (0 = deterministic given the memory and actions).
     noise_scale: float = 1.0
     # Rollouts of a small model drift chunk by chunk: the latents' colour wanders and their contrast fades to a flat
-    # field. With an anchor a > 0, each generated latent frame's per-channel spatial mean and spread are pulled that
-    # fraction of the way toward the start frame's (the spread geometrically) before the frame is decoded and
-    # remembered: 1 matches them, 0 leaves the latents as sampled. It keeps colour and contrast, not content.
+    # field. With an anchor a > 0, each generated latent frame's spatial statistics are pulled that fraction of the
+    # way toward the start frame's before the frame is decoded and remembered: 1 matches them, 0 leaves the latents
+    # as sampled. It keeps colour and contrast, not content. The match (astra.rollout.anchor): "channels" pulls each
+    # channel's mean and spread, "covariance" the mean and the channels' joint covariance.
     stats_anchor: float = 0.0
+    stats_anchor_match: str = "channels"
     seed: int = 0
 
     def validate(self) -> None:
@@ -84,6 +87,11 @@ class RolloutConfig:
         anchor = self.stats_anchor
         if not (isinstance(anchor, (int, float)) and math.isfinite(anchor) and 0 <= anchor <= 1):
             raise AstraError(f"stats anchor (--stats-anchor) must be a number in [0, 1], got {anchor}")
+        if self.stats_anchor_match not in MATCHES:
+            raise AstraError(
+                f"stats anchor match (--stats-anchor-match) must be one of {', '.join(MATCHES)}, "
+                f"got {self.stats_anchor_match!r}"
+            )
         sigma = self.copy_prior_sigma
         if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
             raise AstraError(f"copy_prior_sigma must be a finite number > 0, got {sigma}")
@@ -102,13 +110,6 @@ class RolloutConfig:
             guidance_interval=self.guidance_interval,
             guidance_outside=self.guidance_outside,
         )
-
-
-def spatial_stats(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, C, F, H, W] -> the mean and standard deviation over H and W per channel and frame, each [B, C, F, 1, 1]."""
-    values = latents.float()  # bf16 on GPU: reduce in float32
-    mean, spread = values.mean(dim=(-2, -1), keepdim=True), values.std(dim=(-2, -1), keepdim=True)
-    return mean.to(latents.dtype), spread.to(latents.dtype)
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -192,7 +193,7 @@ class RolloutSession:
         self.decoder = None
         self.newest_latent: torch.Tensor | None = None
         self.newest_memory: torch.Tensor | None = None  # the newest latent as the model remembers it (noised)
-        self.start_stats: tuple[torch.Tensor, torch.Tensor] | None = None  # the start latent's spatial_stats
+        self.start_latent: torch.Tensor | None = None  # the stats anchor's reference
         self.unusual_columns: set[str] = set()  # action columns already warned about (once each per session)
 
     @property
@@ -223,20 +224,12 @@ class RolloutSession:
         self.started = True
         self.decoder = self.vae.stream_decoder(start=video)  # a reference-frame decoder starts from the real image
         self.newest_latent = self.newest_memory = latent
-        self.start_stats = spatial_stats(latent[:, :, :1])
+        self.start_latent = latent[:, :, :1]
         return video_to_frames(self.decoder.decode_chunk(latent.to(self.vae_dtype)))[0]
 
     def _anchored(self, latents: torch.Tensor) -> torch.Tensor:
-        """Generated latents with each frame's per-channel mean and spread pulled toward the start frame's."""
-        anchor = self.config.stats_anchor
-        if anchor == 0.0:
-            return latents
-        mean, spread = spatial_stats(latents)
-        start_mean, start_spread = self.start_stats
-        target_mean = torch.lerp(mean, start_mean, anchor)
-        target_spread = spread.pow(1.0 - anchor) * start_spread.pow(anchor)
-        spread = spread.clamp_min(torch.finfo(latents.dtype).tiny)
-        return target_mean + (latents - mean) * (target_spread / spread)
+        """Generated latents with each frame's statistics pulled toward the start frame's (stats_anchor)."""
+        return anchor_stats(latents, self.start_latent, self.config.stats_anchor, self.config.stats_anchor_match)
 
     def _as_memory(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Finished latents -> (the memory the model attends to: noised to `history_noise` with seeded noise, and
@@ -359,6 +352,7 @@ def load_rollout(
     guidance_outside: float | None = None,
     noise_scale: float | None = None,
     stats_anchor: float | None = None,
+    stats_anchor_match: str | None = None,
     seed: int = 0,
     device: str = "cpu",
 ) -> tuple[torch.nn.Module, Any, dict[str, Any], RolloutConfig]:
@@ -376,7 +370,7 @@ def load_rollout(
 
     given = {"num_steps": steps, "shift": shift, "guidance_scale": guidance_scale, "history_noise": history_noise,
              "guidance_interval": guidance_interval, "guidance_outside": guidance_outside, "noise_scale": noise_scale,
-             "stats_anchor": stats_anchor}  # fmt: skip
+             "stats_anchor": stats_anchor, "stats_anchor_match": stats_anchor_match}  # fmt: skip
     # per field: the caller's value, else the checkpoint's, else the default
     values = {
         name: given[name] if given[name] is not None else sampling.get(name, getattr(RolloutConfig, name))

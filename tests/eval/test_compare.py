@@ -64,10 +64,12 @@ def test_setup_differences_name_the_setting_and_the_runs():
     b["sampling"] = {"num_steps": 8, "guidance_scale": 3.0}
     assert setup_differences({"a": a, "b": b})[0].startswith("sampling differs")
     # a setting added after a run was written counts at its default (what the sampler did before it existed)
-    b["sampling"] = {"num_steps": 4, "guidance_scale": 3.0, "stats_anchor": 0.0}
+    b["sampling"] = {"num_steps": 4, "guidance_scale": 3.0, "stats_anchor": 0.0, "stats_anchor_match": "channels"}
     assert setup_differences({"a": a, "b": b}) == []
     b["sampling"]["stats_anchor"] = 0.5
     assert "stats_anchor" in setup_differences({"a": a, "b": b})[0]
+    b["sampling"] = {"num_steps": 4, "guidance_scale": 3.0, "stats_anchor_match": "covariance"}
+    assert "stats_anchor_match" in setup_differences({"a": a, "b": b})[0]
 
 
 def test_compare_cli_prints_warnings_and_table(tmp_path, capsys):
