@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from astra.errors import AstraError
+from astra.eval.metrics import COLLAPSE_FLAGS
 from astra.eval.report import _fmt, _table
 from astra.rollout.session import RolloutConfig
 
@@ -98,7 +99,7 @@ def compare_table(runs: dict[str, dict]) -> str:
             follow_delta = None if name == names[0] or score is None or base_score is None else score - base_score
             frame, rollout, rollout_ssim = _last_rollout_scores(world)
             collapse = world["long_rollout"].get("collapse", {})
-            counts = [collapse.get(f"cases_{flag}") for flag in ("blank", "frozen", "saturated")]
+            counts = [collapse.get(f"cases_{flag}") for flag in COLLAPSE_FLAGS]
             cells = [
                 world_name, name, _fmt(chunk["psnr"]), _signed(chunk["psnr"] - chunk["psnr_copy_last"]),
                 _signed(psnr_delta), f"{_fmt(score)} ({following['hits']}/{following['n']})",

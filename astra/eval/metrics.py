@@ -88,6 +88,9 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------------------- long rollouts
+COLLAPSE_FLAGS = ("blank", "frozen", "saturated")
+
+
 @dataclass(frozen=True)
 class CollapseConfig:
     # A frame is blank when its spatial std (per channel, averaged) is below this fraction of its reference's: the
@@ -159,7 +162,7 @@ def collapse_frames(generated: np.ndarray, truth: np.ndarray, config: CollapseCo
     _check_pair(generated, truth)
     model_stats, truth_stats = (frame_stats(video, config.saturated_level) for video in (generated, truth))
     model, real = (collapse_masks(stats, truth_stats["std"], config) for stats in (model_stats, truth_stats))
-    return {name: first_true(model[name] & ~real[name]) for name in ("blank", "frozen", "saturated")}
+    return {name: first_true(model[name] & ~real[name]) for name in COLLAPSE_FLAGS}
 
 
 def follows_actions(

@@ -31,9 +31,14 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert 0.0 < world["next_chunk"]["psnr_copy_last_via_vae"] < 40.0
     assert world["action_following"]["n"] + 2 * world["action_following"]["skipped_cases"] == 2
     assert world["bars"]["no_collapse"] == "N/A"  # 16 frames cannot show 256 collapse-free frames
+    # the collapse flags' reference, the truth through the VAE, is counted per flag like the model's
+    reference = world["long_rollout"]["collapse"]["vae_round_trip"]
+    assert set(reference) == {"cases_blank", "cases_frozen", "cases_saturated"}
+    assert all(count in (0, 1) for count in reference.values())
     report = (out / "report.md").read_text()
     assert "| camera |" in report and "copy-last" in report and "VAE round trip (ceiling)" in report
     assert "SSIM at frame t" in report and "Detail kept at frame t" in report
+    assert "truth via VAE: blank / frozen / saturated" in report
     assert len(world["long_rollout"]["model_stats"]["detail"]) == ROLLOUT_FRAMES
     assert 0.0 < world["next_chunk"]["detail_kept_vae_round_trip"] < 10.0
     for name in world["plots"].values():
