@@ -201,9 +201,10 @@ PRESETS: dict[str, TrainConfig] = {
         noisy_memory_prob=0.7,  # stronger than the first 2,250 shipped steps (0.5, up to 0.5): against visual inertia
         noisy_memory_range=(0.2, 0.8),
         copy_prior=True,
-        # the shipped model's sampler (docs/results.md, sessions 19, 22 and 27: chosen on training episodes; also 1.1 dB
-        # better than the generic defaults for the session-22 rebuild)
-        sampling={"guidance_scale": 2.0, "history_noise": 0.3, "noise_scale": 0.3, "stats_anchor": 0.2},
+        # the shipped model's sampler (docs/results.md, sessions 19, 22, 27 and 28: chosen on training episodes; also
+        # 1.1 dB better than the generic defaults for the session-22 rebuild)
+        sampling={"guidance_scale": 2.0, "history_noise": 0.3, "noise_scale": 0.3, "stats_anchor": 0.2,
+                  "stats_anchor_match": "covariance"},  # fmt: skip
         motion_fit_batches=256,  # 2,048 frames, ~1 min on 2 CPU cores; redone identically on --resume
         log_every=20,
         save_every=250,
