@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random", metavar="PRESET", help="time a randomly initialised model of this preset instead")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="denoising steps to time (default: the model's)")
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument(
+        "--guidance", type=float, default=None,
+        help="action-free guidance scale (default: the checkpoint's; the paper's 3 for --random); 1 runs one pass",
+    )
     parser.add_argument("--chunks", type=int, default=24, help="chunks per timing run")
     parser.add_argument("--history", type=int, nargs=2, default=(4, 64), metavar=("SHORT", "LONG"), help="history lengths in chunks")
     parser.add_argument("--long-frames", type=int, default=0, help="also stream this many frames and report memory over time")
@@ -85,7 +88,9 @@ def build_session(args: argparse.Namespace, num_steps: int | None):
         with torch.device(device):
             model = AstraTransformer(config).to(dtype)
         vae = random_vae(config).to(device=device, dtype=dtype).eval()
-        rollout = RolloutConfig(num_steps=num_steps or 4, guidance_scale=args.guidance)
+        rollout = RolloutConfig(num_steps=num_steps or 4)
+        if args.guidance is not None:
+            rollout = replace(rollout, guidance_scale=args.guidance)
     else:
         model, vae, _, rollout = load_rollout(args.checkpoint, steps=num_steps, guidance_scale=args.guidance, device=args.device)
         model = model.to(dtype)
