@@ -218,7 +218,8 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
                 "cases_saturated": sum(r["collapse"]["saturated"] is not None for r in results),
                 "per_case": [{"seed": r["seed"], **r["collapse"]} for r in results],
                 "vae_round_trip": {
-                    f"cases_{flag}": sum(r["collapse_vae"][flag] is not None for r in results) for flag in COLLAPSE_FLAGS
+                    f"cases_{flag}": sum(r["collapse_vae"][flag] is not None for r in results)
+                    for flag in COLLAPSE_FLAGS
                 },
             },
         },

@@ -65,7 +65,8 @@ def _covariance(centred: torch.Tensor) -> torch.Tensor:
     """[..., C, N] centred samples -> [..., C, C] covariance plus a small ridge."""
     covariance = centred @ centred.transpose(-1, -2) / (centred.shape[-1] - 1)
     ridge = COVARIANCE_RIDGE * covariance.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
-    return covariance + ridge[..., None, None] * torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+    identity = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+    return covariance + ridge[..., None, None] * identity
 
 
 def _spd_power(matrix: torch.Tensor, power: float) -> torch.Tensor:

@@ -33,7 +33,8 @@ def test_channels_match_pulls_each_channels_mean_linearly_and_spread_geometrical
 def test_covariance_match_carries_the_joint_channel_covariance_onto_the_starts():
     start = frames(0, count=1)
     drifted = frames(1).clone()
-    drifted[:, 1] = 0.9 * drifted[:, 0] + 0.1 * drifted[:, 1]  # a hue the start frame never had: channels 0, 1 move together
+    # a hue the start frame never had: channels 0 and 1 move together
+    drifted[:, 1] = 0.9 * drifted[:, 0] + 0.1 * drifted[:, 1]
     drifted = drifted * 0.3 + 0.8
     assert torch.equal(anchor_stats(drifted, start, 0.0, "covariance"), drifted)
     matched = anchor_stats(drifted, start, 1.0, "covariance")
