@@ -216,7 +216,7 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
                 "cases_blank": sum(r["collapse"]["blank"] is not None for r in results),
                 "cases_frozen": sum(r["collapse"]["frozen"] is not None for r in results),
                 "cases_saturated": sum(r["collapse"]["saturated"] is not None for r in results),
-                "per_case": [{"seed": r["seed"], **r["collapse"]} for r in results],
+                "per_case": [{"seed": r["seed"], **r["collapse"], "truth_via_vae": r["collapse_vae"]} for r in results],
                 "vae_round_trip": {
                     f"cases_{flag}": sum(r["collapse_vae"][flag] is not None for r in results)
                     for flag in COLLAPSE_FLAGS

@@ -35,6 +35,10 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     reference = world["long_rollout"]["collapse"]["vae_round_trip"]
     assert set(reference) == {"cases_blank", "cases_frozen", "cases_saturated"}
     assert all(count in (0, 1) for count in reference.values())
+    (case,) = world["long_rollout"]["collapse"]["per_case"]  # and per case, to see where both fail
+    assert {flag: case["truth_via_vae"][flag] is not None for flag in ("blank", "frozen", "saturated")} == {
+        flag: bool(reference[f"cases_{flag}"]) for flag in ("blank", "frozen", "saturated")
+    }
     report = (out / "report.md").read_text()
     assert "| camera |" in report and "copy-last" in report and "VAE round trip (ceiling)" in report
     assert "SSIM at frame t" in report and "Detail kept at frame t" in report
