@@ -49,16 +49,19 @@ def _anchor_channels(latents: torch.Tensor, start: torch.Tensor, anchor: float) 
 
 def _anchor_covariance(latents: torch.Tensor, start: torch.Tensor, anchor: float) -> torch.Tensor:
     batch, channels, frames, height, width = latents.shape
-    # [B, F, C, H*W] in float64: matrix roots of near-singular covariances need the precision
-    pixels = latents.double().permute(0, 2, 1, 3, 4).reshape(batch, frames, channels, height * width)
-    start_pixels = start.double().permute(0, 2, 1, 3, 4).reshape(batch, 1, channels, height * width)
+    # [B, F, C, H*W] in float64: matrix roots of near-singular covariances need the precision (on the CPU where the
+    # device has no float64, as Apple's MPS; the matrices are C x C, tiny)
+    device = torch.device("cpu") if latents.device.type == "mps" else latents.device
+    pixels = latents.to(device, torch.float64).permute(0, 2, 1, 3, 4).reshape(batch, frames, channels, height * width)
+    start_pixels = start.to(device, torch.float64).permute(0, 2, 1, 3, 4).reshape(batch, 1, channels, height * width)
     mean, start_mean = pixels.mean(-1, keepdim=True), start_pixels.mean(-1, keepdim=True)
     covariance, start_covariance = _covariance(pixels - mean), _covariance(start_pixels - start_mean)
     root, inverse_root = _spd_power(covariance, 0.5), _spd_power(covariance, -0.5)
     transport = inverse_root @ _spd_power(root @ start_covariance @ root, 0.5) @ inverse_root
     pull = _spd_power((transport + transport.transpose(-1, -2)) / 2, anchor)  # symmetrised against round-off
     anchored = torch.lerp(mean, start_mean, anchor) + pull @ (pixels - mean)
-    return anchored.reshape(batch, frames, channels, height, width).permute(0, 2, 1, 3, 4).to(latents.dtype)
+    anchored = anchored.reshape(batch, frames, channels, height, width).permute(0, 2, 1, 3, 4)
+    return anchored.to(latents.device, latents.dtype)
 
 
 def _covariance(centred: torch.Tensor) -> torch.Tensor:
