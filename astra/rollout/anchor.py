@@ -2,7 +2,9 @@
 
 Rollouts of a small model drift chunk by chunk: the latents' colour wanders and their contrast fades to a flat field.
 Anchoring moves each generated frame a fraction `anchor` of the way back toward the start frame's spatial statistics
-(0 leaves it as sampled, 1 matches them) while keeping its spatial pattern. Two kinds of match:
+(0 leaves it as sampled, 1 matches them) while keeping its spatial pattern. Three kinds of match:
+
+- "mean": each channel's spatial mean only (the colour), leaving the contrast as sampled;
 
 - "channels": each channel's spatial mean (linearly) and standard deviation (geometrically), independently;
 - "covariance": the mean and the full channel covariance, through the power `anchor` of the linear map that carries
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-MATCHES = ("channels", "covariance")
+MATCHES = ("mean", "channels", "covariance")
 # Ridge added to each covariance, as a fraction of its mean variance: keeps the matrix roots finite for a flat frame.
 COVARIANCE_RIDGE = 1e-6
 
@@ -31,6 +33,9 @@ def anchor_stats(latents: torch.Tensor, start: torch.Tensor, anchor: float, matc
     start frame `start` [B, C, 1, H, W]."""
     if anchor == 0.0:
         return latents
+    if match == "mean":
+        mean, start_mean = spatial_stats(latents)[0], spatial_stats(start)[0]
+        return latents + anchor * (start_mean - mean)
     if match == "channels":
         return _anchor_channels(latents, start, anchor)
     if match == "covariance":

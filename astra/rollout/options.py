@@ -50,8 +50,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--stats-anchor-match", choices=MATCHES, default=None,
-        help="what --stats-anchor pulls: each channel's mean and contrast, or the mean and the channels' joint "
-        "covariance (default: the checkpoint's)",
+        help="what --stats-anchor pulls: each channel's mean (colour) only, each channel's mean and contrast, or "
+        "the mean and the channels' joint covariance (default: the checkpoint's)",
     )
 
 

@@ -30,6 +30,17 @@ def test_channels_match_pulls_each_channels_mean_linearly_and_spread_geometrical
     assert torch.allclose((matched - matched_mean) / matched_spread, (drifted - mean) / spread, atol=1e-4)
 
 
+def test_mean_match_moves_only_the_colour():
+    start, drifted = frames(0, count=1), frames(1) * 0.2 + 1.5
+    (mean, spread), (start_mean, _) = spatial_stats(drifted), spatial_stats(start)
+    halfway = anchor_stats(drifted, start, 0.5, "mean")
+    halfway_mean, halfway_spread = spatial_stats(halfway)
+    assert torch.allclose(halfway_mean, (mean + start_mean) / 2, atol=1e-5)
+    assert torch.allclose(halfway_spread, spread, rtol=1e-4)
+    assert torch.allclose(halfway - halfway_mean, drifted - mean, atol=1e-5)
+    assert torch.equal(anchor_stats(drifted, start, 0.0, "mean"), drifted)
+
+
 def test_covariance_match_carries_the_joint_channel_covariance_onto_the_starts():
     start = frames(0, count=1)
     drifted = frames(1).clone()
@@ -67,7 +78,7 @@ def test_for_a_drift_of_each_channel_alone_the_two_matches_agree():
 def test_a_flat_frame_and_bfloat16_stay_finite_and_an_unknown_match_is_named():
     start = frames(0, count=1)
     flat = torch.full((1, 6, 1, 12, 12), 0.5)
-    for match in ("channels", "covariance"):
+    for match in ("mean", "channels", "covariance"):
         assert torch.isfinite(anchor_stats(flat, start, 0.5, match)).all()
     half = anchor_stats(frames(1).bfloat16(), start.bfloat16(), 0.5, "covariance")
     assert half.dtype == torch.bfloat16 and torch.isfinite(half.float()).all()

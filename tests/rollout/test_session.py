@@ -174,7 +174,7 @@ def test_stats_anchor_pulls_each_generated_frame_toward_the_start_frames_colour_
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(AstraError, match=r"stats anchor \(--stats-anchor\)"):
             RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, stats_anchor=bad))
-    with pytest.raises(AstraError, match=r"--stats-anchor-match.*channels, covariance.*'hue'"):
+    with pytest.raises(AstraError, match=r"--stats-anchor-match.*mean, channels, covariance.*'hue'"):
         RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, stats_anchor_match="hue"))
 
 
