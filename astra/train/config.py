@@ -49,11 +49,6 @@ class TrainConfig:
     noisy_memory_range: tuple[float, float] = (0.0, 0.5)  # t_hist ~ U[lo, hi], told to the model per frame
     action_dropout: float = 0.1  # probability that a sample's target actions become the null action
     aux_loss_weight: float = 0.01  # weight of the experts' load-balancing loss
-    # Action contrast: each sample is also scored with another sample's target actions (same modality), and
-    # relu(margin * own_loss - (swapped_loss - own_loss)) is added with this weight, so that the prediction must
-    # depend on the actions: a small model that can copy its memory barely reads them (docs/results.md, session 14)
-    action_contrast_weight: float = 0.0
-    action_contrast_margin: float = 0.05  # the swapped loss must exceed the own loss by this fraction of it
     diffusion_forcing: bool = False  # several causal target chunks per sequence at their own noise levels
     copy_prior: bool = False  # predict the velocity relative to copying the newest history frame
     copy_prior_sigma: float = 0.5  # typical std of the latent change between frames (copy prior width)
@@ -156,13 +151,6 @@ class TrainConfig:
             raise AstraError("motion_fit_batches fits the copy prior's motion: it needs copy_prior=True")
         if self.val_every < 0 or self.val_batches < 1:
             raise AstraError(f"val_every must be >= 0 and val_batches >= 1, got {self.val_every}, {self.val_batches}")
-        if self.action_contrast_weight < 0 or self.action_contrast_margin < 0:
-            raise AstraError(
-                f"action_contrast_weight and action_contrast_margin must be >= 0, got {self.action_contrast_weight}, "
-                f"{self.action_contrast_margin}"
-            )
-        if self.action_contrast_weight > 0 and self.diffusion_forcing:
-            raise AstraError("action_contrast_weight and diffusion_forcing cannot be combined")
         if self.copy_prior_sigma <= 0:
             raise AstraError(f"copy_prior_sigma must be > 0, got {self.copy_prior_sigma}")
         self.validate_sampling()

@@ -42,7 +42,6 @@ from astra.diffusion.flow import (
     sample_timesteps,
     velocity_target,
 )
-from astra.diffusion.guidance import concat_actions
 from astra.diffusion.sampler import SamplerConfig, sample_chunk
 from astra.errors import AstraError
 from astra.model.action_experts import ActionInput
@@ -190,8 +189,6 @@ class StepOutput:
     sample_flow_loss: torch.Tensor  # [B] each sample's flow loss (their mean is the batch's)
     aux_loss: torch.Tensor
     expert_usage: torch.Tensor
-    # hinge of the flow loss under swapped actions over that under the sample's own (0 without action contrast)
-    action_contrast: torch.Tensor
 
     @property
     def flow_loss(self) -> torch.Tensor:
@@ -244,68 +241,25 @@ def training_loss(
     null[:, history_frames:] = (draw(batch_size) < config.action_dropout)[:, None]
     actions = ActionInput(batch.action_values, batch.modality, null)
 
-    # Action contrast: the samples in `swapped_rows` also run (in the same forward, one batch) with another sample's
-    # target actions, and their flow loss under those must exceed that under their own actions by a margin.
-    swapped_rows: list[int] = []
-    inputs = (noisy_target, timesteps, history, history_timesteps, actions, batch.text)
-    if config.action_contrast_weight > 0:
-        swapped, swapped_rows = swapped_target_actions(actions, history_frames, generator)
-        if swapped_rows:
-            rows = torch.tensor(swapped_rows, device=device)
-            repeat = lambda value: None if value is None else torch.cat((value, value[rows]))  # noqa: E731
-            inputs = (*(repeat(value) for value in inputs[:4]), concat_actions([actions, swapped]), repeat(batch.text))
-    noisy_input, timestep_input, history_input, history_timestep_input, action_input, text_input = inputs
-
     out = model(
-        noisy_input,
-        timestep_input,
-        history_latents=history_input,
-        history_timesteps=history_timestep_input,
-        actions=action_input,
-        text=text_input,
+        noisy_target,
+        timesteps,
+        history_latents=history,
+        history_timesteps=history_timesteps,
+        actions=actions,
+        text=batch.text,
         causal_target=config.diffusion_forcing,
     )
     velocity = out.velocity.float()
     if config.copy_prior:  # anchored at the newest history frame (moved by the motion prior), as at inference
-        anchor = copy_anchor(history_input[:, :, -1:], out.motion)
-        velocity = velocity + copy_prior_velocity(noisy_input, timestep_input, anchor, config.copy_prior_sigma)
-    target_velocity = velocity_target(target, noise)
-    if swapped_rows:
-        target_velocity = torch.cat((target_velocity, target_velocity[rows]))
-    per_sample = flow_matching_loss(
-        velocity, target_velocity, timestep_input, config.flow.loss_weighting, per_sample=True
+        anchor = copy_anchor(history[:, :, -1:], out.motion)
+        velocity = velocity + copy_prior_velocity(noisy_target, timesteps, anchor, config.copy_prior_sigma)
+    sample_flow_loss = flow_matching_loss(
+        velocity, velocity_target(target, noise), timesteps, config.flow.loss_weighting, per_sample=True
     )
-    sample_flow_loss = per_sample[:batch_size]
     aux_loss = out.aux_loss.float()
     loss = sample_flow_loss.mean() + config.aux_loss_weight * aux_loss
-    action_contrast = torch.zeros((), device=device)
-    if swapped_rows:
-        own = sample_flow_loss[rows]
-        gap = per_sample[batch_size:] - own
-        action_contrast = torch.relu(config.action_contrast_margin * own.detach() - gap).mean()
-        loss = loss + config.action_contrast_weight * action_contrast
-    return StepOutput(loss, sample_flow_loss, aux_loss, out.expert_usage.detach(), action_contrast.detach())
-
-
-def swapped_target_actions(
-    actions: ActionInput, history_frames: int, generator: torch.Generator
-) -> tuple[ActionInput, list[int]]:
-    """The samples whose target actions were kept, each with the target actions of another such sample of its
-    modality (a random cyclic shift within the modality: nobody keeps its own) -> (their actions, their rows).
-    A modality with fewer than two such samples has none swapped."""
-    kept = ~actions.null[:, history_frames:].any(dim=1).cpu()
-    rows, partners = [], []
-    for name in sorted(set(actions.modality)):
-        members = [i for i, modality in enumerate(actions.modality) if modality == name and kept[i]]
-        if len(members) < 2:
-            continue
-        shift = 1 + int(torch.randint(len(members) - 1, (1,), generator=generator))
-        rows += members
-        partners += members[shift:] + members[:shift]
-    values = actions.values[rows].clone()
-    values[:, history_frames:] = actions.values[partners, history_frames:]
-    swapped = ActionInput(values, tuple(actions.modality[i] for i in rows), actions.null[rows])
-    return swapped, rows
+    return StepOutput(loss, sample_flow_loss, aux_loss, out.expert_usage.detach())
 
 
 def self_generated_history(
@@ -610,7 +564,6 @@ class Trainer:
             "loss": all_reduce_mean(out.loss.detach(), self.info).item(),
             "flow_loss": all_reduce_mean(out.flow_loss.detach(), self.info).item(),
             "aux_loss": all_reduce_mean(out.aux_loss.detach(), self.info).item(),
-            "action_contrast": all_reduce_mean(out.action_contrast, self.info).item(),
             "grad_norm": float(_full(grad_norm)),
             "lr": lr,
         }

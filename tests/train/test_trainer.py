@@ -8,8 +8,7 @@ from astra.train.batches import SyntheticBatches, step_generator
 from astra.train.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
 from astra.train.config import get_preset
 from astra.train.logging import read_metrics
-from astra.model.action_experts import ActionInput
-from astra.train.trainer import Trainer, faded_history, lr_factor, swapped_target_actions, training_loss
+from astra.train.trainer import Trainer, faded_history, lr_factor, training_loss
 
 TINY = get_preset("astra-tiny").replace(model_overrides={"text_dim": 0, "text_len": 0})
 
@@ -43,39 +42,6 @@ def test_noisy_memory_and_action_dropout_reach_the_model(tmp_path):
     training_loss(spy, batch, clean, step_generator(0, 0, 0, 1))
     assert torch.equal(spy.calls[1]["history_latents"], batch.history_latents)
     assert spy.calls[1]["history_timesteps"].eq(0).all() and not spy.calls[1]["actions"].null.any()
-
-
-def test_swapped_target_actions_come_from_another_kept_sample_of_the_same_modality():
-    history_frames, frames = 2, 5
-    values = torch.arange(6, dtype=torch.float32).view(6, 1, 1).expand(6, frames, 3).clone()
-    modality = ("a", "b", "a", "a", "b", "c")
-    null = torch.zeros(6, frames, dtype=torch.bool)
-    null[4, history_frames:] = True  # b's second sample dropped its actions: b has no pair left, c none at all
-    swapped, rows = swapped_target_actions(ActionInput(values, modality, null), history_frames, torch.Generator())
-    assert rows == [0, 2, 3] and swapped.modality == ("a", "a", "a")
-    sources = swapped.values[:, history_frames, 0].tolist()
-    assert sorted(sources) == [0.0, 2.0, 3.0] and all(source != row for source, row in zip(sources, rows))
-    assert torch.equal(swapped.values[:, :history_frames], values[rows, :history_frames])  # the past stays
-    assert torch.equal(swapped.null, null[rows])
-
-
-def test_action_contrast_scores_swapped_actions_in_the_same_forward(tmp_path):
-    base = TINY.replace(copy_prior=True, noisy_memory_prob=0.0, action_dropout=0.0, batch_size=4)
-    trainer = Trainer(base, tmp_path, progress=False)
-    spy = Spy(trainer.model)
-    batch = trainer.batches.batch(0, 0)
-    plain = training_loss(spy, batch, base, step_generator(0, 0, 0, 1))
-    assert len(spy.calls) == 1 and float(plain.action_contrast) == 0.0
-    contrast = base.replace(action_contrast_weight=2.0, action_contrast_margin=1.0)
-    out = training_loss(spy, batch, contrast, step_generator(0, 0, 0, 1))
-    call = spy.calls[1]
-    assert len(spy.calls) == 2 and call["history_latents"].shape[0] == 8  # one forward: 4 own + 4 swapped
-    assert torch.allclose(out.sample_flow_loss, plain.sample_flow_loss)  # the own half is the plain loss
-    assert out.action_contrast > 0  # an untrained model is nowhere near a 100 % margin
-    expected = out.flow_loss + base.aux_loss_weight * out.aux_loss + 2.0 * out.action_contrast
-    assert torch.allclose(out.loss, expected)
-    with pytest.raises(AstraError, match="action_contrast_weight"):
-        base.replace(action_contrast_weight=-1.0).validate()
 
 
 def test_self_generated_history_replaces_the_newest_chunk_without_gradient(tmp_path):
