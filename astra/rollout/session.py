@@ -57,8 +57,9 @@ class RolloutConfig:
     # Rollouts of a small model drift chunk by chunk: the latents' colour wanders and their contrast fades to a flat
     # field. With an anchor a > 0, each generated latent frame's spatial statistics are pulled that fraction of the
     # way toward the start frame's before the frame is decoded and remembered: 1 matches them, 0 leaves the latents
-    # as sampled. It keeps colour and contrast, not content. The match (astra.rollout.anchor): "channels" pulls each
-    # channel's mean and spread, "covariance" the mean and the channels' joint covariance.
+    # as sampled. It keeps colour and contrast, not content. The match (astra.rollout.anchor): "mean" pulls each
+    # channel's mean only, "channels" each channel's mean and spread, "covariance" the mean and the channels' joint
+    # covariance.
     stats_anchor: float = 0.0
     stats_anchor_match: str = "channels"
     seed: int = 0
