@@ -344,6 +344,16 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows] + [""]
 
 
+def _collapse_count(collapse: dict, flag: str) -> str:
+    """A world's cases with `flag`, and how many of them the truth through the VAE shares (when recorded)."""
+    count = collapse[f"cases_{flag}"]
+    per_case = collapse.get("per_case", [])
+    if not count or not all("truth_via_vae" in case for case in per_case):  # absent before session 28
+        return str(count)
+    shared = sum(case[flag] is not None and case["truth_via_vae"][flag] is not None for case in per_case)
+    return f"{count} ({shared} also via VAE)"
+
+
 def render_markdown(results: dict) -> str:
     """The human-readable report (see docs/eval.md for how to read it)."""
     worlds, overall, setup = results["worlds"], results["overall"], results["config"]
@@ -402,14 +412,15 @@ def render_markdown(results: dict) -> str:
         long = w["long_rollout"]
         cells = [f"{_fmt(long['psnr_at'].get(t))} / {_fmt(long['psnr_copy_last_at'].get(t))}" for t in frames]
         collapse = long["collapse"]
-        counts = [collapse[f"cases_{flag}"] for flag in COLLAPSE_FLAGS]
+        counts = [_collapse_count(collapse, flag) for flag in COLLAPSE_FLAGS]
         reference = collapse.get("vae_round_trip")  # absent from results written before session 28
         via_vae = "-" if reference is None else " / ".join(str(reference[f"cases_{flag}"]) for flag in COLLAPSE_FLAGS)
         rows.append([w["world"], *cells, *counts, via_vae])
     lines += _table(["world", *(f"t={t}" for t in frames), "blank cases", "frozen cases", "saturated cases",
                      "truth via VAE: blank / frozen / saturated"], rows)  # fmt: skip
     lines += ["The last column flags the ground truth encoded and decoded by the VAE as if it were a generation: what "
-              "a model that predicted the true latents exactly would be charged with.", ""]
+              "a model that predicted the true latents exactly would be charged with; \"also via VAE\" counts the "
+              "model's flagged cases whose truth through the VAE is flagged the same way.", ""]
     lines += ["SSIM at frame t (model / copy-last-context): structure, which PSNR does not tell from a field of the "
               "scene's mean colour.", ""]
     rows = [[w["world"], *(f"{_fmt(w['long_rollout']['ssim_at'].get(t), 3)} / "

@@ -7,7 +7,7 @@ from PIL import Image
 
 from astra.cli import main
 from astra.eval.plots import SheetStyle
-from astra.eval.report import EvalConfig, evaluate
+from astra.eval.report import EvalConfig, _collapse_count, evaluate
 from astra.rollout.session import load_rollout
 
 ROLLOUT_FRAMES = 16  # two chunks of the tiny model
@@ -71,6 +71,21 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "warning" not in printed
     assert re.search(r"\| camera \| again \| [0-9.]+ \| [-+][0-9.]+ \| \+0\.00 \|", printed)
+
+
+def test_the_report_counts_collapsed_cases_the_truth_through_the_vae_shares():
+    none = {"blank": None, "frozen": None, "saturated": None}
+    per_case = [
+        {"seed": 0, "blank": 12, "frozen": None, "saturated": None, "truth_via_vae": {**none, "blank": 30}},
+        {"seed": 1, "blank": 40, "frozen": None, "saturated": 9, "truth_via_vae": {**none, "frozen": 20}},
+        {"seed": 2, **none, "truth_via_vae": {**none, "blank": 5}},
+    ]
+    collapse = {"cases_blank": 2, "cases_frozen": 0, "cases_saturated": 1, "per_case": per_case}
+    assert _collapse_count(collapse, "blank") == "2 (1 also via VAE)"
+    assert _collapse_count(collapse, "saturated") == "1 (0 also via VAE)"
+    assert _collapse_count(collapse, "frozen") == "0"
+    older = {"cases_blank": 2, "per_case": [{k: v for k, v in case.items() if k != "truth_via_vae"} for case in per_case]}
+    assert _collapse_count(older, "blank") == "2"  # results written before the per-case reference
 
 
 @pytest.mark.parametrize(
