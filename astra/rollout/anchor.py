@@ -5,7 +5,6 @@ Anchoring moves each generated frame a fraction `anchor` of the way back toward 
 (0 leaves it as sampled, 1 matches them) while keeping its spatial pattern. Three kinds of match:
 
 - "mean": each channel's spatial mean only (the colour), leaving the contrast as sampled;
-
 - "channels": each channel's spatial mean (linearly) and standard deviation (geometrically), independently;
 - "covariance": the mean and the full channel covariance, through the power `anchor` of the linear map that carries
   the frame's covariance onto the start's (the optimal-transport map between the two Gaussians). Channels drifting
