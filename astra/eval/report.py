@@ -213,9 +213,7 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
             "model_stats": {s: _mean_curve(results, "model_stats", s).tolist() for s in STAT_CURVES},
             "truth_stats": {s: _mean_curve(results, "truth_stats", s).tolist() for s in STAT_CURVES},
             "collapse": {
-                "cases_blank": sum(r["collapse"]["blank"] is not None for r in results),
-                "cases_frozen": sum(r["collapse"]["frozen"] is not None for r in results),
-                "cases_saturated": sum(r["collapse"]["saturated"] is not None for r in results),
+                **{f"cases_{flag}": sum(r["collapse"][flag] is not None for r in results) for flag in COLLAPSE_FLAGS},
                 "per_case": [{"seed": r["seed"], **r["collapse"], "truth_via_vae": r["collapse_vae"]} for r in results],
                 "vae_round_trip": {
                     f"cases_{flag}": sum(r["collapse_vae"][flag] is not None for r in results)
