@@ -81,6 +81,7 @@ def guided_velocity(
     copy_prior_sigma: float | None = None,
     anchor: torch.Tensor | None = None,
     step_action_scale: float | None = None,
+    guide_anchor: bool = False,
 ) -> torch.Tensor:
     """The (guided) velocity of the target chunk, `[B, C, Ft, H, W]`, from a single batched model call.
 
@@ -94,6 +95,11 @@ def guided_velocity(
     actions, never more: the prior is already the data's mean motion for the action, and amplifying it s-fold
     (guiding the anchors too) overshot: 0.8-1.7 dB less next-chunk PSNR per world (8 train-split cases per world,
     s = 3). Below scale 1 the motion shrinks with the scale, to none at 0 (the action-free velocity).
+
+    `guide_anchor` instead guides the whole velocity, as v_null + s (v_act - v_null) reads: each pass's copy prior
+    sits at its own anchor (the null pass's unmoved), and since that prior is affine in the anchor, guiding it is
+    the prior at the anchor u + s (w - u) (u unmoved, w moved by the conditional motion). More action following for
+    less next-chunk PSNR (docs/results.md, session 30).
     """
     batch, _, target_frames = target_latents.shape[:3]
     passes = guidance_passes(action_scale, text_scale, actions is not None, text is not None)
@@ -136,7 +142,9 @@ def guided_velocity(
             if history_latents is None:
                 raise ValueError("the copy prior needs an anchor: pass history_latents or anchor")
             anchor = history_latents[:, :, -1:]
-        if out.motion is not None:
+        if out.motion is not None and guide_anchor:
+            anchor = anchor + combine_scale * (copy_anchor(anchor, out.motion.split(batch)[0]) - anchor)
+        elif out.motion is not None:
             # the conditional pass's motion, scaled by the step's scale up to 1 (a null action does not move, so
             # scale 0 is the action-free velocity); guidance above 1 amplifies only the network's residual
             anchor = copy_anchor(anchor, out.motion.split(batch)[0] * min(max(combine_scale, 0.0), 1.0))

@@ -31,6 +31,7 @@ class SamplerConfig:
     # the conditional pass's residual error (Kynkäänniemi et al. 2024, "guidance in a limited interval").
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     guidance_outside: float = 1.0  # the action scale outside the interval: 1 = conditional, 0 = action-free
+    guide_anchor: bool = False  # guidance moves the copy prior's anchor too (guided_velocity)
 
     def validate(self) -> None:
         if self.num_steps < 1:
@@ -105,6 +106,7 @@ def sample_chunk(
             text_scale=config.text_guidance,
             copy_prior_sigma=config.copy_prior_sigma,
             anchor=anchor,
+            guide_anchor=config.guide_anchor,
         )
 
     return euler_sample(velocity_fn, noise, config.num_steps, config.shift, progress)

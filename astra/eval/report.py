@@ -460,6 +460,7 @@ def describe_sampler(config: RolloutConfig) -> str:
         f"{list(config.guidance_interval)} ({config.guidance_outside} outside), history noise {config.history_noise}, "
         f"noise scale {config.noise_scale}" + (
             f", stats anchor {config.stats_anchor} ({config.stats_anchor_match})" if config.stats_anchor else "")
+        + (", guidance moves the anchor" if config.guide_anchor else "")
     )
 
 

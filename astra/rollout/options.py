@@ -53,6 +53,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="what --stats-anchor pulls: each channel's mean (colour) only, each channel's mean and contrast, or "
         "the mean and the channels' joint covariance (default: the checkpoint's)",
     )
+    parser.add_argument(
+        "--guide-anchor", action=argparse.BooleanOptionalAction, default=None,
+        help="guidance moves the copy prior's anchor along the action's motion too (the whole velocity guided): "
+        "follows actions more, at some cost in next-chunk PSNR (default: the checkpoint's)",
+    )
 
 
 def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,4 +75,5 @@ def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
         "noise_scale": args.noise_scale,
         "stats_anchor": args.stats_anchor,
         "stats_anchor_match": args.stats_anchor_match,
+        "guide_anchor": args.guide_anchor,
     }

@@ -33,7 +33,7 @@ from astra.rollout.anchor import MATCHES, anchor_stats
 # --compare`); copy_prior_sigma is fixed by training and seed by the caller.
 SAMPLING_FIELDS = (
     "num_steps", "shift", "guidance_scale", "guidance_interval", "guidance_outside", "history_noise", "noise_scale",
-    "stats_anchor", "stats_anchor_match",
+    "stats_anchor", "stats_anchor_match", "guide_anchor",
 )
 
 
@@ -50,6 +50,10 @@ class RolloutConfig:
     copy_prior_sigma: float | None = None  # must match training (read from the checkpoint's metadata)
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # flow times at which guidance applies (SamplerConfig)
     guidance_outside: float = 1.0  # the action scale outside that interval (1 = conditional, 0 = action-free)
+    # Guidance moves the copy prior's anchor along the motion prior's move too (the whole velocity guided, as the
+    # paper's formula reads) instead of amplifying the network's residual alone: follows actions more, at the cost
+    # of next-chunk PSNR (SamplerConfig, guided_velocity).
+    guide_anchor: bool = False
     # Scale of the noise each chunk starts from (the sampling temperature): 1 draws from the trained distribution;
     # below 1 the Euler path starts nearer the noise's centre and lands nearer the frame the network expects, with less
     # detail drawn at random (0 = deterministic given the memory and actions).
@@ -93,6 +97,8 @@ class RolloutConfig:
                 f"stats anchor match (--stats-anchor-match) must be one of {', '.join(MATCHES)}, "
                 f"got {self.stats_anchor_match!r}"
             )
+        if not isinstance(self.guide_anchor, bool):
+            raise AstraError(f"guide_anchor must be true or false, got {self.guide_anchor!r}")
         sigma = self.copy_prior_sigma
         if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
             raise AstraError(f"copy_prior_sigma must be a finite number > 0, got {sigma}")
@@ -110,6 +116,7 @@ class RolloutConfig:
             copy_prior_sigma=self.copy_prior_sigma,
             guidance_interval=self.guidance_interval,
             guidance_outside=self.guidance_outside,
+            guide_anchor=self.guide_anchor,
         )
 
 
@@ -354,6 +361,7 @@ def load_rollout(
     noise_scale: float | None = None,
     stats_anchor: float | None = None,
     stats_anchor_match: str | None = None,
+    guide_anchor: bool | None = None,
     seed: int = 0,
     device: str = "cpu",
 ) -> tuple[torch.nn.Module, Any, dict[str, Any], RolloutConfig]:
@@ -371,7 +379,8 @@ def load_rollout(
 
     given = {"num_steps": steps, "shift": shift, "guidance_scale": guidance_scale, "history_noise": history_noise,
              "guidance_interval": guidance_interval, "guidance_outside": guidance_outside, "noise_scale": noise_scale,
-             "stats_anchor": stats_anchor, "stats_anchor_match": stats_anchor_match}  # fmt: skip
+             "stats_anchor": stats_anchor, "stats_anchor_match": stats_anchor_match,
+             "guide_anchor": guide_anchor}  # fmt: skip
     # per field: the caller's value, else the checkpoint's, else the default
     values = {
         name: given[name] if given[name] is not None else sampling.get(name, getattr(RolloutConfig, name))

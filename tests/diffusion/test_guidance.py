@@ -121,6 +121,33 @@ def test_guidance_amplifies_the_network_and_moves_the_anchor_by_the_conditional_
 
 
 @torch.no_grad()
+def test_guiding_the_anchor_is_guidance_of_the_whole_velocity(inputs):
+    """guide_anchor: each pass's total velocity (its residual + the copy prior at its own anchor: moved for the
+    conditional pass, unmoved for the null one), combined as v_null + s (v_cond - v_null)."""
+    from astra.diffusion.flow import copy_prior_velocity, warp_latents
+
+    torch.manual_seed(0)
+    model = _perturb_zero_inits(AstraTransformer(CONFIG.replace(motion_prior=True, text_dim=0, text_len=0)))
+    x, scale, sigma = inputs, 2.0, 0.5
+    guided = guided_velocity(
+        model, x["target"], x["timesteps"], history_latents=x["history"], actions=x["actions"], action_scale=scale,
+        copy_prior_sigma=sigma, guide_anchor=True,
+    )
+    total = {}
+    for name, actions in (("cond", x["actions"]), ("null", null_target_actions(x["actions"], CONFIG.chunk_frames))):
+        passed = model(x["target"], x["timesteps"], history_latents=x["history"], actions=actions)
+        anchor = warp_latents(x["history"][:, :, -1:], passed.motion)  # the null pass's motion is zero
+        total[name] = passed.velocity + copy_prior_velocity(x["target"], x["timesteps"], anchor, sigma)
+    expected = total["null"] + scale * (total["cond"] - total["null"])
+    torch.testing.assert_close(guided, expected, rtol=1e-4, atol=1e-4)
+    residual_only = guided_velocity(
+        model, x["target"], x["timesteps"], history_latents=x["history"], actions=x["actions"], action_scale=scale,
+        copy_prior_sigma=sigma,
+    )
+    assert (guided - residual_only).abs().max() > 1e-3
+
+
+@torch.no_grad()
 def test_a_step_outside_the_guidance_interval_runs_the_guided_passes_but_combines_at_scale_one(model, inputs):
     calls = []
     hook = model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))

@@ -20,12 +20,14 @@ def _parse(argv, command=None):
 @pytest.mark.parametrize("command", ["generate", "play", "eval"])
 def test_every_generating_command_takes_the_same_sampler_flags(command):
     argv = ["--steps", "8", "--shift", "3", "--guidance", "2", "--history-noise", "0.1", "--guidance-interval", "0.2", "0.9",
-            "--guidance-outside", "0", "--noise-scale", "0.5", "--stats-anchor", "0.6", "--stats-anchor-match", "covariance"]  # fmt: skip
+            "--guidance-outside", "0", "--noise-scale", "0.5", "--stats-anchor", "0.6", "--stats-anchor-match", "covariance",
+            "--guide-anchor"]  # fmt: skip
     settings = sampling_settings(_parse(argv, command))
     assert settings == {"steps": 8, "shift": 3.0, "guidance_scale": 2.0, "history_noise": 0.1, "guidance_interval": [0.2, 0.9],
                         "guidance_outside": 0.0, "noise_scale": 0.5, "stats_anchor": 0.6,
-                        "stats_anchor_match": "covariance"}  # fmt: skip
+                        "stats_anchor_match": "covariance", "guide_anchor": True}  # fmt: skip
     assert sampling_settings(_parse(["--guidance-scale", "4"], command))["guidance_scale"] == 4.0
+    assert sampling_settings(_parse(["--no-guide-anchor"], command))["guide_anchor"] is False
     with pytest.raises(SystemExit):  # argparse names the choices
         _parse(["--stats-anchor-match", "hue"], command)
 

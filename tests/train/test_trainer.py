@@ -297,7 +297,7 @@ def test_training_on_from_a_checkpoint_keeps_its_sampling_settings_and_its_motio
             parameter.normal_()
     sampling = {"num_steps": 6, "shift": 1.5, "guidance_scale": 2.0, "guidance_interval": [0.5, 1.0],
                 "guidance_outside": 0.0, "history_noise": 0.3, "noise_scale": 0.7, "stats_anchor": 0.2,
-                "stats_anchor_match": "covariance"}
+                "stats_anchor_match": "covariance", "guide_anchor": True}
     save_astra(source.model, tmp_path / "ckpt", {"sampling": sampling})
     config = TINY.replace(
         model_overrides=motion, copy_prior=True, init_from=str(tmp_path / "ckpt"), steps=2, noisy_memory_range=(0.2, 0.8)
