@@ -57,6 +57,7 @@ def test_set_values_of_the_wrong_kind_are_named(item, message):
         ("sampling.history_noise=1.5", "history_noise must lie in"),
         ("sampling.guidance_scale=abc", "wrong type"),
         ("sampling.guidance_interval=5", "wrong type"),
+        ("sampling.guide_anchor=yes", "guide_anchor must be true or false, got 'yes'"),
     ],
 )
 def test_sampling_settings_are_checked_before_training(item, message):
