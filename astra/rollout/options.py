@@ -56,7 +56,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guide-anchor", action=argparse.BooleanOptionalAction, default=None,
         help="guidance moves the copy prior's anchor along the action's motion too (the whole velocity guided): "
-        "follows actions more, at some cost in next-chunk PSNR (default: the checkpoint's)",
+        "follows actions more, at a cost in next-chunk PSNR and long rollouts (default: the checkpoint's)",
     )
 
 
