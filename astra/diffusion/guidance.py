@@ -142,11 +142,12 @@ def guided_velocity(
             if history_latents is None:
                 raise ValueError("the copy prior needs an anchor: pass history_latents or anchor")
             anchor = history_latents[:, :, -1:]
-        if out.motion is not None and guide_anchor:
-            anchor = anchor + combine_scale * (copy_anchor(anchor, out.motion.split(batch)[0]) - anchor)
-        elif out.motion is not None:
-            # the conditional pass's motion, scaled by the step's scale up to 1 (a null action does not move, so
-            # scale 0 is the action-free velocity); guidance above 1 amplifies only the network's residual
-            anchor = copy_anchor(anchor, out.motion.split(batch)[0] * min(max(combine_scale, 0.0), 1.0))
+        if out.motion is not None:
+            motion = out.motion.split(batch)[0]  # the conditional pass's (a null action does not move)
+            if guide_anchor:
+                anchor = anchor + combine_scale * (copy_anchor(anchor, motion) - anchor)
+            else:  # scaled by the step's scale up to 1 (scale 0 is the action-free velocity); guidance above 1
+                # amplifies only the network's residual
+                anchor = copy_anchor(anchor, motion * min(max(combine_scale, 0.0), 1.0))
         guided = guided + copy_prior_velocity(target_latents, target_timesteps, anchor, copy_prior_sigma)
     return guided
