@@ -104,6 +104,11 @@ def guided_velocity(
     batch, _, target_frames = target_latents.shape[:3]
     passes = guidance_passes(action_scale, text_scale, actions is not None, text is not None)
     combine_scale = action_scale if step_action_scale is None else step_action_scale
+    if actions is not None and combine_scale != 1.0 and passes == 1:
+        raise ValueError(
+            f"step_action_scale {combine_scale} needs the action-free pass, which action_scale 1 does not run: "
+            "size the passes with a scale other than 1 (SamplerConfig.passes_action_scale)"
+        )
     use_text_guidance = text is not None and text_scale != 1.0
     if use_text_guidance and null_text is None:
         null_text = torch.zeros_like(text)

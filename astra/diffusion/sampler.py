@@ -47,6 +47,14 @@ class SamplerConfig:
         low, high = self.guidance_interval
         return self.action_guidance if low <= t <= high else self.guidance_outside
 
+    @property
+    def passes_action_scale(self) -> float:
+        """The action scale that sizes every step's passes (`guidance_passes`): all steps run the same passes, so
+        that one KV cache prefilled for them serves each step, and any step combining at a scale other than 1
+        (inside the interval or outside it) needs the action-free pass."""
+        covers_all = tuple(self.guidance_interval) == (0.0, 1.0)
+        return self.action_guidance if self.action_guidance != 1.0 or covers_all else self.guidance_outside
+
 
 def timestep_schedule(num_steps: int, shift: float, device: str | torch.device = "cpu") -> torch.Tensor:
     """`num_steps + 1` flow times from 1 down to 0, uniformly spaced then shifted."""
@@ -101,7 +109,7 @@ def sample_chunk(
             text=text,
             null_text=null_text,
             kv_cache=kv_cache,
-            action_scale=config.action_guidance,
+            action_scale=config.passes_action_scale,
             step_action_scale=config.action_scale_at(float(timesteps[0, 0])),
             text_scale=config.text_guidance,
             copy_prior_sigma=config.copy_prior_sigma,

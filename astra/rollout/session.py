@@ -139,11 +139,13 @@ def prepare_image(image: np.ndarray | Image.Image | str | Path, size: tuple[int,
         image = Image.fromarray(image[..., :3])
     height, width = size
     if image.size != (width, height):
+        # The crop is taken in the source's pixels and only it is resampled: scaling the whole picture first would
+        # allocate (long side x scale) pixels, gigabytes for a 1 x 16M upload of a few kilobytes.
         source_w, source_h = image.size
         scale = max(width / source_w, height / source_h)
-        resized = image.resize((max(width, round(source_w * scale)), max(height, round(source_h * scale))), Image.BICUBIC)
-        left, top = (resized.width - width) // 2, (resized.height - height) // 2
-        image = resized.crop((left, top, left + width, top + height))
+        crop_w, crop_h = width / scale, height / scale
+        left, top = (source_w - crop_w) / 2, (source_h - crop_h) / 2
+        image = image.resize((width, height), Image.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
         warnings.warn(f"start image {source_w}x{source_h} resized and centre-cropped to {width}x{height}", stacklevel=3)
     return np.asarray(image, dtype=np.uint8)
 
@@ -186,7 +188,7 @@ class RolloutSession:
         self.vae_dtype = next(vae.parameters()).dtype
         self.chunk_frames = model.config.chunk_frames
         self.frames_per_step = FRAMES_PER_LATENT * self.chunk_frames
-        self.passes = guidance_passes(config.guidance_scale, 1.0, True, False)
+        self.passes = guidance_passes(config.sampler().passes_action_scale, 1.0, True, False)
         self.generator = torch.Generator(device="cpu")
         # Streaming (block-causal, per-frame timesteps) keeps a KV cache; other models (the authors' checkpoint in
         # compatibility mode: bidirectional, shared timestep) recompute their packed history at every step.

@@ -103,6 +103,8 @@ def parse_message(text: str | bytes) -> dict[str, Any]:
         message = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ProtocolError(f"message is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ProtocolError("message is nested too deeply to be a protocol message") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError('message must be a JSON object with a string field "type"')
     kind = message["type"]
@@ -154,7 +156,10 @@ class PlaySession:
 
     def set_input(self, message: dict[str, Any]) -> None:
         self.state = ControlState.from_browser(message.get("keys", []))
-        self.pending_mouse += [float(message.get("mouse_dx", 0.0)), float(message.get("mouse_dy", 0.0))]
+        # Each message's movement is checked (parse_message); their sum between two chunks is held to the same bound,
+        # so that a burst of valid messages cannot push the chunk's action out of range and stop the stream.
+        moved = self.pending_mouse + [float(message.get("mouse_dx", 0.0)), float(message.get("mouse_dy", 0.0))]
+        self.pending_mouse = np.clip(moved, -MAX_ACTION_MAGNITUDE, MAX_ACTION_MAGNITUDE)
         self.last_input_time = time.perf_counter()
 
     def step(self) -> tuple[list[np.ndarray], list[np.ndarray] | None, float | None]:

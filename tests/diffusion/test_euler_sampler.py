@@ -82,6 +82,9 @@ def test_guidance_applies_only_inside_its_interval():
     )
     outside_zero = sample(action_guidance=3.0, guidance_interval=(0.8, 0.9), guidance_outside=0.0)
     torch.testing.assert_close(outside_zero, action_free, rtol=1e-4, atol=1e-5)
+    # guidance 1 with an action-free outside: the outside steps still need the action-free pass (it was skipped)
+    torch.testing.assert_close(sample(action_guidance=1.0, guidance_interval=(0.8, 0.9), guidance_outside=0.0), action_free,
+                               rtol=1e-4, atol=1e-5)
     partly = sample(action_guidance=3.0, guidance_interval=(0.6, 1.0))
     assert not torch.allclose(partly, guided, atol=1e-4) and not torch.allclose(partly, unguided, atol=1e-4)
     assert SamplerConfig(action_guidance=3.0, guidance_interval=(0.6, 1.0)).action_scale_at(0.5) == 1.0

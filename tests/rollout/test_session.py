@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+from PIL import Image
 
 from astra.errors import AstraError, UnusualActionWarning
+from astra.rollout.session import prepare_image
 
 
 def keys(rows: int, column: int) -> np.ndarray:
@@ -237,3 +239,22 @@ def test_a_reference_frame_vae_decodes_the_first_chunk_from_the_real_start_image
     start_frame, chunk = play(extended)
     assert np.abs(start_frame.astype(int) - plain[0].astype(int)).max() > 0
     assert np.abs(chunk.astype(int) - plain[1].astype(int)).max() > 0
+
+
+def test_prepare_image_crops_before_it_resamples(monkeypatch):
+    """An extreme aspect ratio (a few-kilobyte upload can be 2 x 60,000 pixels) is cropped in the source's pixels:
+    nothing larger than the output is ever allocated, and the crop is the centre."""
+    tall = np.zeros((60_000, 2, 3), np.uint8)
+    tall[:20_000, :, 0], tall[20_000:40_000, :, 1], tall[40_000:, :, 2] = 255, 255, 255  # red / green / blue thirds
+    requested = []
+    original_resize = Image.Image.resize
+
+    def recording_resize(self, size, *args, **kwargs):
+        requested.append(size)
+        return original_resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording_resize)
+    with pytest.warns(UserWarning, match="resized and centre-cropped"):
+        out = prepare_image(tall, (16, 16))
+    assert out.shape == (16, 16, 3) and max(w * h for w, h in requested) <= 16 * 16
+    assert (out[..., 1] == 255).all() and (out[..., [0, 2]] == 0).all()

@@ -71,6 +71,7 @@ def test_malformed_messages_get_errors_and_the_server_survives(factory):
                     json.dumps({"type": "start", "image": "data:image/svg+xml,<svg/>"}),
                     json.dumps({"type": "start", "side_by_side": "no"}),  # was taken as true
                     json.dumps({"type": "input", "keys": ["w"]}),  # before start
+                    "[" * 100_000,  # was a RecursionError from the JSON decoder
                     "x" * (MAX_MESSAGE_BYTES + 1)]:
             socket.send_text(bad)
             reply = socket.receive_json()
@@ -212,3 +213,17 @@ def test_uploads_that_decode_too_large_are_refused_from_the_header(monkeypatch):
     monkeypatch.setattr(app_module, "MAX_UPLOAD_PIXELS", 40 * 30 - 1)
     with pytest.raises(app_module.ProtocolError, match="40x30 pixels exceeds the limit"):
         app_module.decode_image_data_url(png_data_url((1, 2, 3)))
+
+
+def test_a_burst_of_valid_mouse_moves_keeps_the_stream_going(factory):
+    """Each message's mouse move is in range, but their sum between two chunks was not checked: eight full-range moves
+    pushed the chunk's action out of range, and the stream stopped with an error."""
+    client = TestClient(create_app(factory, ServerConfig(target_fps=0)))
+    with client.websocket_connect("/ws") as socket:
+        socket.send_text(json.dumps({"type": "start", "world": "doom", "image": png_data_url((90, 90, 90))}))
+        receive_until(socket, "started")
+        for _ in range(8):
+            socket.send_text(json.dumps({"type": "input", "keys": [], "mouse_dx": 10_000}))
+        for _ in range(4):  # one reply at a time: after an error no more would come
+            reply = socket.receive_json()
+            assert reply["type"] == "frames", reply
