@@ -170,6 +170,22 @@ def integrate_latent_actions(
     return integrate_rows(actions[1:], modality, scales_from_meta(meta)["translation_scale"], start_pose)
 
 
+def authors_camera12(latent_poses: np.ndarray) -> np.ndarray:
+    """Camera-to-world poses of the latent frames [k+1, 4, 4] (video frames 0, 4, 8, ...; `integrate_latent_actions`
+    makes them from our actions) -> the 12-d actions the authors' checkpoint was trained on, float32 [k, 12].
+
+    Their loader gives latent c the world-frame step to the *next* latent frame, (P[c+1] @ inv(P[c]))[:3, :]
+    row-major, translations as stored (official-astra.md); ours (`latent_actions`) gives it the camera-frame step
+    into it, inv(P[c-1]) @ P[c], translations divided by the episode's scale. Only a model loaded with
+    `load_official_astra` wants theirs.
+    """
+    latent_poses = np.asarray(latent_poses, dtype=np.float64)
+    if latent_poses.ndim != 3 or latent_poses.shape[1:] != (4, 4) or latent_poses.shape[0] < 2:
+        raise ValueError(f"latent poses must have shape [k+1 >= 2, 4, 4], got {list(latent_poses.shape)}")
+    steps = latent_poses[1:] @ np.linalg.inv(latent_poses[:-1])
+    return geometry.pose_to_vector12(steps).astype(np.float32)
+
+
 def convert_pose_actions(actions: np.ndarray, source: str, target: str) -> np.ndarray:
     """Re-express pose actions between layouts (camera7/vehicle7 <-> camera12), same scale."""
     for name in (source, target):

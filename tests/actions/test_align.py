@@ -95,3 +95,18 @@ def test_convert_pose_actions_round_trip():
     seven = geometry.pose_to_vector7(geometry.relative_pose(poses[:-1], poses[1:]))
     twelve = align.convert_pose_actions(seven, "camera7", "camera12")
     np.testing.assert_allclose(align.convert_pose_actions(twelve, "camera12", "camera7"), seven, atol=1e-5)
+
+
+def test_authors_camera12_is_the_world_frame_step_to_the_next_latent():
+    """A camera yawed 90 degrees walking forward along its own view axis: our camera-frame action says "forward"
+    (+z), the authors' world-frame one says where forward points in the world (+x here), one latent earlier."""
+    yaw = geometry.make_pose(np.array([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]]), np.zeros(3))  # camera z -> world x
+    poses = np.stack([yaw @ geometry.make_pose(np.eye(3), np.array([0, 0, 0.5 * t])) for t in range(17)])
+    ours = align.latent_actions("camera12", np.zeros((17, 12)), poses=poses)
+    theirs = align.authors_camera12(poses[::4])
+    assert ours.shape == (5, 12) and theirs.shape == (4, 12)
+    np.testing.assert_allclose(geometry.vector12_to_pose(ours[1])[:3, 3], [0, 0, 2.0], atol=1e-6)
+    np.testing.assert_allclose(geometry.vector12_to_pose(theirs[0])[:3, 3], [2.0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(geometry.vector12_to_pose(theirs[0])[:3, :3], np.eye(3), atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[k\+1 >= 2, 4, 4\]"):
+        align.authors_camera12(poses[:1])
