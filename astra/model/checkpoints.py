@@ -399,6 +399,10 @@ def load_official_astra(
     Every model tensor is set from the file (strict). Known differences from their forward pass, by design of
     the native model: compressed history is padded by replication (theirs: zeros) and its tokens get the RoPE
     position of the frames they cover; the action of a history frame is its own (theirs: off by one).
+    Its camera actions follow the authors' data code, not ours: for latent c, E[4c+4] @ inv(E[4c]) of the 4x4
+    extrinsics with translations as stored (ours, `astra.actions.align`: the camera-frame pose change from frame
+    4c-4 to 4c, translations divided by the episode's scale), so actions for it must be converted to that
+    convention first (`astra.actions.align.authors_camera12`).
     Returns (model, info): info has the config, the dropped unused keys, the folded processors and the experts
     no modality routes to.
     """
@@ -473,8 +477,9 @@ def save_astra(model: AstraTransformer, directory: str | Path, metadata: dict[st
     except TypeError as error:
         raise ValueError(f"checkpoint metadata must be JSON-serialisable: {error}") from error
     if directory.exists():
-        foreign = sorted(p.name for p in directory.iterdir() if p.name not in (ASTRA_WEIGHTS, ASTRA_CONFIG))
-        if not directory.is_dir() or foreign:
+        known = (ASTRA_WEIGHTS, ASTRA_CONFIG)
+        foreign = sorted(p.name for p in directory.iterdir() if p.name not in known) if directory.is_dir() else [directory.name]
+        if foreign:
             raise CheckpointError(
                 f"refusing to replace {directory}: it is not an Astra checkpoint directory ({_name_some(foreign)})"
             )

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +33,8 @@ from torch import nn
 
 from astra.config_fields import dataclass_from_dict, read_json_object
 from astra.errors import AstraError, CheckpointError, ConfigError
-from astra.files import atomic_write_bytes
+from astra.files import TEMPORARY_MARK, replace_folder
+from astra.model.checkpoints import read_state_dict
 from astra.vae.common import TEMPORAL_STRIDE, check_latents, check_state_dict, check_video
 
 WEIGHTS_FILE = "model.safetensors"
@@ -435,16 +438,34 @@ def add_reference_path(vae: SmallVAE) -> SmallVAE:
     return extended
 
 
-def save_small_vae(vae: SmallVAE, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write `model.safetensors` + `config.json` (config, latent statistics, metadata) atomically."""
+def save_small_vae(
+    vae: SmallVAE, folder: str | Path, metadata: dict[str, Any] | None = None, extra_files: dict[str, bytes] | None = None
+) -> Path:
+    """Write `model.safetensors` + `config.json` (config, latent statistics, metadata) and any `extra_files` (a
+    training run's optimizer state) into a folder staged beside `folder`, which then replaces it: a reader, or a
+    resumed run, finds every file of one checkpoint or every file of the previous one, never a mix. An existing
+    `folder` may hold only such files."""
     from safetensors.torch import save
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    files = {WEIGHTS_FILE: b"", CONFIG_FILE: b"", **(extra_files or {})}
+    if folder.exists():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in files) if folder.is_dir() else [folder.name]
+        if foreign:
+            raise CheckpointError(f"refusing to replace {folder}: it holds other files than a small-VAE checkpoint's "
+                                  f"({', '.join(foreign[:5])})")
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in vae.state_dict().items()}
-    atomic_write_bytes(folder / WEIGHTS_FILE, save(state))
+    files[WEIGHTS_FILE] = save(state)
     config = {"type": VAE_TYPE, **vae.config.to_dict(), "metadata": metadata or {}}
-    atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
+    files[CONFIG_FILE] = json.dumps(config, indent=2).encode()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{TEMPORARY_MARK}", dir=folder.parent))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        replace_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -462,15 +483,13 @@ def read_small_vae_config(folder: str | Path) -> tuple[SmallVAEConfig, dict[str,
 
 def load_small_vae(folder: str | Path) -> SmallVAE:
     """Strict load of a folder written by `save_small_vae`; CheckpointError names bad keys."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     config, _ = read_small_vae_config(folder)
     vae = SmallVAE(config)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"missing {weights}")
-    state = load_file(str(weights))
+    state = read_state_dict(weights)
     check_state_dict(vae.state_dict(), state, weights)
     vae.load_state_dict(state, strict=True)
     return vae.eval()

@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from astra.config_fields import changed_settings
 from astra.errors import AstraError, CheckpointError, DataError
-from astra.files import atomic_write_bytes
 from astra.vae.common import TEMPORAL_STRIDE
 from astra.vae.small import (
     SMALL_VAE_PRESETS, SmallVAE, add_reference_path, load_small_vae, read_small_vae_config, save_small_vae,
@@ -190,10 +189,10 @@ def measure_latent_statistics(
 
 
 def _save_checkpoint(vae, optimizer, generator, step: int, out: Path, config: VAETrainConfig) -> None:
-    save_small_vae(vae, out, metadata={"step": step, "train": dataclasses.asdict(config)})
     buffer = io.BytesIO()
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, buffer)
-    atomic_write_bytes(out / TRAINING_STATE_FILE, buffer.getvalue())
+    metadata = {"step": step, "train": dataclasses.asdict(config)}
+    save_small_vae(vae, out, metadata, extra_files={TRAINING_STATE_FILE: buffer.getvalue()})
 
 
 # Settings a resumed run may change: none alters what trains or how (a decoder fine-tune resumed without

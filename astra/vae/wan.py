@@ -13,14 +13,15 @@ from the diffusers config), which is what the original Wan code's `encode` retur
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from astra.config_fields import read_json_object
 from astra.errors import CheckpointError
+from astra.model.checkpoints import read_state_dict
 from astra.vae.common import TEMPORAL_STRIDE, check_latents, check_state_dict, check_video
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -73,22 +74,6 @@ def original_key_map(model: nn.Module) -> dict[str, str]:
     return {_original_name(name, config.num_res_blocks): name for name in model.state_dict()}
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt or foreign pickles
-        raise CheckpointError(f"cannot read {path}: {error}") from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
-    return state
-
-
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     check_state_dict(model.state_dict(), state, source)
     model.load_state_dict(state, strict=True)
@@ -115,8 +100,8 @@ def load_wan_vae(path: str | Path, config: dict[str, Any] | None = None) -> "Wan
     if path.is_dir():
         for folder in (path, path / "vae"):
             if (folder / "config.json").is_file() and (folder / DIFFUSERS_WEIGHTS).is_file():
-                model = build_autoencoder(config or json.loads((folder / "config.json").read_text()))
-                _load_strict(model, _read_state_dict(folder / DIFFUSERS_WEIGHTS), folder / DIFFUSERS_WEIGHTS)
+                model = build_autoencoder(config or read_json_object(folder / "config.json", error=CheckpointError))
+                _load_strict(model, read_state_dict(folder / DIFFUSERS_WEIGHTS), folder / DIFFUSERS_WEIGHTS)
                 return WanVAE(model.eval())
         if (path / ORIGINAL_WEIGHTS).is_file():
             return load_wan_vae(path / ORIGINAL_WEIGHTS, config)
@@ -125,9 +110,9 @@ def load_wan_vae(path: str | Path, config: dict[str, Any] | None = None) -> "Wan
             f"nor {ORIGINAL_WEIGHTS}"
         )
     if config is None and (path.parent / "config.json").is_file():
-        config = json.loads((path.parent / "config.json").read_text())
+        config = read_json_object(path.parent / "config.json", error=CheckpointError)
     model = build_autoencoder(config)
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     if "encoder.conv1.weight" in state:  # original naming; diffusers uses encoder.conv_in
         renames = original_key_map(model)
         state = {renames.get(name, name): tensor for name, tensor in state.items()}

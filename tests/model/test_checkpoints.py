@@ -202,6 +202,9 @@ def test_save_overwrites_checkpoint_but_not_foreign_dirs_and_keeps_dtype(tiny_mo
     (tmp_path / "run" / "log.txt").write_text("keep me")
     with pytest.raises(CheckpointError, match="log.txt"):
         save_astra(tiny_model, tmp_path / "run", {})
+    (tmp_path / "a-file").write_text("keep me")  # was a NotADirectoryError
+    with pytest.raises(CheckpointError, match="a-file"):
+        save_astra(tiny_model, tmp_path / "a-file", {})
     with pytest.raises(ValueError, match="JSON"):
         save_astra(tiny_model, tmp_path / "other", {"bad": object()})
 

@@ -122,6 +122,34 @@ def test_strict_load_names_bad_keys(vae, tmp_path):
         load_vae(tmp_path / "nothing-here")
 
 
+def test_a_save_replaces_the_whole_checkpoint_or_nothing(vae, tmp_path, monkeypatch):
+    """Weights, config (latent statistics, step) and a run's optimizer state go in together: a save that fails
+    midway leaves every file of the previous checkpoint, and a folder holding anything else is not replaced."""
+    import astra.vae.small as small
+
+    folder = save_small_vae(vae, tmp_path / "run", metadata={"step": 1}, extra_files={"training_state.pt": b"one"})
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+
+    def fail(staged, final):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(small, "replace_folder", fail)
+    vae.set_latent_stats(torch.full((TINY.z_dim,), 3.0), torch.full((TINY.z_dim,), 2.0))
+    with pytest.raises(OSError, match="disk full"):
+        save_small_vae(vae, folder, metadata={"step": 2}, extra_files={"training_state.pt": b"two"})
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    assert not list(tmp_path.glob(".*tmp*"))
+    monkeypatch.undo()
+    save_small_vae(vae, folder, metadata={"step": 2}, extra_files={"training_state.pt": b"two"})
+    assert (folder / "training_state.pt").read_bytes() == b"two"
+    assert json.loads((folder / "config.json").read_text())["metadata"] == {"step": 2}
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="todo.txt"):
+        save_small_vae(vae, tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
 def _with_trained_reference_path(vae):
     from astra.vae.small import add_reference_path
 

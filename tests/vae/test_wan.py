@@ -141,6 +141,12 @@ def test_strict_load_names_bad_keys(tiny_wan, tmp_path):
     save_file({"encoder.conv_in.weight": torch.zeros(1)}, tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match="mis-shaped: encoder.conv_in.weight"):
         load_vae(tmp_path / "bad.safetensors")
+    (tmp_path / "torn.safetensors").write_bytes(b"\x10\x00\x00")  # was a raw SafetensorError
+    with pytest.raises(CheckpointError, match="torn.safetensors"):
+        load_vae(tmp_path / "torn.safetensors")
+    (tmp_path / "config.json").write_text("{not json")  # was a JSONDecodeError naming no file
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_vae(tmp_path / ORIGINAL_WEIGHTS)
 
 
 def test_bad_frame_count_is_a_clear_error(tiny_wan):
