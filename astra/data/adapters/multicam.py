@@ -49,6 +49,8 @@ MIRROR_WORLD_Y = np.diag([1.0, -1.0, 1.0, 1.0])
 
 def parse_matrix(text: str, where: str) -> np.ndarray:
     """'[a b c 0] [d e f 0] [g h i 0] [x y z 1] ' -> 4x4 (rows of 3 values are padded with 0, or 1 for row 3)."""
+    if not isinstance(text, str):
+        raise DataError(f"{where}: expected a matrix string, got {type(text).__name__} {text!r}")
     rows = text.strip().strip("[]").split("] [")
     try:
         values = [[float(token) for token in row.split()] for row in rows]
@@ -78,6 +80,8 @@ def load_poses(path: Path, camera: str) -> np.ndarray:
         raise DataError(f"{path}: keys must be 'frame<i>', got {sorted(table)[:3]}") from None
     poses = []
     for key in keys:
+        if not isinstance(table[key], dict):
+            raise DataError(f"{path}: {key} must map camera names to matrix strings, got {type(table[key]).__name__}")
         if camera not in table[key]:
             raise DataError(f"{path}: {key} has no entry for {camera}")
         pose = ue_to_camera_to_world(parse_matrix(table[key][camera], f"{path} {key}/{camera}"))
@@ -94,10 +98,15 @@ def load_captions(source_dir: Path) -> dict[str, str]:
     path = source_dir / "metadata.csv"
     if not path.is_file():
         return {}
-    with open(path, newline="") as handle:
-        return {
-            record["file_name"]: record.get("text", "") for record in csv.DictReader(handle) if record.get("file_name")
-        }
+    try:
+        with open(path, newline="") as handle:
+            return {
+                record["file_name"]: record.get("text") or ""
+                for record in csv.DictReader(handle)
+                if record.get("file_name")
+            }
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable CSV ({error})") from None
 
 
 def list_items(source_dir: Path) -> list[Item]:

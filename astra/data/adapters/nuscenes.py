@@ -4,10 +4,14 @@ Reads the devkit's JSON tables directly (no nuscenes-devkit: it pins numpy<2). P
 CAM_FRONT sample_data of `scene.first_sample_token` and follow `next` (keyframes and sweeps, ~12 Hz) to the end
 of the scene. Camera-to-world = T(ego_pose) @ T(calibrated_sensor); nuScenes quaternions are (w, x, y, z); the
 global frame is the map frame in metres and the camera frame is OpenCV. Caption = `scene.description`.
+Astra's filter: scenes whose source chain has fewer than `min_frames` (30) frames or fewer than `min_keyframes`
+(3) keyframes (`is_key_frame`) are skipped and reported. It judges the source scene, as Astra did, so it runs
+before `frame_stride` / `max_frames` cut the chain (a short `max_frames` must not drop every scene).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ MODALITY = "vehicle7"
 TABLES = ("scene", "sample", "sample_data", "ego_pose", "calibrated_sensor", "sensor", "log")
 MICROSECONDS = 1e6
 DEFAULT_MIN_FRAMES = 30  # Astra's filter: shorter scenes are skipped (and reported)
+DEFAULT_MIN_KEYFRAMES = 3  # Astra's filter: scenes with fewer keyframes are skipped (and reported)
 
 
 def find_version_dir(source_dir: Path, version: str | None) -> Path:
@@ -71,7 +76,7 @@ def load_tables(version_dir: Path) -> dict[str, dict[str, dict]]:
 def _get(tables: dict, table: str, token: str, version_dir: Path) -> dict:
     try:
         return tables[table][token]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: a token that is not a string (a list, ...)
         raise DataError(f"{version_dir / (table + '.json')}: no record with token {token!r}") from None
 
 
@@ -109,16 +114,35 @@ def camera_chain(tables: dict, scene: dict, keyframes: dict[str, dict], version_
     return chain
 
 
+def _numbers(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """`value` as a finite float array of `shape`; DataError naming `where` (file, record, field) otherwise."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        array = None
+    if array is None or array.shape != shape or not np.isfinite(array).all():
+        raise DataError(f"{where} must be {'x'.join(map(str, shape))} finite numbers, got {value!r}")
+    return array
+
+
+def _timestamp(record: dict, version_dir: Path) -> float:
+    value = _field(record, "timestamp", "sample_data", version_dir)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        where = f"{version_dir / 'sample_data.json'}: record {record['token']!r}"
+        raise DataError(f"{where} 'timestamp' must be a number (microseconds), got {value!r}")
+    return value
+
+
 def camera_to_world(tables: dict, record: dict, version_dir: Path) -> np.ndarray:
     """T(ego -> global) @ T(camera -> ego); both stored as translation + (w, x, y, z) quaternion."""
     transforms = []
     for table, key in (("ego_pose", "ego_pose_token"), ("calibrated_sensor", "calibrated_sensor_token")):
         pose = _get(tables, table, _field(record, key, "sample_data", version_dir), version_dir)
-        quaternion_wxyz = np.asarray(_field(pose, "rotation", table, version_dir), dtype=np.float64)
-        translation = np.asarray(_field(pose, "translation", table, version_dir), dtype=np.float64)
-        if quaternion_wxyz.shape != (4,) or translation.shape != (3,) or not np.linalg.norm(quaternion_wxyz) > 0:
-            where = f"{version_dir / (table + '.json')}: record {pose['token']!r}"
-            raise DataError(f"{where} needs rotation[4] (w, x, y, z) and translation[3]")
+        where = f"{version_dir / (table + '.json')}: record {pose['token']!r}"
+        quaternion_wxyz = _numbers(_field(pose, "rotation", table, version_dir), (4,), f"{where} 'rotation'")
+        translation = _numbers(_field(pose, "translation", table, version_dir), (3,), f"{where} 'translation'")
+        if not np.linalg.norm(quaternion_wxyz) > 0:
+            raise DataError(f"{where} has a zero 'rotation' quaternion")
         transforms.append(make_pose(quaternion_to_matrix(np.roll(quaternion_wxyz, -1)), translation))
     return transforms[0] @ transforms[1]
 
@@ -140,15 +164,22 @@ def load_episode(
     frame_stride: int,
     max_frames: int | None,
     min_frames: int,
+    min_keyframes: int,
     size: tuple[int, int] | None,
     heldout_fraction: float,
 ) -> Episode:
     scene = tables["scene"][item.info["scene"]]
-    chain = camera_chain(tables, scene, keyframes, version_dir)[::frame_stride][:max_frames]
-    if len(chain) < max(min_frames, 2):
-        raise SkipItem(f"{len(chain)} {channel} frames, fewer than min_frames={max(min_frames, 2)}")
+    source = camera_chain(tables, scene, keyframes, version_dir)
+    if len(source) < min_frames:
+        raise SkipItem(f"{len(source)} {channel} frames in the scene, fewer than min_frames={min_frames}")
+    source_keyframes = sum(1 for record in source if record.get("is_key_frame"))
+    if source_keyframes < min_keyframes:
+        raise SkipItem(f"{source_keyframes} {channel} keyframes in the scene, fewer than min_keyframes={min_keyframes}")
+    chain = source[::frame_stride][:max_frames]
+    if len(chain) < 2:
+        raise SkipItem(f"{len(chain)} {channel} frames after frame_stride/max_frames, need at least 2")
     poses = np.stack([camera_to_world(tables, record, version_dir) for record in chain])
-    timestamps = np.array([_field(r, "timestamp", "sample_data", version_dir) for r in chain], dtype=np.int64)
+    timestamps = np.array([_timestamp(r, version_dir) for r in chain], dtype=np.int64)
     steps = np.diff(timestamps)
     if (steps <= 0).any():
         row = int(np.argmax(steps <= 0)) + 1
@@ -159,8 +190,10 @@ def load_episode(
         [source_dir / _field(r, "filename", "sample_data", version_dir) for r in chain], size
     )
     calib = _get(tables, "calibrated_sensor", chain[0]["calibrated_sensor_token"], version_dir)
-    intrinsics = np.asarray(calib.get("camera_intrinsic") or [], dtype=np.float64)
-    intrinsics = scale_intrinsics(intrinsics, source_size, frames.shape[1:3]) if intrinsics.shape == (3, 3) else None
+    intrinsics = calib.get("camera_intrinsic") or None  # [] for sensors that are not cameras
+    if intrinsics is not None:
+        where = f"{version_dir / 'calibrated_sensor.json'}: record {calib['token']!r} 'camera_intrinsic'"
+        intrinsics = scale_intrinsics(_numbers(intrinsics, (3, 3), where), source_size, frames.shape[1:3])
     log = tables["log"].get(scene.get("log_token"), {})
     return pose_episode(
         frames,
@@ -191,18 +224,23 @@ def iter_episodes(
     frame_stride: int = 1,
     max_frames: int | None = None,
     min_frames: int = DEFAULT_MIN_FRAMES,
+    min_keyframes: int = DEFAULT_MIN_KEYFRAMES,
     size: tuple[int, int] | None = None,
     heldout_fraction: float = 0.0,
     report: ConversionReport | None = None,
     skip_bad: bool = False,
     exclude: Iterable[str] = (),
 ) -> Iterator[Episode]:
-    """One vehicle7 episode per scene of `<source_dir>/<version>/` (images read from `source_dir`)."""
+    """One vehicle7 episode per scene of `<source_dir>/<version>/` (images read from `source_dir`).
+
+    `min_frames` / `min_keyframes` filter on the whole source scene (see the module docstring), before
+    `frame_stride` and `max_frames` cut it; 0 turns a filter off.
+    """
     source_dir = Path(source_dir)
     version_dir = find_version_dir(source_dir, version)
     tables = load_tables(version_dir)
     keyframes = keyframes_by_sample(tables, channel, version_dir)
     options = dict(source_dir=source_dir, version_dir=version_dir, tables=tables, keyframes=keyframes, channel=channel)
     options.update(frame_stride=frame_stride, max_frames=max_frames, min_frames=min_frames, size=size)
-    options["heldout_fraction"] = heldout_fraction
+    options.update(min_keyframes=min_keyframes, heldout_fraction=heldout_fraction)
     yield from load_items(DATASET, list_items(tables), load_episode, report, skip_bad, exclude, **options)

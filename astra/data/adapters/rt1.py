@@ -32,6 +32,7 @@ from astra.data.adapters.common import (
     load_json,
     median_step,
     read_video,
+    require_file,
     skip_if_missing,
     split_for,
 )
@@ -66,6 +67,12 @@ def load_info(source_dir: Path) -> dict:
     fps = info.get("fps")
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
         raise DataError(f"{source_dir / 'meta/info.json'}: 'fps' must be a positive number, got {fps!r}")
+    for key in ("data_path", "video_path"):
+        if not isinstance(info.get(key), str):
+            raise DataError(f"{source_dir / 'meta/info.json'}: {key!r} must be a path template string")
+    chunks = info.get("chunks_size")
+    if version in V2_VERSIONS and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
+        raise DataError(f"{source_dir / 'meta/info.json'}: 'chunks_size' must be a positive integer, got {chunks!r}")
     return info
 
 
@@ -83,24 +90,43 @@ def choose_camera(info: dict, camera_key: str | None, where: Path) -> str:
 def load_tasks(source_dir: Path) -> dict[int, str]:
     jsonl, table = source_dir / "meta" / "tasks.jsonl", source_dir / "meta" / "tasks.parquet"
     if jsonl.is_file():
-        return {record["task_index"]: record["task"] for record in read_jsonl(jsonl)}
+        tasks = {}
+        for row, record in read_jsonl(jsonl):
+            if not isinstance(record.get("task_index"), int) or not isinstance(record.get("task"), str):
+                raise DataError(f"{jsonl}: line {row} needs an integer 'task_index' and a string 'task'")
+            tasks[record["task_index"]] = record["task"]
+        return tasks
     if table.is_file():
-        frame = pq.read_table(table).to_pydict()
+        frame = read_parquet(table).to_pydict()
         names = frame.get("task") or frame.get("__index_level_0__") or []
         return dict(zip(frame.get("task_index", []), names))
     return {}
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) of each non-blank line; DataError names the file and line of one that is not an object."""
     records = []
-    with open(path) as handle:
-        for row, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}: line {row} is not valid JSON ({error})") from None
+    try:
+        with open(require_file(path, "metadata file")) as handle:
+            for row, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise DataError(f"{path}: line {row} is not valid JSON ({error})") from None
+                    if not isinstance(record, dict):
+                        raise DataError(f"{path}: line {row} is not a JSON object (got {type(record).__name__})")
+                    records.append((row, record))
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error})") from None
     return records
+
+
+def read_parquet(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: cannot read parquet ({error})") from None
 
 
 def _episode_item(source_dir: Path, record: dict, info: dict, camera: str) -> Item:
@@ -127,17 +153,20 @@ def _episode_item(source_dir: Path, record: dict, info: dict, camera: str) -> It
 def list_items(source_dir: Path, info: dict, camera: str) -> list[Item]:
     """One item per episode with its data file, video file and start time in that video (v3 concatenates)."""
     if info["codebase_version"] in V2_VERSIONS:
-        tables = [source_dir / "meta" / "episodes.jsonl"]
-        records = [(tables[0], row, record) for row, record in enumerate(read_jsonl(tables[0]), start=1)]
+        table = source_dir / "meta" / "episodes.jsonl"
+        records = [(table, row, record) for row, record in read_jsonl(table)]
     else:
         tables = sorted((source_dir / "meta" / "episodes").rglob("*.parquet"))
         if not tables:
             raise DataError(f"{source_dir / 'meta/episodes'}: no episode metadata parquet files")
         records = [
-            (table, row, record) for table in tables for row, record in enumerate(pq.read_table(table).to_pylist())
+            (table, row, record) for table in tables for row, record in enumerate(read_parquet(table).to_pylist())
         ]
     items = []
     for table, row, record in records:
+        index = record.get("episode_index", 0)  # a missing one is reported below
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise DataError(f"{table}: row {row} has 'episode_index' {index!r}, not an integer")
         try:
             items.append(_episode_item(source_dir, record, info, camera))
         except KeyError as error:
@@ -149,10 +178,7 @@ def read_episode_table(path: Path, episode_index: int) -> dict[str, list]:
     """The episode's rows of a data parquet, ordered by frame_index."""
     if not path.is_file():
         raise DataError(f"{path}: missing data file of episode {episode_index}")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"{path}: cannot read parquet ({error})") from None
+    table = read_parquet(path)
     for column in (ACTION_KEY, "frame_index", "episode_index"):
         if column not in table.column_names:
             raise DataError(f"{path}: no column {column!r} (columns: {', '.join(table.column_names)})")

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from adapter_fixtures import MULTICAM_FPS, STEP, expected_camera7_row, frame_levels, levels, write_multicam
@@ -42,4 +44,23 @@ def test_missing_camera_entry_names_file_and_frame(tmp_path):
     extrinsics = tmp_path / "train/f24_aperture5/scene1/cameras/camera_extrinsics.json"
     extrinsics.write_text(extrinsics.read_text().replace('"cam02"', '"cam09"', 1))
     with pytest.raises(DataError, match=r"camera_extrinsics\.json: frame0 has no entry for cam02"):
+        list(iter_episodes(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "frame, value, message",
+    [
+        ("frame1", {"cam01": 5, "cam02": 5}, r"extrinsics\.json frame1/cam01: expected a matrix string, got int"),
+        ("frame1", {"cam01": None, "cam02": None}, r"camera_extrinsics\.json frame1/cam01: expected a matrix string"),
+        ("frame1", ["[1 0 0 0] [0 1 0 0] [0 0 1 0] [0 0 0 1]"], r"camera_extrinsics\.json: frame1 must map camera"),
+    ],
+    ids=["matrix-number", "matrix-null", "frame-list"],
+)
+def test_malformed_extrinsics_name_file_and_entry(tmp_path, frame, value, message):
+    write_multicam(tmp_path, num_frames=3)
+    extrinsics = tmp_path / "train/f24_aperture5/scene1/cameras/camera_extrinsics.json"
+    table = json.loads(extrinsics.read_text())
+    table[frame] = value
+    extrinsics.write_text(json.dumps(table))
+    with pytest.raises(DataError, match=message):
         list(iter_episodes(tmp_path))

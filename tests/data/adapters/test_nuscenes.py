@@ -27,7 +27,7 @@ def test_front_camera_chain_poses_and_actions(tmp_path):
     episodes = list(iter_episodes(tmp_path, min_frames=5, report=report))
 
     assert len(episodes) == 1 and list(report.skipped) == ["nuscenes-scene-0001"]
-    assert "fewer than min_frames=5" in report.skipped["nuscenes-scene-0001"]
+    assert "3 CAM_FRONT frames in the scene, fewer than min_frames=5" in report.skipped["nuscenes-scene-0001"]
     episode = episodes[0]
     assert episode.modality == "vehicle7" and episode.frames.shape == (9, 32, 32, 3)
     # keyframes and sweeps, CAM_FRONT only, in timestamp order (JPEG: levels within a few grey steps)
@@ -50,7 +50,7 @@ def test_front_camera_chain_poses_and_actions(tmp_path):
 
 def test_resize_scales_intrinsics(tmp_path):
     write_nuscenes(tmp_path, scene_lengths=(5,))
-    episode = next(iter_episodes(tmp_path, min_frames=2, size=(16, 24)))
+    episode = next(iter_episodes(tmp_path, min_frames=2, min_keyframes=2, size=(16, 24)))
     assert episode.frames.shape == (5, 16, 24, 3)
     np.testing.assert_allclose(episode.intrinsics, [[12.0, 0, 12.0], [0, 8.0, 8.0], [0, 0, 1]])
 
@@ -60,12 +60,51 @@ def test_missing_ego_pose_names_table_and_token(tmp_path):
     table = tmp_path / NUSCENES_VERSION / "ego_pose.json"
     table.write_text(json.dumps([r for r in json.loads(table.read_text()) if r["token"] != "ego0-3"]))
     with pytest.raises(DataError, match=r"ego_pose\.json.*ego0-3"):
-        list(iter_episodes(tmp_path, min_frames=2))
+        list(iter_episodes(tmp_path, min_frames=2, min_keyframes=2))
     report = ConversionReport("nuscenes")
-    assert list(iter_episodes(tmp_path, min_frames=2, report=report, skip_bad=True)) == []
+    assert list(iter_episodes(tmp_path, min_frames=2, min_keyframes=2, report=report, skip_bad=True)) == []
     assert "ego0-3" in report.skipped["nuscenes-scene-0000"]
 
 
 def test_version_folder_must_exist(tmp_path):
     with pytest.raises(DataError, match="v1.0-"):
         list(iter_episodes(tmp_path))
+
+
+def test_length_filter_judges_the_source_scene_before_stride_and_max_frames(tmp_path):
+    write_nuscenes(tmp_path, scene_lengths=(40, 29))
+    report = ConversionReport("nuscenes")
+    episodes = list(iter_episodes(tmp_path, frame_stride=2, max_frames=16, report=report))  # default filters
+
+    assert [e.num_frames for e in episodes] == [16] and report.converted == ["nuscenes-scene-0000"]
+    assert report.skipped == {"nuscenes-scene-0001": "29 CAM_FRONT frames in the scene, fewer than min_frames=30"}
+    np.testing.assert_allclose(frame_levels(episodes[0].frames), levels(32)[::2] % 256, atol=3)  # uint8 wraps
+
+
+def test_scenes_with_fewer_than_min_keyframes_are_skipped(tmp_path):
+    write_nuscenes(tmp_path, scene_lengths=(9, 8), keyframe_every=4)  # keyframes: 0, 4, 8 and 0, 4
+    report = ConversionReport("nuscenes")
+    assert len(list(iter_episodes(tmp_path, min_frames=5, report=report))) == 1
+    assert report.skipped == {"nuscenes-scene-0001": "2 CAM_FRONT keyframes in the scene, fewer than min_keyframes=3"}
+    assert len(list(iter_episodes(tmp_path, min_frames=5, min_keyframes=2))) == 2
+
+
+@pytest.mark.parametrize(
+    "table, token, key, value",
+    [
+        ("ego_pose", "ego0-2", "rotation", ["a", 0, 0, 0]),
+        ("calibrated_sensor", "calib-CAM_FRONT", "translation", "1.7 0 1.5"),
+        ("sample_data", "sd0-CAM_FRONT-2", "timestamp", "soon"),
+        ("calibrated_sensor", "calib-CAM_FRONT", "camera_intrinsic", [[16, 0, 16], [0, "f", 16], [0, 0, 1]]),
+        ("calibrated_sensor", "calib-CAM_FRONT", "camera_intrinsic", [[16, 0], [0, 16, 16], [0, 0, 1]]),
+    ],
+    ids=["rotation-string", "translation-string", "timestamp-string", "intrinsic-string", "intrinsic-ragged"],
+)
+def test_malformed_field_names_table_record_and_field(tmp_path, table, token, key, value):
+    write_nuscenes(tmp_path, scene_lengths=(5,))
+    path = tmp_path / NUSCENES_VERSION / f"{table}.json"
+    records = json.loads(path.read_text())
+    next(r for r in records if r["token"] == token)[key] = value
+    path.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=rf"{table}\.json: record '{token}' '{key}'"):
+        list(iter_episodes(tmp_path, min_frames=2, min_keyframes=2))

@@ -65,6 +65,9 @@ def test_info_json_is_validated(tmp_path):
     info_file.write_text(json.dumps([info]))
     with pytest.raises(DataError, match=r"info\.json: expected a JSON object, got list"):
         list(iter_episodes(tmp_path))
+    info_file.write_text(json.dumps({**info, "data_path": None}))
+    with pytest.raises(DataError, match=r"info\.json: 'data_path' must be a path template string"):
+        list(iter_episodes(tmp_path))
     info["features"]["action"]["shape"] = [8]
     info_file.write_text(json.dumps(info))
     with pytest.raises(DataError, match=r"info\.json.*'action' must have shape \[7\]"):
@@ -72,4 +75,27 @@ def test_info_json_is_validated(tmp_path):
     info["codebase_version"] = "v1.6"
     info_file.write_text(json.dumps(info))
     with pytest.raises(DataError, match="codebase_version 'v1.6' not in"):
+        list(iter_episodes(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "writer, relative, content, message",
+    [
+        (write_rt1_v2, "meta/tasks.jsonl", '{"task_index": 0}\n', r"tasks\.jsonl: line 1 needs .* a string 'task'"),
+        (write_rt1_v2, "meta/episodes.jsonl", "[0]\n", r"episodes\.jsonl: line 1 is not a JSON object"),
+        (write_rt1_v2, "meta/episodes.jsonl", None, r"episodes\.jsonl: missing"),
+        (write_rt1_v2, "meta/episodes.jsonl", '{"episode_index": "0"}\n', r"episodes\.jsonl: row 1 has 'episode_"),
+        (write_rt1_v3, "meta/tasks.parquet", "not parquet", r"tasks\.parquet: cannot read parquet"),
+        (write_rt1_v3, "meta/episodes/chunk-000/file-000.parquet", "not parquet", r"file-000\.parquet: cannot read"),
+    ],
+    ids=["task-missing", "episode-not-object", "episodes-missing", "index-string", "tasks-garbage", "episodes-garbage"],
+)
+def test_malformed_metadata_names_file_and_line(tmp_path, writer, relative, content, message):
+    writer(tmp_path, lengths=(4,))
+    path = tmp_path / relative
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    with pytest.raises(DataError, match=message):
         list(iter_episodes(tmp_path))
