@@ -8,10 +8,13 @@ reported in report-r<rank>.json and printed, and retried on the next run.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,6 +28,7 @@ from astra.files import atomic_path, atomic_write_text
 
 LATENT_FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
+INDEX_LOCK = ".index.lock"  # held while index.json is merged (merge_index)
 
 
 def write_json_atomic(path: Path, content: object) -> None:
@@ -84,18 +88,35 @@ def _encode_clip(vae, frames: np.ndarray, device: torch.device) -> torch.Tensor:
     return latents.to("cpu", torch.float16).contiguous()
 
 
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if missing) for the duration; blocks while another holder has it."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def merge_index(out: Path) -> dict:
-    """Combine every rank's fragment into index.json (the file training reads)."""
-    entries = []
-    vae_names = set()
-    for fragment in sorted(out.glob("index-r*.json")):
-        content = json.loads(fragment.read_text())
-        vae_names.add(content["vae"])
-        entries += content["entries"]
-    if len(vae_names) > 1:
-        raise DataError(f"{out}: index fragments were encoded with different VAEs: {sorted(vae_names)}")
-    index = {"format_version": LATENT_FORMAT_VERSION, "vae": next(iter(vae_names), None), "entries": entries}
-    write_json_atomic(out / INDEX_FILE, index)
+    """Combine every rank's fragment into index.json (the file training reads).
+
+    Each rank merges once its own fragment is final, without waiting for the others. Merges run one at a time under
+    a lock and read the fragments inside it, so the last merge sees every rank's final fragment: without the lock, a
+    rank that read the fragments before another rank's last write could replace a complete index with its stale one.
+    """
+    with exclusive_lock(out / INDEX_LOCK):
+        entries = []
+        vae_names = set()
+        for fragment in sorted(out.glob("index-r*.json")):
+            content = json.loads(fragment.read_text())
+            vae_names.add(content["vae"])
+            entries += content["entries"]
+        if len(vae_names) > 1:
+            raise DataError(f"{out}: index fragments were encoded with different VAEs: {sorted(vae_names)}")
+        index = {"format_version": LATENT_FORMAT_VERSION, "vae": next(iter(vae_names), None), "entries": entries}
+        write_json_atomic(out / INDEX_FILE, index)
     return index
 
 

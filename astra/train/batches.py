@@ -41,9 +41,13 @@ class BatchSource(Protocol):
     def batch(self, step: int, rank: int) -> TrainBatch: ...
 
 
+SEED_SPREAD = 1_000_003  # step_generator's multiplier: (seed, rank, step) stay distinct for rank, step below it
+MAX_GENERATOR_SEED = 2**64 // (8 * SEED_SPREAD**2) - 1  # the largest seed whose generator seeds fit torch's 64 bits
+
+
 def step_generator(seed: int, rank: int, step: int, stream: int) -> torch.Generator:
     """A CPU generator unique to (seed, rank, step, stream): independent streams for data and for noise."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + step) * 8 + stream)
+    return torch.Generator().manual_seed(((seed * SEED_SPREAD + rank) * SEED_SPREAD + step) * 8 + stream)
 
 
 @dataclass

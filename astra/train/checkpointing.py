@@ -1,7 +1,8 @@
 """Training checkpoints: atomic, resumable, strict.
 
 One file per save, `<out>/checkpoints/step-00001234.pt` (written to a temp name in the same folder, then
-`os.replace`d), holding the trainable weights, the fp32 EMA, optimizer, LR scheduler, step, RNG states (python,
+`os.replace`d), holding the trainable weights, the model state taken from the data rather than trained ("derived":
+the action statistics, the fitted motion prior), the fp32 EMA, optimizer, LR scheduler, step, RNG states (python,
 numpy, torch, cuda) and the TrainConfig. Only plain containers and tensors are stored, so loading uses
 `torch.load(weights_only=True)`. The data position is the step (see astra/train/batches.py).
 """
@@ -70,13 +71,19 @@ def check_trainable_keys(model: torch.nn.Module, weights: dict[str, torch.Tensor
     """Raise CheckpointError naming missing / unexpected / mis-shaped keys unless `weights` covers exactly the
     trainable parameters of `model` (frozen weights come from initialisation, not from the checkpoint)."""
     params = {name.removeprefix("module."): p for name, p in model.named_parameters()}
-    trainable = {name for name, p in params.items() if p.requires_grad}
-    missing = sorted(trainable - set(weights))
-    unexpected = sorted(set(weights) - trainable)
+    trainable = {name: tuple(p.shape) for name, p in params.items() if p.requires_grad}
+    check_keys(trainable, weights, where, "trainable weights")
+
+
+def check_keys(expected: dict[str, tuple[int, ...]], weights: dict[str, torch.Tensor], where: str, what: str) -> None:
+    """Raise CheckpointError naming missing / unexpected / mis-shaped keys unless `weights` has exactly the names and
+    shapes of `expected` (name -> shape)."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
     mis_shaped = sorted(
-        f"{name} {tuple(weights[name].shape)} vs model {tuple(params[name].shape)}"
-        for name in set(weights) & trainable
-        if weights[name].shape != params[name].shape
+        f"{name} {tuple(weights[name].shape)} vs model {expected[name]}"
+        for name in set(weights) & set(expected)
+        if tuple(weights[name].shape) != expected[name]
     )
     if missing or unexpected or mis_shaped:
         parts = [
@@ -84,7 +91,7 @@ def check_trainable_keys(model: torch.nn.Module, weights: dict[str, torch.Tensor
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
             if keys
         ]
-        raise CheckpointError(f"{where}: trainable weights do not match the model; " + "; ".join(parts))
+        raise CheckpointError(f"{where}: {what} do not match the model; " + "; ".join(parts))
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -61,7 +61,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 # What may differ from a run's saved settings when it is resumed or exported: none of these changes the weights
-# a checkpoint holds or how its frozen parts (init_from, the motion-prior fit, the data's statistics) are rebuilt.
+# a checkpoint holds or how its frozen parts are rebuilt (init_from; for checkpoints older than the data-derived
+# state they hold, also the motion-prior fit and the data's statistics).
 MAY_CHANGE_ON_RESUME = frozenset(
     {"steps", "log_every", "save_every", "keep_checkpoints", "val_every", "val_batches", "grad_checkpointing",
      "parallel", "mixed_precision", "sampling"}

@@ -112,8 +112,10 @@ class TrainConfig:
         if not 0 <= lo <= hi:
             raise AstraError(f"history_range must satisfy 0 <= lo <= hi, got {self.history_range}")
         lo, hi = self.noisy_memory_range
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise AstraError(f"noisy_memory_range must satisfy 0 <= lo <= hi <= 1, got {self.noisy_memory_range}")
+        if not 0.0 <= lo <= hi <= 1.0 or lo == 1.0:  # lo is the exported history_noise, which rollout needs < 1
+            raise AstraError(
+                f"noisy_memory_range must satisfy 0 <= lo <= hi <= 1 and lo < 1, got {self.noisy_memory_range}"
+            )
         lo, hi = self.faded_memory_range
         if not 0.0 < lo <= hi <= 1.0:
             raise AstraError(f"faded_memory_range must satisfy 0 < lo <= hi <= 1, got {self.faded_memory_range}")
@@ -121,9 +123,23 @@ class TrainConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise AstraError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.batch_size < 1 or self.steps < 0 or self.warmup_steps < 0:
-            raise AstraError("batch_size must be >= 1, steps and warmup_steps >= 0")
+            raise AstraError(
+                f"batch_size must be >= 1, steps and warmup_steps >= 0, got {self.batch_size}, {self.steps}, "
+                f"{self.warmup_steps}"
+            )
+        if self.target_frames < 0:
+            raise AstraError(f"target_frames must be >= 0 (0 = the model's chunk_frames), got {self.target_frames}")
+        if len(self.latent_size) != 2 or min(self.latent_size) < 1:
+            raise AstraError(f"latent_size must be two sizes >= 1 (h, w), got {self.latent_size}")
         if self.lr <= 0 or not 0.0 <= self.ema_decay < 1.0:
             raise AstraError(f"lr must be > 0 and ema_decay in [0, 1), got {self.lr}, {self.ema_decay}")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise AstraError(f"betas must both lie in [0, 1), got {self.betas}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise AstraError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if not self.grad_clip > 0:  # the norm gradients are clipped to: 0 would zero them, < 0 flip them
+            raise AstraError(f"grad_clip must be > 0, got {self.grad_clip}")
+        self.validate_seed()
         if self.action_lr_scale <= 0:
             raise AstraError(f"action_lr_scale must be > 0, got {self.action_lr_scale}")
         if self.mixed_precision not in ("auto", "bf16", "no"):
@@ -151,9 +167,23 @@ class TrainConfig:
             raise AstraError("motion_fit_batches fits the copy prior's motion: it needs copy_prior=True")
         if self.val_every < 0 or self.val_batches < 1:
             raise AstraError(f"val_every must be >= 0 and val_batches >= 1, got {self.val_every}, {self.val_batches}")
+        for name in ("log_every", "save_every"):  # cadences in steps (the loop takes step % it)
+            if getattr(self, name) < 1:
+                raise AstraError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            raise AstraError(f"keep_checkpoints must be >= 0 (0 = keep all), got {self.keep_checkpoints}")
         if self.copy_prior_sigma <= 0:
             raise AstraError(f"copy_prior_sigma must be > 0, got {self.copy_prior_sigma}")
         self.validate_sampling()
+
+    def validate_seed(self) -> None:
+        """Seeds the per-step generators take (astra/train/batches.py), the held-out ones included (seed + offset)."""
+        from astra.train.batches import MAX_GENERATOR_SEED
+        from astra.train.validation import HELDOUT_SEED_OFFSET
+
+        highest = MAX_GENERATOR_SEED - HELDOUT_SEED_OFFSET
+        if not 0 <= self.seed <= highest:
+            raise AstraError(f"seed must lie in [0, {highest}], got {self.seed}")
 
     def validate_sampling(self) -> None:
         """`sampling` names only the model's rollout settings, with values a RolloutConfig accepts."""
@@ -205,7 +235,7 @@ PRESETS: dict[str, TrainConfig] = {
         # 1.1 dB better than the generic defaults for the session-22 rebuild)
         sampling={"guidance_scale": 2.0, "history_noise": 0.3, "noise_scale": 0.3, "stats_anchor": 0.2,
                   "stats_anchor_match": "covariance"},  # fmt: skip
-        motion_fit_batches=256,  # 2,048 frames, ~1 min on 2 CPU cores; redone identically on --resume
+        motion_fit_batches=256,  # 2,048 frames, ~1 min on 2 CPU cores; --resume restores it from the checkpoint
         log_every=20,
         save_every=250,
         val_every=250,  # 16 held-out batches, ~15 s on 2 CPU cores

@@ -16,6 +16,7 @@ import json
 import math
 import subprocess
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from astra.diffusion.flow import (
 )
 from astra.diffusion.sampler import SamplerConfig, sample_chunk
 from astra.errors import AstraError
+from astra.files import atomic_write_text
 from astra.model.action_experts import ActionInput
 from astra.model.config import PRESETS as MODEL_PRESETS
 from astra.model.config import AstraConfig
@@ -52,6 +54,7 @@ from astra.model.history import plan_history
 from astra.train.batches import BatchSource, SyntheticBatches, TrainBatch, step_generator
 from astra.train.checkpointing import (
     capture_rng_state,
+    check_keys,
     check_trainable_keys,
     latest_checkpoint,
     load_checkpoint,
@@ -71,6 +74,9 @@ ACTION_STATISTICS_BATCHES = 64  # batches the action normalisation statistics ar
 ADDITIONS = {"normalize_actions": ".normalizers.", "motion_prior": "motion_prior."}
 # Model settings without weights of their own: a checkpoint continues under the training config's values.
 WEIGHT_FREE = ("motion_prior_min_t",)
+# Model state taken from the training data, not trained (the action statistics, the fitted and frozen motion prior):
+# saved with the trainable weights, so a resume continues with it even if the data changed in between.
+DATA_DERIVED = tuple(ADDITIONS.values())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -90,6 +96,23 @@ def build_model_config(config: TrainConfig) -> AstraConfig:
     model_config = AstraConfig.from_dict({**data, **config.model_overrides})
     model_config.validate()
     return model_config
+
+
+def check_model_settings(config: TrainConfig, model_config: AstraConfig) -> None:
+    """The training settings that depend on the model's config, checked before setup rather than at the first step."""
+    if not config.diffusion_forcing:
+        return
+    chunk = model_config.chunk_frames
+    if config.target_frames % chunk:  # the target is split into causal chunks of chunk_frames, each its own noise level
+        raise AstraError(
+            f"diffusion_forcing needs target_frames to be a multiple of the model's chunk_frames ({chunk}), got "
+            f"{config.target_frames}"
+        )
+    if model_config.history.compressed_2x or model_config.history.compressed_4x:
+        raise AstraError(
+            f"diffusion_forcing needs a history kept at full resolution, got compressed_2x="
+            f"{model_config.history.compressed_2x}, compressed_4x={model_config.history.compressed_4x}"
+        )
 
 
 def build_model(config: TrainConfig, batches: BatchSource | None = None) -> torch.nn.Module:
@@ -467,6 +490,7 @@ class Trainer:
         config.validate()
         self.config, self.out_dir, self.info, self.progress = config, Path(out_dir), info, progress
         self.model_config = build_model_config(config)
+        check_model_settings(config, self.model_config)
         self.batches = batches or make_batch_source(config, self.model_config)
         # built before the model, so a dataset without held-out clips is named before minutes of setup
         self.validation_batches = validation_batch_source(config, self.model_config) if config.val_every else None
@@ -496,6 +520,12 @@ class Trainer:
             self.optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio)
         )
         self.ema = EMA(self.trainable, config.ema_decay) if config.ema_decay > 0 else None
+        trainable_names = {name for name, _ in self.trainable}
+        self.derived = {  # name -> shape of the data-derived state (DATA_DERIVED) the checkpoints hold
+            name.removeprefix("module."): tuple(value.shape)
+            for name, value in self.model.state_dict(keep_vars=True).items()
+            if name.removeprefix("module.") not in trainable_names and any(tag in name for tag in DATA_DERIVED)
+        }
         self.step = 0
         use_bf16 = config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and info.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
@@ -507,6 +537,7 @@ class Trainer:
         return {
             "step": self.step,
             "model": {k: v for k, v in weights.items() if k in trainable_names},
+            "derived": {k: v for k, v in weights.items() if k in self.derived},
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=FULL_STATE),
             "scheduler": self.scheduler.state_dict(),
@@ -527,7 +558,19 @@ class Trainer:
             return False
         state = load_checkpoint(path)
         check_trainable_keys(self.model, state["model"], str(path))
-        set_model_state_dict(self.model, state["model"], options=StateDictOptions(full_state_dict=True, strict=False))
+        weights = dict(state["model"])
+        if "derived" in state:  # what the run took from its data, not what the data holds now
+            what = "data-derived state (action statistics, motion prior)"
+            check_keys(self.derived, state["derived"], str(path), what)
+            weights.update(state["derived"])
+        elif self.derived and self.info.is_main:
+            warnings.warn(
+                f"{path}: an older checkpoint without the data-derived state (action statistics, fitted motion "
+                f"prior); going on with those computed now from {self.config.data}, which differ from the run's if "
+                f"its data changed",
+                stacklevel=2,
+            )
+        set_model_state_dict(self.model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
         # strict=False: AdamW has no state yet for experts the router never chose; the weights were checked above
         set_optimizer_state_dict(
             self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True, strict=False)
@@ -601,7 +644,7 @@ class Trainer:
             )
         if self.info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "train_config.json").write_text(self.config.to_json())
+            atomic_write_text(self.out_dir / "train_config.json", self.config.to_json())  # --resume reads it
         logger = TrainLogger(self.out_dir, resume_step=self.step, enabled=self.info.is_main)
         last = self.config.steps if stop_after is None else min(stop_after, self.config.steps)
         rows: list[dict[str, float]] = []

@@ -149,3 +149,39 @@ def test_a_rerun_that_would_cut_clips_differently_is_refused_not_mixed(tmp_path)
         encode_episodes(episodes, PoolingVAE(), out, vae_name="other", rank=0, world_size=2, max_latent_frames=2)
     report = encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=0, world_size=2, max_latent_frames=2)
     assert report.encoded == 1
+
+
+def test_a_merge_that_read_a_stale_fragment_cannot_overwrite_a_complete_index(tmp_path, monkeypatch):
+    """Rank 0 merges having read rank 1's fragment before rank 1's last write; rank 1 then writes it and merges.
+    Whatever the order of their index writes, index.json must end up listing every clip."""
+    import threading
+
+    from astra.data import encode
+
+    episodes = tmp_path / "episodes"
+    for i in range(3):
+        write_episode(episodes, f"ep{i}", keyboard_episode(9, seed=i))
+    out = tmp_path / "latents"
+    encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=0, world_size=2)  # ep0, ep2
+    encode_episodes(episodes, PoolingVAE(), out, vae_name="pool", rank=1, world_size=2)  # ep1
+    final = (out / "index-r1.json").read_text()
+    stale = json.loads(final)
+    stale["entries"] = []  # rank 1's fragment as rank 0 read it: before its last shard
+    (out / "index-r1.json").write_text(json.dumps(stale))
+
+    def rank_1_finishes():
+        (out / "index-r1.json").write_text(final)
+        encode.merge_index(out)
+
+    write, other = encode.write_json_atomic, threading.Thread(target=rank_1_finishes)
+
+    def interleaved(path, content):  # rank 0 has read the stale set; rank 1 finishes before rank 0 writes
+        if path.name == "index.json" and other.ident is None:
+            other.start()
+            other.join(timeout=2)  # without the lock rank 1 merges (completely) now; with it, it waits for rank 0
+        write(path, content)
+
+    monkeypatch.setattr(encode, "write_json_atomic", interleaved)
+    encode.merge_index(out)
+    other.join()
+    assert sorted(e["episode"] for e in LatentDataset(out).entries) == ["ep0", "ep1", "ep2"]

@@ -77,3 +77,43 @@ def test_config_files_must_hold_objects(tmp_path):
     args.config = tmp_path / "missing.json"
     with pytest.raises(AstraError, match="cannot read --config"):
         resolve_config(args)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"save_every": 0}, "save_every must be >= 1, got 0"),
+        ({"log_every": 0}, "log_every must be >= 1, got 0"),
+        ({"val_every": -1}, "val_every must be >= 0.*got -1"),
+        ({"keep_checkpoints": -1}, "keep_checkpoints must be >= 0.*got -1"),
+        ({"grad_clip": 0.0}, "grad_clip must be > 0, got 0.0"),
+        ({"grad_clip": -1.0}, "grad_clip must be > 0, got -1.0"),
+        ({"min_lr_ratio": -0.1}, r"min_lr_ratio must lie in \[0, 1\], got -0.1"),
+        ({"min_lr_ratio": 1.5}, r"min_lr_ratio must lie in \[0, 1\], got 1.5"),
+        ({"betas": (1.5, 0.9)}, r"betas must both lie in \[0, 1\), got \(1.5, 0.9\)"),
+        ({"target_frames": -1}, "target_frames must be >= 0.*got -1"),
+        ({"latent_size": (0, 4)}, r"latent_size must be two sizes >= 1.*got \(0, 4\)"),
+        ({"seed": -1}, r"seed must lie in \[0, \d+\], got -1"),
+        ({"seed": 2**31 - 1}, r"seed must lie in \[0, \d+\], got 2147483647"),
+        ({"noisy_memory_range": (1.0, 1.0)}, r"noisy_memory_range .*lo < 1, got \(1.0, 1.0\)"),
+        ({"batch_size": 0}, "batch_size must be >= 1.*got 0"),
+    ],
+)
+def test_settings_that_would_fail_late_or_train_wrongly_are_named_up_front(changes, message):
+    with pytest.raises(AstraError, match=message):
+        get_preset("astra-tiny").replace(**changes).validate()
+
+
+def test_the_highest_valid_seed_seeds_every_generator_training_and_validation_use():
+    from astra.train.batches import MAX_GENERATOR_SEED, SEED_SPREAD, step_generator
+    from astra.train.validation import HELDOUT_SEED_OFFSET
+
+    config, highest = get_preset("astra-tiny"), MAX_GENERATOR_SEED - HELDOUT_SEED_OFFSET
+    config.replace(seed=highest).validate()
+    with pytest.raises(AstraError, match="seed"):
+        config.replace(seed=highest + 1).validate()
+    last = SEED_SPREAD - 1  # the largest rank and step the generator keeps apart
+    step_generator(highest + HELDOUT_SEED_OFFSET, last, last, stream=7)  # the held-out batches' seed: no overflow
+    with pytest.raises((RuntimeError, ValueError), match="Overflow"):  # one more would not fit torch's 64-bit seeds
+        step_generator(highest + HELDOUT_SEED_OFFSET + 1, last, last, stream=7)
+    assert get_preset("wan2.1-t2v-1.3b").noisy_memory_range[1] == 1.0  # hi may be 1 (the paper's [0.63, 1])

@@ -118,6 +118,83 @@ def test_resume_continues_the_exact_loss_curve(tmp_path):
     assert latest_checkpoint(tmp_path / "full").read_bytes() == before
 
 
+class ScaledActions(SyntheticBatches):
+    """The same batches with every action 50x larger: the run's data, changed after a checkpoint."""
+
+    def batch(self, step, rank):
+        batch = super().batch(step, rank)
+        batch.action_values = 50.0 * batch.action_values
+        return batch
+
+
+def test_resume_restores_the_data_derived_state_the_run_took_not_what_the_data_gives_now(tmp_path):
+    import dataclasses
+
+    overrides = {**TINY.model_overrides, "normalize_actions": True, "motion_prior": True}
+    config = TINY.replace(model_overrides=overrides, copy_prior=True, motion_fit_batches=2, motion_fit_iterations=5)
+    first = Trainer(config, tmp_path, progress=False)
+    first.fit(stop_after=2)
+    derived = lambda trainer: {  # noqa: E731
+        name: value.clone() for name, value in trainer.model.state_dict().items()
+        if "normalizers" in name or name.startswith("motion_prior.")
+    }  # fmt: skip
+    saved = derived(first)
+    assert saved.keys() == load_checkpoint(latest_checkpoint(tmp_path))["derived"].keys()
+    changed = ScaledActions(**dataclasses.asdict(first.batches))
+
+    resumed = Trainer(config, tmp_path, batches=changed, progress=False)
+    recomputed = derived(resumed)
+    assert any(not torch.equal(saved[name], recomputed[name]) for name in saved)  # the new data gives other state
+    assert resumed.resume() and resumed.step == 2
+    assert all(torch.equal(saved[name], value) for name, value in derived(resumed).items())
+
+    path = latest_checkpoint(tmp_path)
+    state = load_checkpoint(path)
+    state["derived"]["action_projectors.normalizers.extra.mean"] = torch.zeros(3)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="data-derived state.*unexpected.*normalizers.extra.mean"):
+        Trainer(config, tmp_path, batches=changed, progress=False).resume()
+    del state["derived"]  # a checkpoint from before they were saved: recomputed as before, with a warning
+    torch.save(state, path)
+    older = Trainer(config, tmp_path, batches=changed, progress=False)
+    with pytest.warns(UserWarning, match="without the data-derived state"):
+        assert older.resume() and older.step == 2
+    assert all(torch.equal(recomputed[name], value) for name, value in derived(older).items())
+
+
+def test_train_config_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """--resume and --export read the run's train_config.json: a write that fails halfway must leave the old one."""
+    from pathlib import Path
+
+    config = TINY.replace(steps=4, save_every=2)
+    Trainer(config, tmp_path, progress=False).fit(stop_after=2)
+    before = (tmp_path / "train_config.json").read_text()
+    write_text = Path.write_text
+
+    def torn(self, text, *args, **kwargs):  # the disk fills up (or the process dies) halfway through the write
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", torn)
+    with pytest.raises(OSError, match="No space"):
+        Trainer(config.replace(steps=6), tmp_path, progress=False).fit(resume=True)
+    assert (tmp_path / "train_config.json").read_text() == before
+
+
+def test_diffusion_forcing_settings_that_do_not_fit_the_model_are_named_before_training(tmp_path):
+    from astra.model.config import HistoryBudget
+
+    full = HistoryBudget(keep_first=True, full=4, compressed_2x=0, compressed_4x=0)
+    overrides = {**TINY.model_overrides, "chunk_frames": 2, "history": full}
+    config = TINY.replace(model_overrides=overrides, diffusion_forcing=True, history_range=(1, 4))
+    with pytest.raises(AstraError, match=r"target_frames .*chunk_frames \(2\), got 3"):
+        Trainer(config.replace(target_frames=3), tmp_path, progress=False)
+    compressed = {**overrides, "history": HistoryBudget(keep_first=True, full=1, compressed_2x=2, compressed_4x=0)}
+    with pytest.raises(AstraError, match="full resolution, got compressed_2x=2"):
+        Trainer(config.replace(model_overrides=compressed), tmp_path, progress=False)
+    assert Trainer(config.replace(target_frames=4, steps=1), tmp_path, progress=False).fit()[-1]["step"] == 1
+
+
 def test_checkpoints_are_pruned_and_corrupt_ones_are_named(tmp_path):
     config = TINY.replace(steps=4, save_every=1, keep_checkpoints=2)
     Trainer(config, tmp_path, progress=False).fit()
