@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     encode.add_argument("--max-latent-frames", type=int, default=0, help="cut episodes into clips of at most this many latent frames (0 = whole)")
     encode.add_argument("--rank", type=int, default=None, help="this process's share (default: $RANK or 0)")
     encode.add_argument("--world-size", type=int, default=None, help="number of processes (default: $WORLD_SIZE or 1)")
-    encode.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    encode.add_argument("--device", default=None, help="torch device: cpu, cuda[:N] or mps (default: cuda if available)")
     convert = commands.add_parser("convert", help="convert one of the paper's datasets into episodes")
     convert.add_argument("dataset", help="nuscenes, sekai, spatialvid, rt1 or multicam")
     convert.add_argument("source", help="the dataset's folder, in its published layout (docs/datasets.md)")
@@ -92,14 +92,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from astra.data.encode import encode_episodes
+    from astra.rollout.options import torch_device
     from astra.vae import load_vae
 
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as error:
-        raise ValueError(f"--device {args.device!r} is not a torch device ({error})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    device = torch_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     vae = load_vae(args.vae).to(device).eval()
     report = encode_episodes(
         args.episodes, vae, args.out, vae_name=str(args.vae), shard_size=args.shard_size, rank=args.rank,

@@ -7,7 +7,7 @@ import argparse
 from astra.eval.compare import compare
 from astra.eval.presets import PresetStressConfig, stress_presets
 from astra.eval.report import EvalConfig, evaluate
-from astra.rollout.options import add_sampling_arguments, sampling_settings
+from astra.rollout.options import add_sampling_arguments, sampling_settings, torch_device
 
 HELP = "evaluate a model on held-out simulator episodes"
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split", choices=("heldout", "train"), default=defaults.split,
         help="held-out episodes (default; all reported numbers) or train episodes (only to tune sampling settings)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, cuda:N, mps)")
     add_sampling_arguments(parser)
     parser.add_argument(
         "--presets", action="store_true",
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.compare is not None:
         print(compare(args.compare), end="")
         return 0
+    torch_device(args.device)  # an unknown device or cuda without CUDA: one line, before the model loads
     worlds = tuple(name.strip() for name in args.worlds.split(",") if name.strip())
     if args.presets:
         return run_presets(args, worlds)

@@ -172,6 +172,16 @@ def _bar(passed: bool | None) -> str:
     return NOT_MEASURED if passed is None else (PASS if passed else FAIL)
 
 
+def collapses_within(collapse: dict, frames: int, config: CollapseConfig) -> bool:
+    """Whether a case's blank or frozen flag (`collapse_frames` of the video whose frame 0 is the start frame, so
+    index i is the i-th generated frame) falls within the first `frames` generated frames: the collapse bar's test,
+    whatever the rollout's length. A frozen flag marks the first frame of a still window, which must end by then."""
+    blank, frozen = collapse["blank"], collapse["frozen"]
+    if blank is not None and blank <= frames:
+        return True
+    return frozen is not None and frozen + config.frozen_window - 1 <= frames
+
+
 def summarise_world(world: str, results: list[dict], ended: list[int], config: EvalConfig, chunk: int) -> dict:
     """Aggregate the per-case numbers of one world (JSON-ready)."""
     hits = sum(r["action_hits"] for r in results)
@@ -185,7 +195,8 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
     ssim_curve, ssim_copy_curve = _mean_curve(results, "ssim_curve"), _mean_curve(results, "ssim_curve_copy")
     model_detail = _mean_curve(results, "model_stats", "detail")
     truth_detail = _mean_curve(results, "truth_stats", "detail")
-    collapsed = [r for r in results if r["collapse"]["blank"] is not None or r["collapse"]["frozen"] is not None]
+    bars = config.bars
+    collapsed = [r for r in results if collapses_within(r["collapse"], bars.collapse_free_frames, config.collapse)]
     chunk_keys = {"psnr": "chunk_psnr", "psnr_copy_last": "chunk_psnr_copy", "ssim": "chunk_ssim",
                   "ssim_copy_last": "chunk_ssim_copy", "psnr_vae_round_trip": "chunk_psnr_vae",
                   "psnr_copy_last_via_vae": "chunk_psnr_copy_vae",
@@ -193,7 +204,6 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
     next_chunk = {"frames": chunk}
     next_chunk.update({name: float(np.mean([r[key] for r in results])) for name, key in chunk_keys.items()})
     next_chunk["psnr_gain_db"] = next_chunk["psnr"] - next_chunk["psnr_copy_last"]
-    bars = config.bars
     return {
         "world": world,
         "cases": len(results),
@@ -414,11 +424,14 @@ def render_markdown(results: dict) -> str:
         reference = collapse.get("vae_round_trip")  # absent from results written before session 28
         via_vae = "-" if reference is None else " / ".join(str(reference[f"cases_{flag}"]) for flag in COLLAPSE_FLAGS)
         rows.append([w["world"], *cells, *counts, via_vae])
-    lines += _table(["world", *(f"t={t}" for t in frames), "blank cases", "frozen cases", "saturated cases",
+    lines += _table(["world", *(f"t={t}" for t in frames), "blank cases (whole rollout)",
+                     "frozen cases (whole rollout)", "saturated cases (whole rollout)",
                      "truth via VAE: blank / frozen / saturated"], rows)  # fmt: skip
-    lines += ["The last column flags the ground truth encoded and decoded by the VAE as if it were a generation: what "
-              "a model that predicted the true latents exactly would be charged with; \"also via VAE\" counts the "
-              "model's flagged cases whose truth through the VAE is flagged the same way.", ""]
+    lines += [f"The case counts cover the whole rollout; the collapse bar counts only blank or frozen frames among the "
+              f"first {bars['collapse_free_frames']} generated frames. The last column flags the ground truth encoded "
+              "and decoded by the VAE as if it were a generation: what a model that predicted the true latents exactly "
+              "would be charged with; \"also via VAE\" counts the model's flagged cases whose truth through the VAE is "
+              "flagged the same way.", ""]
     lines += ["SSIM at frame t (model / copy-last-context): structure, which PSNR does not tell from a field of the "
               "scene's mean colour.", ""]
     rows = [[w["world"], *(f"{_fmt(w['long_rollout']['ssim_at'].get(t), 3)} / "

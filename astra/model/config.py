@@ -125,8 +125,10 @@ class AstraConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "AstraConfig":
+        from astra.errors import ConfigError  # an AstraError: the CLI prints it as one line
+
         if name not in PRESETS:
-            raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+            raise ConfigError(f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
         return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
     def validate(self) -> None:

@@ -18,7 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from astra.errors import AstraError, ConfigError
+from astra.rollout.options import torch_device
+
 HELP = "benchmark streaming generation speed and memory"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history", type=int, nargs=2, default=(4, 64), metavar=("SHORT", "LONG"), help="history lengths in chunks")
     parser.add_argument("--long-frames", type=int, default=0, help="also stream this many frames and report memory over time")
     parser.add_argument("--compare-recompute", action="store_true", help="also time the authors' full-recompute scheme")
-    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default=None,
+        help="float32 (fp32) or bfloat16 (bf16) (default: bf16 on GPU, fp32 on CPU)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
 
 
@@ -79,16 +86,19 @@ def build_session(args: argparse.Namespace, num_steps: int | None):
     from astra.rollout.session import RolloutConfig, RolloutSession, load_rollout
 
     device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if args.random:
         from astra.model.config import AstraConfig
         from astra.model.transformer import AstraTransformer
 
-        config = AstraConfig.from_preset(args.random)
+        try:
+            config = AstraConfig.from_preset(args.random)
+        except ConfigError as error:
+            raise ConfigError(f"--random: {error}") from None
         with torch.device(device):
             model = AstraTransformer(config).to(dtype)
         vae = random_vae(config).to(device=device, dtype=dtype).eval()
-        rollout = RolloutConfig(num_steps=num_steps or 4)
+        rollout = RolloutConfig(num_steps=4 if num_steps is None else num_steps)
         if args.guidance is not None:
             rollout = replace(rollout, guidance_scale=args.guidance)
     else:
@@ -115,8 +125,25 @@ def time_chunks(session, chunks: int, device: torch.device, desc: str) -> list[f
     return times
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Bad values fail here, before any model is built (--steps 0 was silently 4 steps, --chunks 0 a table of nan,
+    --threads -2 a torch RuntimeError, an unknown --device a torch traceback)."""
+    torch_device(args.device)
+    if args.steps is not None and min(args.steps) < 1:
+        raise AstraError(f"--steps must be >= 1, got {min(args.steps)}")
+    if args.chunks < 1:
+        raise AstraError(f"--chunks must be >= 1, got {args.chunks}")
+    if args.threads is not None and args.threads < 1:
+        raise AstraError(f"--threads must be >= 1, got {args.threads}")
+    if min(args.history) < 0:
+        raise AstraError(f"--history lengths must be >= 0, got {' '.join(map(str, args.history))}")
+    if args.long_frames < 0:
+        raise AstraError(f"--long-frames must be >= 0, got {args.long_frames}")
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
+    check_arguments(args)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     rows: list[Row] = []
     for num_steps in args.steps or [None]:

@@ -116,10 +116,11 @@ def run(args: argparse.Namespace) -> int:
         frames.extend(new)
         rows.extend(np.repeat(chunk_actions, len(new) // chunk, axis=0))
     frames = np.stack(frames)
-    if not args.no_overlay:
-        frames = np.stack(
-            [np.asarray(draw_action(f, r, modality, action_meta, scale=args.scale)) for f, r in zip(frames, rows)]
-        )
+    if not args.no_overlay:  # the rows are per-latent actions, scaled already (docs/actions.md): drawn as they are
+        frames = np.stack([
+            np.asarray(draw_action(f, r, modality, action_meta, scale=args.scale, scaled=True))
+            for f, r in zip(frames, rows)
+        ])
     elif args.scale > 1:
         size = (frames.shape[2] * args.scale, frames.shape[1] * args.scale)
         frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.NEAREST)) for f in frames])

@@ -1,13 +1,16 @@
 """The sampler flags every generating command shares (`astra generate`, `astra play`, `astra eval`).
 
 Each defaults to None, meaning the checkpoint's own setting (its metadata's `sampling`), so a flag given on the
-command line is the only thing that ever departs from what the model was exported with.
+command line is the only thing that ever departs from what the model was exported with. `torch_device` checks the
+--device of `astra bench`, `astra eval` and `astra data encode` up front.
 """
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+import torch
 
 from astra.errors import AstraError
 from astra.rollout.anchor import MATCHES
@@ -58,6 +61,27 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="guidance moves the copy prior's anchor along the action's motion too (the whole velocity guided): "
         "follows actions more, at a cost in next-chunk PSNR and long rollouts (default: the checkpoint's)",
     )
+
+
+def torch_device(name: str, option: str = "--device") -> torch.device:
+    """`name` as a torch device this machine has (cpu, cuda, cuda:N or mps), checked before any model loads: an
+    unknown name was a torch RuntimeError traceback and cuda without CUDA an AssertionError deep inside torch."""
+    known = "cpu, cuda, cuda:N or mps"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AstraError(f"{option} {name!r} is not a torch device; astra runs on {known}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AstraError(f"{option} {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise AstraError(f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise AstraError(f"{option} {name}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise AstraError(f"{option} {name!r}: astra runs on {known}")
+    return device
 
 
 def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,6 +7,9 @@ Row t of `actions` (the input applied going from frame t to t + 1) is drawn on f
   the yaw as a red tick (exaggerated YAW_GAIN times);
 - robot7: the end-effector command as an arrow in the base xy plane (x = up, y = left), dz as a bar on the
   side, and the gripper as a circle (filled = closed).
+Arrow lengths are in scaled units (docs/actions.md), one unit = the full radius: pose rows are already scaled in
+episodes, while robot7 translations and mouse deltas are divided here by the episode's translation_scale and
+mouse_scale; per-latent actions (`astra generate`) are scaled already throughout (`scaled=True`).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def _quaternion_rotation(q: np.ndarray) -> np.ndarray:
     )
 
 
-def _draw_keys(draw, row: np.ndarray, size: int, mouse_scale: float) -> None:
+def _draw_keys(draw, row: np.ndarray, size: int) -> None:
     cell = max(5, size // 10)
     left, top = cell // 2, size - cell // 2 - 2 * cell
     for r, names in enumerate(KEY_LAYOUT):
@@ -76,7 +79,7 @@ def _draw_keys(draw, row: np.ndarray, size: int, mouse_scale: float) -> None:
             box = [left + c * cell, top + r * cell, left + (c + 1) * cell - 2, top + (r + 1) * cell - 2]
             pressed = row[KEYBOARD_KEYS.index(name)] > 0.5
             draw.rectangle(box, fill=ON if pressed else OFF, outline=OUTLINE)
-    mouse = float(row[len(KEYBOARD_KEYS)]) / mouse_scale
+    mouse = float(row[len(KEYBOARD_KEYS)])
     if mouse != 0:
         center = np.array([size * 3 / 4, size - cell * 1.5])
         length = np.sign(mouse) * max(cell / 2, min(abs(mouse), 1.0) * size / 4)  # always visible when moving
@@ -96,35 +99,49 @@ def _draw_dial(draw, translation_xz: np.ndarray, yaw: float, size: int) -> None:
     draw.line([tuple(center + 0.6 * (tip - center)), tuple(tip)], fill=TICK, width=max(2, size // 32))
 
 
-def _draw_robot(draw, row: np.ndarray, size: int, scale: float) -> None:
+def _draw_robot(draw, row: np.ndarray, size: int) -> None:
     radius = max(6, size // 8)
     center = np.array([radius + 3.0, size - radius - 3.0])
-    xy = row[:2] / scale
+    xy = row[:2]
     if np.hypot(*xy) > 1e-9:  # base frame: x away from the robot = up on screen, y left = left
         _arrow(draw, center, center + radius * np.clip(np.array([-xy[1], -xy[0]]), -1, 1), ARROW, max(1, size // 48))
     bar_x = center[0] + radius + 4
-    dz = float(np.clip(row[2] / scale, -1, 1)) * radius
+    dz = float(np.clip(row[2], -1, 1)) * radius
     draw.line([(bar_x, center[1]), (bar_x, center[1] - dz)], fill=ARROW, width=max(2, size // 32))
     grip = np.array([size - radius - 3.0, size - radius - 3.0])
     closed = row[6] > 0.5
     draw.ellipse([*(grip - radius / 2), *(grip + radius / 2)], fill=ON if closed else None, outline=ON, width=2)
 
 
-def draw_action(frame: np.ndarray, row: np.ndarray, modality: str, meta: dict, scale: int = 2) -> Image.Image:
-    """The frame upscaled `scale` times with the action row drawn on it."""
+def scaled_row(row: np.ndarray, modality: str, meta: dict) -> np.ndarray:
+    """An episode's per-frame row in the scaled units the glyphs draw: robot7 xyz / translation_scale, the mouse /
+    mouse_scale. Pose rows (camera7, camera12, vehicle7) are recorded scaled already and come back unchanged."""
+    row = np.array(row, dtype=np.float64)
+    if modality == "keyboard_mouse":
+        row[len(KEYBOARD_KEYS) :] /= float(meta.get("mouse_scale", 10.0)) or 10.0
+    elif modality == "robot7":
+        row[:3] /= float(meta.get("translation_scale", 1.0)) or 1.0
+    return row
+
+
+def draw_action(
+    frame: np.ndarray, row: np.ndarray, modality: str, meta: dict, scale: int = 2, scaled: bool = False
+) -> Image.Image:
+    """The frame upscaled `scale` times with the action row drawn on it. `row`: an episode's per-frame row, or with
+    `scaled` a row already in scaled units (a per-latent action of `astra generate`), drawn as it is."""
     image = Image.fromarray(frame).resize((frame.shape[1] * scale, frame.shape[0] * scale), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(image)
     size = min(image.size)
-    translation_scale = float(meta.get("translation_scale", 1.0)) or 1.0
+    row = np.asarray(row, dtype=np.float64) if scaled else scaled_row(row, modality, meta)
     if modality == "keyboard_mouse":
-        _draw_keys(draw, row, size, float(meta.get("mouse_scale", 10.0)) or 10.0)
+        _draw_keys(draw, row, size)
     elif modality in ("camera7", "vehicle7"):
-        _draw_dial(draw, row[[0, 2]] / translation_scale, _yaw_of_rotation(_quaternion_rotation(row[3:7])), size)
+        _draw_dial(draw, row[[0, 2]], _yaw_of_rotation(_quaternion_rotation(row[3:7])), size)
     elif modality == "camera12":
         matrix = row.reshape(3, 4)
-        _draw_dial(draw, matrix[[0, 2], 3] / translation_scale, _yaw_of_rotation(matrix[:, :3]), size)
+        _draw_dial(draw, matrix[[0, 2], 3], _yaw_of_rotation(matrix[:, :3]), size)
     elif modality == "robot7":
-        _draw_robot(draw, row, size, translation_scale)
+        _draw_robot(draw, row, size)
     else:
         raise ValueError(f"preview: no action glyph for modality {modality!r}")
     return image

@@ -7,7 +7,7 @@ from PIL import Image
 
 from astra.cli import main
 from astra.eval.plots import SheetStyle
-from astra.eval.report import EvalConfig, _collapse_count, evaluate
+from astra.eval.report import EvalConfig, _collapse_count, evaluate, summarise_world
 from astra.rollout.session import load_rollout
 
 ROLLOUT_FRAMES = 16  # two chunks of the tiny model
@@ -43,6 +43,7 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert "| camera |" in report and "copy-last" in report and "VAE round trip (ceiling)" in report
     assert "SSIM at frame t" in report and "Detail kept at frame t" in report
     assert "truth via VAE: blank / frozen / saturated" in report
+    assert "blank cases (whole rollout)" in report  # the bar counts only the first 256 frames; these all of them
     assert len(world["long_rollout"]["model_stats"]["detail"]) == ROLLOUT_FRAMES
     assert 0.0 < world["next_chunk"]["detail_kept_vae_round_trip"] < 10.0
     for name in world["plots"].values():
@@ -90,7 +91,8 @@ def test_the_report_counts_collapsed_cases_the_truth_through_the_vae_shares():
 
 @pytest.mark.parametrize(
     "flags, message",
-    [(["--worlds", "moon"], "unknown world"), (["--context-frames", "4"], "4k \\+ 1"), (["--cases", "0"], "--cases")],
+    [(["--worlds", "moon"], "unknown world"), (["--context-frames", "4"], "4k \\+ 1"), (["--cases", "0"], "--cases"),
+     (["--device", "foo"], "--device 'foo' is not a torch device")],  # was a torch RuntimeError traceback
 )
 def test_bad_options_fail_with_one_clear_line(tiny_checkpoint, tmp_path, capsys, flags, message):
     code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), *flags])
@@ -122,3 +124,33 @@ def test_the_vae_round_trip_of_an_exact_vae_is_the_truth():
 
     frames = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
     np.testing.assert_array_equal(vae_round_trip(Session(), frames), frames)
+
+
+def _case_of(frames: int, collapse: dict) -> dict:
+    """A case's numbers for summarise_world: a flawless rollout of `frames` generated frames but for `collapse`."""
+    stats = {name: np.ones(frames) for name in ("mean", "std", "detail", "motion", "saturated")}
+    return {"seed": 0, "chunk_psnr": 30.0, "chunk_psnr_copy": 20.0, "chunk_psnr_vae": 35.0, "chunk_detail_vae": 1.0,
+            "chunk_psnr_copy_vae": 20.0, "chunk_ssim": 0.9, "chunk_ssim_copy": 0.8, "action_scored": True,
+            "action_hits": 2, "action_trials": 2, "psnr_curve": np.full(frames, 30.0),
+            "psnr_curve_copy": np.full(frames, 20.0), "ssim_curve": np.ones(frames), "ssim_curve_copy": np.ones(frames),
+            "model_stats": stats, "truth_stats": stats, "collapse": {"saturated": None, **collapse},
+            "collapse_vae": {"blank": None, "frozen": None, "saturated": None}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "collapse, bar",
+    [
+        ({"blank": 400, "frozen": None}, "PASS"),  # after the bar's 256 frames: it failed the bar
+        ({"blank": 257, "frozen": None}, "PASS"),
+        ({"blank": 256, "frozen": None}, "FAIL"),  # index 256 = the 256th generated frame (index 0 is the start)
+        ({"blank": None, "frozen": 241}, "FAIL"),  # a 16-frame still window over frames 241..256
+        ({"blank": None, "frozen": 242}, "PASS"),  # ends at frame 257: a 256-frame rollout could not show it
+    ],
+)
+def test_the_collapse_bar_counts_only_its_first_frames(collapse, bar):
+    config = EvalConfig(rollout_frames=512)
+    assert config.bars.collapse_free_frames == 256 and config.collapse.frozen_window == 16
+    summary = summarise_world("camera", [_case_of(512, collapse)], [], config, chunk=4)
+    assert summary["bars"]["no_collapse"] == bar
+    counts = summary["long_rollout"]["collapse"]  # the per-case counts still cover the whole rollout
+    assert (counts["cases_blank"], counts["cases_frozen"]) == (collapse["blank"] is not None, collapse["frozen"] is not None)

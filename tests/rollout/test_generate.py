@@ -75,3 +75,21 @@ def test_default_actions_fit_every_world(checkpoint, tmp_path):
     assert main(["generate", "--checkpoint", checkpoint, "--world", "robot", "--latent-frames", "2",
                  "--out", str(out), "--scale", "1"]) == 0
     assert out.exists()
+
+
+def test_the_overlay_draws_the_scaled_actions_as_they_are(checkpoint, tmp_path, monkeypatch):
+    """The overlay's rows are per-latent actions, already divided by their scales: drawing them as episode rows
+    divided robot7 translations and mouse deltas a second time."""
+    import astra.worlds.preview as preview
+
+    drawn, draw_action = [], preview.draw_action
+
+    def spy(frame, row, modality, meta, scale=2, scaled=False):
+        drawn.append(scaled)
+        return draw_action(frame, row, modality, meta, scale, scaled)
+
+    monkeypatch.setattr(preview, "draw_action", spy)
+    out = tmp_path / "robot.mp4"
+    assert main(["generate", "--checkpoint", checkpoint, "--world", "robot", "--actions", "forward*4",
+                 "--out", str(out), "--scale", "1"]) == 0
+    assert drawn and all(drawn)

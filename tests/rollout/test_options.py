@@ -2,10 +2,11 @@ import argparse
 import importlib
 
 import pytest
+import torch
 
 from astra.cli import COMMANDS
 from astra.errors import AstraError
-from astra.rollout.options import add_sampling_arguments, sampling_settings
+from astra.rollout.options import add_sampling_arguments, sampling_settings, torch_device
 
 
 def _parse(argv, command=None):
@@ -36,3 +37,19 @@ def test_unset_flags_leave_the_checkpoint_settings_and_bad_steps_fail_early():
     assert set(sampling_settings(_parse([])).values()) == {None}
     with pytest.raises(AstraError, match="--steps must be >= 1, got 0"):
         sampling_settings(_parse(["--steps", "0"]))
+
+
+def test_devices_are_checked_up_front(monkeypatch):
+    """An unknown name was a torch RuntimeError traceback, cuda without CUDA an AssertionError inside torch."""
+    assert torch_device("cpu") == torch.device("cpu")
+    with pytest.raises(AstraError, match="--device 'foo' is not a torch device; astra runs on cpu, cuda"):
+        torch_device("foo")
+    with pytest.raises(AstraError, match="--device 'meta': astra runs on"):
+        torch_device("meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(AstraError, match="--device cuda:0: CUDA is not available on this machine"):
+        torch_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(AstraError, match="--device cuda:1: this machine has 1 CUDA device"):
+        torch_device("cuda:1")

@@ -4,7 +4,7 @@ from PIL import Image
 
 from astra.cli import main
 from astra.data.format import Episode, write_episode
-from astra.worlds.preview import PreviewConfig, draw_action, preview
+from astra.worlds.preview import ARROW, PreviewConfig, draw_action, preview, scaled_row
 
 FRAMES = 5
 
@@ -60,6 +60,45 @@ def test_actions_change_the_drawing(modality, rest, moved):
     acting = np.asarray(draw_action(frame, moved.astype(np.float32), modality, {}, scale=2))
     assert still.shape == (64, 64, 3)
     assert (np.abs(acting.astype(int) - still).sum(axis=-1) > 0).sum() > 10  # the action is visible
+
+
+def _arrow_length(image, across: bool) -> int:
+    """Columns (`across`) or rows of the picture holding the arrow's colour: its length in pixels, plus one."""
+    return int(np.all(np.asarray(image) == ARROW, axis=-1).any(axis=0 if across else 1).sum())
+
+
+def test_each_row_is_scaled_once():
+    """Episode pose rows are recorded scaled already: dividing them by translation_scale again made every camera
+    arrow full length; robot7 and mouse rows are raw and scaled here; per-latent actions are drawn as they are."""
+    meta = {"translation_scale": 0.1, "mouse_scale": 14.0}
+    camera = np.array([0.0, 0, 0.5, 0, 0, 0, 1])
+    np.testing.assert_array_equal(scaled_row(camera, "camera7", meta), camera)
+    camera12 = np.eye(3, 4).ravel()
+    np.testing.assert_array_equal(scaled_row(camera12, "camera12", meta), camera12)
+    np.testing.assert_allclose(scaled_row(np.array([0.05, 0, 0.1, 0.2, 0, 0, 1]), "robot7", meta),
+                               [0.5, 0, 1, 0.2, 0, 0, 1])  # fmt: skip
+    np.testing.assert_allclose(scaled_row(np.array([1, 0, 0, 0, 0, 0, 7.0, 0]), "keyboard_mouse", meta),
+                               [1, 0, 0, 0, 0, 0, 0.5, 0])  # fmt: skip
+
+    frame = np.zeros((64, 64, 3), np.uint8)  # dial radius 16 pixels at scale 2
+    half, full = (np.array([x, 0, 0, 0, 0, 0, 1]) for x in (0.5, 1.0))  # sideways, clear of the yaw tick (up)
+    for modality in ("camera7", "vehicle7"):
+        short, long = (_arrow_length(draw_action(frame, row, modality, meta), across=True) for row in (half, full))
+        assert 0.4 < short / long < 0.65, (modality, short, long)  # half a unit: half the radius
+    # `astra generate` draws per-latent actions, scaled already: robot7 xyz and the mouse are not divided again
+    robot_half, robot_full = (np.array([x, 0, 0, 0, 0, 0, 0]) for x in (0.5, 1.0))
+    short, long = (_arrow_length(draw_action(frame, row, "robot7", meta, scaled=True), across=False)
+                   for row in (robot_half, robot_full))  # fmt: skip
+    assert 0.4 < short / long < 0.65, (short, long)
+    np.testing.assert_array_equal(  # an episode row of 0.05 m at translation_scale 0.1 is the same half unit
+        np.asarray(draw_action(frame, robot_half / 10, "robot7", meta)),
+        np.asarray(draw_action(frame, robot_half, "robot7", meta, scaled=True)),
+    )
+    mouse = np.array([0, 0, 0, 0, 0, 0, 0.5, 0])
+    np.testing.assert_array_equal(
+        np.asarray(draw_action(frame, mouse * 14, "keyboard_mouse", meta)),
+        np.asarray(draw_action(frame, mouse, "keyboard_mouse", meta, scaled=True)),
+    )
 
 
 def test_cli_preview_errors(tmp_path, capsys):
