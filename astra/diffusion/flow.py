@@ -102,9 +102,11 @@ def flow_matching_loss(
     timesteps: torch.Tensor,
     weighting: str = "none",
     per_sample: bool = False,
+    element_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted mean squared velocity error, averaged over all elements (weights are normalised to mean 1 over the
-    batch), or with `per_sample` over each sample's elements ([B]; their mean is the batch loss)."""
+    batch), or with `per_sample` over each sample's elements ([B]; their mean is the batch loss). `element_weight`
+    (broadcastable to the velocity, e.g. `[B, 1, T, H, W]`) multiplies the squared error as given."""
     if predicted_velocity.shape != target_velocity.shape:
         raise ValueError(
             f"predicted velocity {tuple(predicted_velocity.shape)} != target {tuple(target_velocity.shape)}"
@@ -113,6 +115,8 @@ def flow_matching_loss(
     weight = weight / weight.mean()
     squared_error = (predicted_velocity.float() - target_velocity.float()) ** 2
     weighted = squared_error * _broadcast(weight, squared_error)
+    if element_weight is not None:
+        weighted = weighted * element_weight
     return weighted.flatten(1).mean(1) if per_sample else weighted.mean()
 
 

@@ -7,6 +7,7 @@ then each `--set` (dotted keys reach into `flow`, e.g. `--set flow.shift=3`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,11 @@ class TrainConfig:
     # hands the loss on, so it should learn to restore it (docs/results.md, session 26)
     faded_memory_prob: float = 0.0
     faded_memory_range: tuple[float, float] = (0.3, 1.0)  # contrast kept, ~ U[lo, hi]
+    # Change-weighted loss: each target element's squared error is weighted by 1 + change_weight * (its distance from
+    # the newest clean history frame, over the sample's mean distance), normalised to mean 1 per sample. Copying
+    # already gets the static background right; what moves with the action (the arm, the turning scene) is a small
+    # share of the elements and so of the plain loss (0 = the plain loss)
+    change_weight: float = 0.0
     # Rollout settings the exported model plays with (RolloutConfig fields, e.g. {"guidance_scale": 2.0}); they win
     # over those inherited from init_from, which win over the generic defaults (Trainer.sampling_defaults)
     sampling: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +128,8 @@ class TrainConfig:
         for name in ("noisy_memory_prob", "action_dropout", "self_history_prob", "faded_memory_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise AstraError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.change_weight < math.inf:
+            raise AstraError(f"change_weight must be a finite number >= 0, got {self.change_weight}")
         if self.batch_size < 1 or self.steps < 0 or self.warmup_steps < 0:
             raise AstraError(
                 f"batch_size must be >= 1, steps and warmup_steps >= 0, got {self.batch_size}, {self.steps}, "

@@ -277,12 +277,30 @@ def training_loss(
     if config.copy_prior:  # anchored at the newest history frame (moved by the motion prior), as at inference
         anchor = copy_anchor(history[:, :, -1:], out.motion)
         velocity = velocity + copy_prior_velocity(noisy_target, timesteps, anchor, config.copy_prior_sigma)
+    element_weight = None
+    if config.change_weight > 0 and batch.history_latents is not None:
+        element_weight = change_weights(target, batch.history_latents[:, :, -1:], config.change_weight)
     sample_flow_loss = flow_matching_loss(
-        velocity, velocity_target(target, noise), timesteps, config.flow.loss_weighting, per_sample=True
+        velocity,
+        velocity_target(target, noise),
+        timesteps,
+        config.flow.loss_weighting,
+        per_sample=True,
+        element_weight=element_weight,
     )
     aux_loss = out.aux_loss.float()
     loss = sample_flow_loss.mean() + config.aux_loss_weight * aux_loss
     return StepOutput(loss, sample_flow_loss, aux_loss, out.expert_usage.detach())
+
+
+def change_weights(target: torch.Tensor, newest_history: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-element loss weights `1 + strength * change / mean change`, normalised to mean 1 per sample, where change
+    is each target element's channel-mean distance from the newest clean history frame (`[B, C, 1, H, W]`): the
+    elements that move weigh more, the static ones less. Returns `[B, 1, T, H, W]`."""
+    change = (target.float() - newest_history.float()).abs().mean(dim=1, keepdim=True)
+    scale = change.flatten(1).mean(1).clamp_min(torch.finfo(change.dtype).tiny).view(-1, 1, 1, 1, 1)
+    weight = 1.0 + strength * change / scale
+    return weight / weight.flatten(1).mean(1).view(-1, 1, 1, 1, 1)
 
 
 def self_generated_history(

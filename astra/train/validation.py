@@ -68,8 +68,10 @@ def validation_losses(
             for dropout in (0.0, 1.0):  # true actions, then the null action; the same draws for both
                 generator = step_generator(config.seed, 0, index, stream=VALIDATION_STREAM)
                 with torch.autocast(info.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                    # always the real history
-                    scored = config.replace(action_dropout=dropout, self_history_prob=0.0, faded_memory_prob=0.0)
+                    # always the real history and the plain loss, so runs with different recipes compare
+                    scored = config.replace(
+                        action_dropout=dropout, self_history_prob=0.0, faded_memory_prob=0.0, change_weight=0.0
+                    )
                     out = training_loss(model, batch, scored, generator, model_config)
                 losses.append(out.sample_flow_loss.double().cpu())
             for source, loss, null_loss in zip(batch.source, *losses):

@@ -8,7 +8,7 @@ from astra.train.batches import SyntheticBatches, step_generator
 from astra.train.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
 from astra.train.config import get_preset
 from astra.train.logging import read_metrics
-from astra.train.trainer import Trainer, faded_history, lr_factor, training_loss
+from astra.train.trainer import Trainer, change_weights, faded_history, lr_factor, training_loss
 
 TINY = get_preset("astra-tiny").replace(model_overrides={"text_dim": 0, "text_len": 0})
 
@@ -92,6 +92,27 @@ def test_faded_memory_shrinks_all_but_the_oldest_history_frame_toward_its_mean(t
     assert torch.equal(faded_history(one_frame, config, step_generator(0, 0, 0, 1)), one_frame)
     with pytest.raises(AstraError, match="faded_memory_range"):
         config.replace(faded_memory_range=(0.0, 0.5)).validate()
+
+
+def test_change_weighted_loss_weighs_what_moves_and_keeps_the_scale(tmp_path):
+    newest = torch.zeros(2, 4, 1, 3, 3)
+    target = torch.zeros(2, 4, 2, 3, 3)
+    target[0, :, 1, 0, 0] = 1.0  # sample 0: one element moves; sample 1: nothing moves
+    weight = change_weights(target, newest, strength=2.0)
+    assert weight.shape == (2, 1, 2, 3, 3)
+    assert torch.allclose(weight.flatten(1).mean(1), torch.ones(2))  # mean 1 per sample
+    assert weight[0, 0, 1, 0, 0] > 5 * weight[0, 0, 0, 0, 0]  # the moving element outweighs the static ones
+    assert torch.allclose(weight[1], torch.ones_like(weight[1]))  # no change anywhere: the plain loss
+
+    config = TINY.replace(history_range=(2, 2), batch_size=3)
+    trainer = Trainer(config, tmp_path, progress=False)
+    batch = trainer.batches.batch(0, 0)
+    plain = training_loss(trainer.model, batch, config, step_generator(0, 0, 0, 1))
+    weighted = training_loss(trainer.model, batch, config.replace(change_weight=3.0), step_generator(0, 0, 0, 1))
+    assert torch.isfinite(weighted.loss) and not torch.allclose(weighted.sample_flow_loss, plain.sample_flow_loss)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(AstraError, match="change_weight"):
+            config.replace(change_weight=bad).validate()
 
 
 def test_resume_continues_the_exact_loss_curve(tmp_path):
