@@ -8,8 +8,12 @@ whole folders (episodes, checkpoints) stage them the same way and call `fsync_tr
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,9 +58,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def staging_folder(final: Path) -> Path:
+    """A new empty hidden folder beside `final` to stage its replacement in, named `.<name>.tmp-<pid>.<random>` so
+    that `remove_stale_temporaries` recognises it once its writer is gone."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}{TEMPORARY_MARK}{os.getpid()}.", dir=final.parent))
+
+
+AT_FDCWD = -100  # Linux renameat2: paths relative to the working folder
+RENAME_EXCHANGE = 2  # ... and swap the two names in one step
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`), so a reader of either name
+    finds the old entry or the new one, never nothing. False where the OS or the filesystem cannot, or where either
+    path has vanished; other failures raise OSError."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # a C library older than glibc 2.28
+        return False
+    result = renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.ENOENT):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
 def replace_folder(staged: Path, final: Path, overwrite: bool = True, attempts: int = 5) -> None:
     """Flush the staged folder and rename it to `final`, replacing an existing one only if `overwrite`.
 
+    An existing `final` is swapped with the staged folder in one step where the OS can (then removed from the staged
+    name); elsewhere it is renamed aside first, so a kill between the two renames leaves it under a temporary name.
     Another writer of the same folder (two recorders given the same seeds) may put or remove `final` between any
     two steps here; each step that fails that way looks again instead of failing with a bare OSError.
     """
@@ -72,7 +107,11 @@ def replace_folder(staged: Path, final: Path, overwrite: bool = True, attempts: 
                     raise
         if not overwrite:
             raise FileExistsError(f"{final} already exists (pass overwrite=True to replace it)")
-        previous = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if exchange_paths(staged, final):
+            fsync_path(final.parent)
+            shutil.rmtree(staged, ignore_errors=True)  # now the previous folder
+            return
+        previous = final.with_name(f".{final.name}{TEMPORARY_MARK}{os.getpid()}.old")
         try:
             os.replace(final, previous)
         except FileNotFoundError:

@@ -4,7 +4,8 @@ import sys
 import numpy as np
 import pytest
 
-from astra.files import atomic_path, atomic_write_text, remove_stale_temporaries
+import astra.files as files
+from astra.files import atomic_path, atomic_write_text, remove_stale_temporaries, replace_folder, staging_folder
 
 
 def _dead_pid() -> int:
@@ -55,3 +56,37 @@ def test_writing_an_episode_clears_what_a_killed_writer_of_it_left(tmp_path):
     write_episode(tmp_path, "ep0", Episode(frames, np.zeros((5, 8), dtype=np.float32), "keyboard_mouse", fps=10.0))
     assert not leftover.exists()
     assert list_episodes(tmp_path) == [tmp_path / "ep0"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["one-step swap", "rename aside"])
+def test_replacing_a_folder_leaves_the_new_one_and_nothing_else(tmp_path, monkeypatch, exchange):
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "weights").write_text("old")
+    if not exchange:
+        monkeypatch.setattr(files, "exchange_paths", lambda first, second: False)
+    staged = staging_folder(final)
+    (staged / "weights").write_text("new")
+    replace_folder(staged, final)
+    assert (final / "weights").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # neither the staged nor the previous folder is left
+
+
+def test_the_one_step_swap_exchanges_two_folders_where_the_os_can(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "name").write_text(folder.name)
+    if not files.exchange_paths(first, second):
+        pytest.skip("no renameat2(RENAME_EXCHANGE) here")
+    assert (first / "name").read_text() == "b" and (second / "name").read_text() == "a"
+    assert not files.exchange_paths(first, tmp_path / "missing")  # a vanished path: the caller looks again
+
+
+def test_a_killed_writers_staging_folder_is_recognised_as_stale(tmp_path, monkeypatch):
+    final = tmp_path / "ckpt"
+    monkeypatch.setattr(files.os, "getpid", _dead_pid)
+    staged = staging_folder(final)
+    monkeypatch.undo()
+    assert staged.name.startswith(".ckpt.tmp-") and staged.is_dir()
+    assert remove_stale_temporaries(tmp_path, "ckpt") == [staged]

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import shutil
-import tempfile
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ from torch import nn
 
 from astra.config_fields import dataclass_from_dict, read_json_object
 from astra.errors import AstraError, CheckpointError, ConfigError
-from astra.files import TEMPORARY_MARK, replace_folder
+from astra.files import replace_folder, staging_folder
 from astra.model.checkpoints import read_state_dict
 from astra.vae.common import TEMPORAL_STRIDE, check_latents, check_state_dict, check_video
 
@@ -458,8 +457,7 @@ def save_small_vae(
     files[WEIGHTS_FILE] = save(state)
     config = {"type": VAE_TYPE, **vae.config.to_dict(), "metadata": metadata or {}}
     files[CONFIG_FILE] = json.dumps(config, indent=2).encode()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{TEMPORARY_MARK}", dir=folder.parent))
+    staging = staging_folder(folder)
     try:
         for name, data in files.items():
             (staging / name).write_bytes(data)
