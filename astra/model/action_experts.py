@@ -43,6 +43,11 @@ class ActionInput:
         null = None if self.null is None else self.null[:, start:stop]
         return ActionInput(self.values[:, start:stop], self.modality, null)
 
+    def to(self, device: torch.device) -> "ActionInput":
+        """The same actions on `device`: callers build them on the CPU for a model that may live elsewhere."""
+        null = None if self.null is None else self.null.to(device)
+        return ActionInput(self.values.to(device), self.modality, null)
+
 
 def validate_action_input(actions: ActionInput, batch_size: int, num_frames: int, known: tuple[str, ...]) -> None:
     """Raise ValueError naming the sample/frame/column when `actions` does not fit the model's input."""
@@ -133,8 +138,9 @@ def unusual_actions(normalizers: nn.ModuleDict | None, modality: str, values: np
     column the training worlds never moved) gives output that looks like a broken model rather than bad input."""
     if normalizers is None or modality not in normalizers:
         return []
-    mean = normalizers[modality].mean.detach().cpu().numpy().astype(np.float64)
-    std = normalizers[modality].std.detach().cpu().numpy().astype(np.float64)
+    # via float64 in torch: numpy has no bfloat16, the dtype of a model cast to bf16
+    mean = normalizers[modality].mean.detach().cpu().double().numpy()
+    std = normalizers[modality].std.detach().cpu().double().numpy()
     values = np.asarray(values, dtype=np.float64).reshape(-1, mean.shape[0])
     if len(values) == 0:
         return []
@@ -199,6 +205,7 @@ class ActionProjectors(nn.Module):
         validate_action_input(actions, actions.values.shape[0], is_history.shape[0], self.modalities)
         batch_size, num_frames = actions.values.shape[:2]
         weight = self.null_action
+        actions = actions.to(weight.device)
         projected = weight.new_zeros(batch_size, num_frames, weight.shape[0])
         for name, rows, values in standardised_by_modality(actions, self.normalizers):
             projected[rows] = self.projectors[name](values.to(weight.dtype))

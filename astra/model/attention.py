@@ -15,21 +15,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
+NO_FLOAT64_DEVICE_TYPES = {"mps"}  # Apple's MPS has no float64
+
+
+def float64_device(device: torch.device) -> torch.device:
+    """Where float64 bookkeeping (RoPE angles, timestep sinusoids) for `device` is computed: the device itself, or
+    the CPU for a device without float64 (a CUDA device keeps it on the GPU: no host sync per forward)."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type in NO_FLOAT64_DEVICE_TYPES else device
+
+
 def rope_tables(
-    positions: torch.Tensor, split: tuple[int, int, int], theta: float
+    positions: torch.Tensor, split: tuple[int, int, int], theta: float, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotation tables [N, head_dim] for float positions [N, 3] (time, height, width), Wan's 3-D complex RoPE.
+    """Rotation tables [N, head_dim] on `device` for float positions [N, 3] (time, height, width), Wan's 3-D
+    complex RoPE.
 
     Each axis owns `split[axis]` channels of the head (44/42/42 at head_dim 128) with frequencies
-    theta^(-2i/width), computed in float64 like the reference code. Returned per channel, ready for `apply_rope`:
-    cos repeated for both channels of a pair, sin signed (-sin, +sin), so the rotation is two multiplies and an add.
+    theta^(-2i/width), computed in float64 like the reference code (on `float64_device`). Returned per channel,
+    ready for `apply_rope`: cos repeated for both channels of a pair, sin signed (-sin, +sin), so the rotation is
+    two multiplies and an add.
     """
+    work = float64_device(device)
+    positions = positions.to(work, torch.float64)
     angles = []
     for axis, width in enumerate(split):
-        inv_freq = 1.0 / theta ** (torch.arange(0, width, 2, dtype=torch.float64, device=positions.device) / width)
-        angles.append(positions[:, axis, None].double() * inv_freq)
+        inv_freq = 1.0 / theta ** (torch.arange(0, width, 2, dtype=torch.float64, device=work) / width)
+        angles.append(positions[:, axis, None] * inv_freq)
     angle = torch.cat(angles, dim=-1)
-    cos, sin = angle.cos().float(), angle.sin().float()
+    cos, sin = angle.cos().float().to(device), angle.sin().float().to(device)
     return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
@@ -164,13 +178,13 @@ class KVCache:
         if not dropped:
             return
         device = self.keys[0].device
-        keep = torch.tensor([c not in dropped for c in self.frame_chunks], device=device)
-        kept_tokens = keep.repeat_interleave(self.tokens_per_frame).nonzero().squeeze(1)
+        keep = torch.tensor([c not in dropped for c in self.frame_chunks])  # on the CPU, as the float64 shifts
+        kept_tokens = keep.repeat_interleave(self.tokens_per_frame).nonzero().squeeze(1).to(device)
         # every kept frame moves back in time by the number of dropped frames older than it
         frame_shift = (~keep).cumsum(0)[keep].double().repeat_interleave(self.tokens_per_frame)
-        shift = torch.zeros(frame_shift.shape[0], 3, dtype=torch.float64, device=device)
+        shift = torch.zeros(frame_shift.shape[0], 3, dtype=torch.float64)
         shift[:, 0] = -frame_shift
-        cos, sin = rope_tables(shift, self.rope_split, self.rope_theta)
+        cos, sin = rope_tables(shift, self.rope_split, self.rope_theta, device)
         self.keys = [apply_rope(k.index_select(2, kept_tokens), cos, sin) for k in self.keys]
         self.values = [v.index_select(2, kept_tokens) for v in self.values]
         self.frame_chunks = [c for c in self.frame_chunks if c not in dropped]

@@ -3,8 +3,8 @@
 Every load is strict. A checkpoint key the model does not have, a model key the checkpoint does not have, or a
 shape mismatch raises `CheckpointError` naming the keys. The only keys allowed to be missing are listed
 explicitly by the caller (`allow_missing_prefixes`): loading plain Wan weights into Astra keeps the Astra
-additions (ACT-Adapters, action experts, projectors, history embedders) at their initialisation, which is the
-point of the identity/zero initialisation (a fresh Astra on Wan weights reproduces Wan).
+additions (ACT-Adapters, action experts, projectors, motion prior, history embedders) at their initialisation, which
+is the point of the identity/zero initialisation (a fresh Astra on Wan weights reproduces Wan).
 
 Our own format is a directory with `model.safetensors` and `config.json` (the AstraConfig + user metadata such as
 the git revision or training recipe), written into a temporary directory beside it and renamed into place.
@@ -17,7 +17,6 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from astra.actions.modalities import get_modality
 from astra.config_fields import read_json_object
 from astra.errors import CheckpointError
-from astra.files import replace_folder
+from astra.files import replace_folder, staging_folder
 from astra.model.config import AstraConfig, HistoryBudget
 from astra.model.transformer import AstraTransformer
 from astra.model.wan_keys import diffusers_to_original
@@ -40,6 +39,7 @@ ASTRA_ADDITION_PREFIXES: tuple[str, ...] = (
     "blocks.*.act_adapter",
     "blocks.*.action_experts",
     "action_projectors",
+    "motion_prior",
     "history_embedders",
 )
 WAN_HEAD_DIM = 128  # every published Wan2.1 size uses 128-wide heads; the original layout does not store num_heads
@@ -483,8 +483,7 @@ def save_astra(model: AstraTransformer, directory: str | Path, metadata: dict[st
             raise CheckpointError(
                 f"refusing to replace {directory}: it is not an Astra checkpoint directory ({_name_some(foreign)})"
             )
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    staging = staging_folder(directory)
     try:
         tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
         save_file(tensors, str(staging / ASTRA_WEIGHTS), metadata={"format": ASTRA_FORMAT})

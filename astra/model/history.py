@@ -79,7 +79,9 @@ class PackedSequence:
     """Tokens plus the per-token bookkeeping the transformer needs."""
 
     tokens: torch.Tensor  # [B, N, dim]
-    positions: torch.Tensor  # [N, 3] float64 RoPE positions (time, height, width)
+    # positions and slot_frames stay float64 on the CPU (some devices, Apple's MPS, have no float64); the rest
+    # lives on the latents' device
+    positions: torch.Tensor  # [N, 3] RoPE positions (time, height, width)
     chunk_ids: torch.Tensor  # [N] long
     slot_of_token: torch.Tensor  # [N] long, index into the rows of slot_frames
     slot_frames: torch.Tensor  # [S, F] averaging weights over the input frames (rows sum to 1)
@@ -138,10 +140,10 @@ def pack_frames(
     device = latents.device
     return PackedSequence(
         tokens=torch.cat(tokens, dim=1),
-        positions=torch.cat(positions).to(device),
+        positions=torch.cat(positions),
         chunk_ids=torch.cat(chunks).to(device),
         slot_of_token=torch.cat(slot_of_token).to(device),
-        slot_frames=torch.stack(slot_rows).to(device),
+        slot_frames=torch.stack(slot_rows),
         num_target_tokens=num_target_tokens,
         tokens_per_slot=slot_sizes[0] if len(set(slot_sizes)) == 1 else None,
     )

@@ -39,9 +39,11 @@ class MotionPrior(nn.Module):
         the action projectors' (the same standardisation). The per-frame steps accumulate, so frame k of a chunk
         has moved by the actions of frames 1..k; a null (dropped) action does not move."""
         batch_size, num_frames = actions.values.shape[:2]
+        weight = next(self.parameters())  # the standardised values are float32; a bf16 model's weights are not
+        actions = actions.to(weight.device)
         steps = actions.values.new_zeros(batch_size, num_frames, MOTION_PARAMETERS, dtype=torch.float32)
         for name, rows, values in standardised_by_modality(actions, normalizers):
-            steps[rows] = self.steps[name](values).float()
+            steps[rows] = self.steps[name](values.to(weight.dtype)).float()
         if actions.null is not None:
             steps = steps.masked_fill(actions.null[..., None].to(torch.bool), 0.0)
         return steps.cumsum(dim=1)

@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from astra.model.action_experts import ActionExperts, ActionInput, ActionProjectors, fixed_experts_of
-from astra.model.attention import CrossAttention, KVCache, SelfAttention, block_causal_mask, rope_tables
+from astra.model.attention import (
+    CrossAttention,
+    KVCache,
+    SelfAttention,
+    block_causal_mask,
+    float64_device,
+    rope_tables,
+)
 from astra.model.config import AstraConfig
 from astra.model.history import (
     FrameGroup,
@@ -44,10 +51,12 @@ SINUSOID_BASE = 10000.0
 
 
 def sinusoidal_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
-    """Wan's sinusoid of timesteps (already x1000): [cos | sin] of t * 10000^(-i/half), in float64."""
+    """Wan's sinusoid of timesteps (already x1000): [cos | sin] of t * 10000^(-i/half), in float64 (on
+    `float64_device`: the caller moves it to the model's device and dtype)."""
     half = dim // 2
-    exponents = torch.arange(half, dtype=torch.float64, device=timesteps.device) / half
-    angles = timesteps.double()[..., None] * SINUSOID_BASE ** (-exponents)
+    work = float64_device(timesteps.device)
+    exponents = torch.arange(half, dtype=torch.float64, device=work) / half
+    angles = timesteps.to(work, torch.float64)[..., None] * SINUSOID_BASE ** (-exponents)
     return torch.cat((angles.cos(), angles.sin()), dim=-1)
 
 
@@ -229,7 +238,9 @@ class AstraTransformer(nn.Module):
                 f"causal_target needs attention='block_causal' and a whole number of {self.config.chunk_frames}-frame "
                 f"chunks; got attention={self.config.attention!r} and {num_target} target frames"
             )
-        target_timesteps = self._check_timesteps("target_timesteps", target_timesteps, batch_size, num_target)
+        target_timesteps = self._check_timesteps(
+            "target_timesteps", target_timesteps, batch_size, num_target, target_latents.device
+        )
         if kv_cache is not None:
             if history_latents is not None or history_timesteps is not None:
                 raise ValueError("with kv_cache the history is in the cache: history_latents/timesteps must be None")
@@ -247,7 +258,7 @@ class AstraTransformer(nn.Module):
                 if history_timesteps is None:
                     history_timesteps = target_timesteps.new_zeros(batch_size, num_history)
                 history_timesteps = self._check_timesteps(
-                    "history_timesteps", history_timesteps, batch_size, num_history
+                    "history_timesteps", history_timesteps, batch_size, num_history, history_latents.device
                 )
                 latents = torch.cat((history_latents, target_latents), dim=2)
                 timesteps = torch.cat((history_timesteps, target_timesteps), dim=1)
@@ -296,7 +307,9 @@ class AstraTransformer(nn.Module):
         batch_size, _, num_history, height, width = self._check_latents("history_latents", history_latents)
         if history_timesteps is None:
             history_timesteps = history_latents.new_zeros(batch_size, num_history)
-        history_timesteps = self._check_timesteps("history_timesteps", history_timesteps, batch_size, num_history)
+        history_timesteps = self._check_timesteps(
+            "history_timesteps", history_timesteps, batch_size, num_history, history_latents.device
+        )
         chunks = history_chunk_ids(num_history, self.config.chunk_frames)
         keys, values = self._cache_frames(history_latents, history_timesteps, actions, text, None, 0, chunks)
         cache = KVCache(
@@ -328,7 +341,7 @@ class AstraTransformer(nn.Module):
             raise ValueError("chunk_latents do not match the cache's batch size or frame size")
         if timesteps is None:
             timesteps = chunk_latents.new_zeros(batch_size, num_frames)
-        timesteps = self._check_timesteps("timesteps", timesteps, batch_size, num_frames)
+        timesteps = self._check_timesteps("timesteps", timesteps, batch_size, num_frames, chunk_latents.device)
         chunks = [cache.next_chunk] * num_frames
         keys, values = self._cache_frames(
             chunk_latents, timesteps, actions, cache.text, cache, cache.num_frames, chunks
@@ -354,16 +367,17 @@ class AstraTransformer(nn.Module):
         the per-slot time embedding (for the head), the mean aux loss and expert usage."""
         config = self.config
         x = sequence.tokens
-        slot_timesteps = timesteps.double() @ sequence.slot_frames.T  # [B, S]
+        work = float64_device(x.device)
+        slot_timesteps = timesteps.to(work, torch.float64) @ sequence.slot_frames.to(work).T  # [B, S]
         time_embedding = self.time_embedding(
-            sinusoidal_embedding(slot_timesteps * TIMESTEP_SCALE, config.freq_dim).to(x.dtype)
+            sinusoidal_embedding(slot_timesteps * TIMESTEP_SCALE, config.freq_dim).to(x.device, x.dtype)
         )
         time_modulation = self.time_projection(time_embedding).unflatten(-1, (6, config.dim))  # [B, S, 6, dim]
         layout = SlotLayout(sequence)
         key_chunks = sequence.chunk_ids
         if cache is not None:
             key_chunks = torch.cat((cache.token_chunks(x.device), key_chunks))
-        rope = rope_tables(sequence.positions, config.rope_split, config.rope_theta)
+        rope = rope_tables(sequence.positions, config.rope_split, config.rope_theta, x.device)
         mask = block_causal_mask(sequence.chunk_ids, key_chunks) if config.attention == "block_causal" else None
         if context is not None:
             context = self.text_embedding(context.to(x.dtype))
@@ -375,7 +389,7 @@ class AstraTransformer(nn.Module):
             if config.expert_routing == "fixed":
                 fixed = fixed_experts_of(actions.modality, config, x.device)
         aux_losses, usages, keys_values = [], [], []
-        slot_frames = sequence.slot_frames.to(x.dtype)
+        slot_frames = sequence.slot_frames.to(x.device, x.dtype)
         for index, block in enumerate(self.blocks):
             action_embedding = None
             if features is not None:
@@ -434,7 +448,10 @@ class AstraTransformer(nn.Module):
             raise ValueError(f"{name} contains NaN or inf")
         return tuple(latents.shape)
 
-    def _check_timesteps(self, name: str, timesteps: torch.Tensor, batch_size: int, frames: int) -> torch.Tensor:
+    def _check_timesteps(
+        self, name: str, timesteps: torch.Tensor, batch_size: int, frames: int, device: torch.device
+    ) -> torch.Tensor:
+        """Timesteps [B, F] on the latents' `device` (a list or a CPU tensor would meet device tensors later)."""
         if not isinstance(timesteps, torch.Tensor):
             timesteps = torch.as_tensor(timesteps, dtype=torch.float32)
         if timesteps.ndim == 1 and timesteps.shape[0] == batch_size:
@@ -445,7 +462,7 @@ class AstraTransformer(nn.Module):
             )
         if not bool(torch.isfinite(timesteps).all()) or bool((timesteps < 0).any()) or bool((timesteps > 1).any()):
             raise ValueError(f"{name} must be finite flow times in [0, 1]")
-        return timesteps
+        return timesteps.to(device)
 
     def _check_text(self, text: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
         if text is None:

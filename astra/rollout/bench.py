@@ -141,6 +141,20 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise AstraError(f"--long-frames must be >= 0, got {args.long_frames}")
 
 
+def check_streaming(session, args: argparse.Namespace) -> None:
+    """--compare-recompute and --long-frames measure against the KV cache, which a non-streaming model (bidirectional
+    attention or a shared timestep) does not keep: it recomputes its history at every step already."""
+    options = (("--compare-recompute", args.compare_recompute), ("--long-frames", args.long_frames))
+    given = [name for name, value in options if value]
+    if given and not session.streaming:
+        config = session.model.config
+        raise AstraError(
+            f"{' and '.join(given)} need a streaming model (one with a KV cache); this one "
+            f"(attention={config.attention!r}, per_frame_timesteps={config.per_frame_timesteps}) recomputes its "
+            "history at every step"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     if args.threads is not None:
@@ -148,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     rows: list[Row] = []
     for num_steps in args.steps or [None]:
         session, device = build_session(args, num_steps)
+        check_streaming(session, args)
         steps = session.config.num_steps
         height, width = session.resolution
         start = np.full((height, width, 3), 127, np.uint8)

@@ -137,6 +137,8 @@ def prepare_image(image: np.ndarray | Image.Image | str | Path, size: tuple[int,
         if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
             raise AstraError(f"start image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
         image = Image.fromarray(image[..., :3])
+    elif image.mode != "RGB":  # grey, palette or alpha: [H, W] or 4 channels would reach the VAE
+        image = image.convert("RGB")
     height, width = size
     if image.size != (width, height):
         # The crop is taken in the source's pixels and only it is resampled: scaling the whole picture first would
@@ -376,7 +378,7 @@ def load_rollout(
     # The VAE the latents were encoded with: the path recorded at training time where it exists (a local run),
     # else the shipped VAE the config names (a shipped model, its VAE committed beside it).
     recorded = metadata.get("vae")
-    vae = load_vae(recorded if recorded and Path(recorded).exists() else model.config.vae)
+    vae = load_vae(recorded if recorded and Path(recorded).exists() else model.config.vae).to(device)
     sampling = metadata.get("sampling", {})
 
     given = {"num_steps": steps, "shift": shift, "guidance_scale": guidance_scale, "history_noise": history_noise,

@@ -165,3 +165,35 @@ def test_unusual_actions_name_columns_beyond_the_training_range():
     assert "20 standard deviations" in far.describe("robot7")
     assert never.value == 0.5 and "never moved" in never.describe("robot7")
     assert unusual_actions(None, "robot7", rows) == []  # a model without statistics cannot tell
+
+
+def test_a_bfloat16_small_model_with_normalisers_and_motion_prior_runs_with_actions():
+    """The shipped layout (action normalisers, motion prior) cast to bf16: numpy has no bf16 and the motion prior's
+    Linear got float32 values, so `astra bench --dtype bf16` crashed."""
+    torch.manual_seed(0)
+    model = AstraTransformer(AstraConfig.from_preset("astra-small")).to(torch.bfloat16).eval()
+    projectors = model.action_projectors
+    mean, std = torch.zeros(7), torch.ones(7)
+    projectors.set_statistics({"robot7": (mean, std)}, keep_function=False)
+    with torch.no_grad():
+        model.motion_prior.steps["robot7"].weight.normal_()  # a fitted prior, so its output is not all zeros
+    rows = torch.zeros(2, 7).numpy()
+    rows[1, 0] = 2 * UNUSUAL_ACTION_SIGMAS
+    assert [u.column for u in unusual_actions(projectors.normalizers, "robot7", rows)] == ["dx"]
+    actions = ActionInput(torch.randn(1, 2, 7, dtype=torch.bfloat16), ("robot7",))
+    history, target = torch.randn(2, 1, 16, 1, 4, 4, dtype=torch.bfloat16)
+    cache = model.prefill(history, actions=actions.frames(0, 1))
+    out = model(target, torch.tensor([0.5]), actions=actions.frames(1, 2), kv_cache=cache)
+    assert out.velocity.dtype == torch.bfloat16 and out.motion.shape == (1, 1, 3) and out.motion.abs().sum() > 0
+
+
+def test_action_values_follow_the_projectors_to_their_device():
+    """Actions built on the CPU for a model elsewhere (meta stands in for a GPU here) reach its weights there."""
+    config = CONFIG.replace(normalize_actions=True, motion_prior=True)
+    with torch.device("meta"):
+        projectors, prior = ActionProjectors(config), AstraTransformer(config.replace(num_layers=1)).motion_prior
+    actions = random_actions(frames=3)
+    actions.null = torch.tensor([[False, True, False]] * 2)
+    features = projectors(actions, torch.tensor([True, False, False], device="meta"))
+    assert features.device.type == "meta" and features.shape == (2, 3, CONFIG.action_space_dim + 1)
+    assert prior(actions, projectors.normalizers).device.type == "meta"

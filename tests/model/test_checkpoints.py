@@ -116,6 +116,15 @@ def test_additions_missing_must_be_allowed_explicitly(wan, tmp_path):
         load_wan_transformer(tmp_path / "wan.safetensors", allow_missing_prefixes=())
 
 
+def test_wan_weights_load_into_a_config_with_the_motion_prior(wan):
+    """The motion prior is an Astra addition too: it was reported as missing from the Wan checkpoint."""
+    root, original, _ = wan
+    config = load_wan_transformer(root / "single").config.replace(motion_prior=True)
+    model = load_wan_transformer(root / "single", config=config)
+    assert_backbone_equal(model, original)
+    assert all(torch.all(step.weight == 0) for step in model.motion_prior.steps.values())  # at its (zero) init
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from astra.model.config import AstraConfig
+from astra.model.config import AstraConfig, HistoryBudget
 from astra.model.freeze import apply_freeze_policy, count_parameters
 from astra.model.transformer import AstraTransformer
 
@@ -146,3 +146,27 @@ def test_causal_target_chunks_see_only_history_and_older_chunks():
 def test_motion_prior_min_t_must_be_a_flow_time(value):
     with pytest.raises(ValueError, match="motion_prior_min_t must lie in"):
         CONFIG.replace(motion_prior_min_t=value).validate()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(fixed_expert_of_modality=(("robot7", 4),)), r"'robot7' to expert 4, outside \[0, num_experts=4\)"),
+        (dict(fixed_expert_of_modality=(("robot7", -1),)), "to expert -1, outside"),
+        (dict(fixed_expert_of_modality=(("flying_carpet", 0),)), "'flying_carpet', which is not in modalities"),
+        (dict(history=HistoryBudget(full=-1)), r"history.full \(frames kept\) must be >= 0, got -1"),
+        (dict(history=HistoryBudget(compressed_4x=-2)), "history.compressed_4x .* got -2"),
+        (dict(kv_cache_chunks=-1), "kv_cache_chunks .* must be >= 0, got -1"),
+    ],
+)
+def test_validate_names_bad_routing_tables_and_negative_frame_counts(changes, message):
+    config = CONFIG.replace(expert_routing="fixed", fixed_expert_of_modality=(("robot7", 0),))
+    config.validate()
+    with pytest.raises(ValueError, match=message):
+        config.replace(**changes).validate()
+
+
+def test_timesteps_given_as_a_list_land_on_the_latents_device():
+    """A list or CPU tensor of flow times would meet the latents' device tensors later (meta stands in for a GPU)."""
+    timesteps = make_model()._check_timesteps("target_timesteps", [0.5], 1, 2, torch.device("meta"))
+    assert timesteps.device.type == "meta" and timesteps.shape == (1, 2) and timesteps.dtype == torch.float32

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from astra.cli import main
+from astra.model.config import PRESETS
 from astra.rollout.bench import add_arguments, build_session
 
 
@@ -52,3 +53,15 @@ def test_dtype_names(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--dtype", "half"])
     assert "invalid choice: 'half'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--compare-recompute"], ["--long-frames", "8"]])
+def test_cache_measurements_refuse_a_model_without_a_cache(capsys, monkeypatch, option):
+    """A bidirectional model keeps no KV cache: these options were an AttributeError on `session.cache` (None)
+    after the whole timing run."""
+    monkeypatch.setitem(PRESETS, "tiny-bidirectional", PRESETS["astra-tiny"].replace(attention="bidirectional"))
+    code = main(["bench", "--random", "tiny-bidirectional", "--device", "cpu", "--chunks", "1", "--history", "0", "0",
+                 *option])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error
+    assert f"{option[0]} need a streaming model (one with a KV cache); this one (attention='bidirectional'" in error

@@ -258,3 +258,25 @@ def test_prepare_image_crops_before_it_resamples(monkeypatch):
         out = prepare_image(tall, (16, 16))
     assert out.shape == (16, 16, 3) and max(w * h for w, h in requested) <= 16 * 16
     assert (out[..., 1] == 255).all() and (out[..., [0, 2]] == 0).all()
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA"])
+def test_prepare_image_turns_any_pil_mode_into_rgb(mode):
+    """A grey, palette or RGBA PIL image passed directly reached torch as [H, W] or with 4 channels."""
+    image = Image.new("RGB", (16, 16), (10, 200, 30)).convert(mode)
+    out = prepare_image(image, (16, 16))
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    assert (out == np.asarray(image.convert("RGB"))).all()
+
+
+def test_load_rollout_puts_the_vae_on_the_models_device(tmp_path, tiny_parts):
+    """Only the model moved: a GPU model met a CPU VAE at the first encode (meta stands in for the GPU)."""
+    from astra.model.checkpoints import save_astra
+    from astra.rollout.session import load_rollout
+    from astra.vae import save_small_vae
+
+    model, vae, _ = tiny_parts()
+    save_small_vae(vae, tmp_path / "vae")
+    save_astra(model, tmp_path / "model", metadata={"vae": str(tmp_path / "vae")})
+    model, vae, _, _ = load_rollout(tmp_path / "model", device="meta")
+    assert next(model.parameters()).device.type == "meta" and next(vae.parameters()).device.type == "meta"
