@@ -65,6 +65,25 @@ def staging_folder(final: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{final.name}{TEMPORARY_MARK}{os.getpid()}.", dir=final.parent))
 
 
+@contextmanager
+def staged_files(folder: Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a staging folder for the files of a run meant for `folder`; when the block ends without error each is
+    renamed into `folder` (the names in `last` after the others: the index that points at them), so a run that fails
+    midway leaves `folder` as it was instead of half old and half new files. Files only, no subfolders."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = staging_folder(folder)
+    try:
+        yield staging
+        fsync_tree(staging)
+        rank = {name: position + 1 for position, name in enumerate(last)}  # the others at 0, first
+        for path in sorted(staging.iterdir(), key=lambda path: (rank.get(path.name, 0), path.name)):
+            os.replace(path, folder / path.name)
+        fsync_path(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 AT_FDCWD = -100  # Linux renameat2: paths relative to the working folder
 RENAME_EXCHANGE = 2  # ... and swap the two names in one step
 

@@ -20,6 +20,7 @@ from astra.actions.modalities import KEYBOARD_KEYS, check_action_values, get_mod
 FRAMES_PER_LATENT = 4  # the VAE's temporal compression
 POSE_MODALITIES = ("camera7", "camera12", "vehicle7")
 MIN_QUATERNION_NORM = 1e-6
+MAX_ROTATION_ERROR = 1e-3  # camera12 rows: largest |R R^T - I| or |det R - 1| taken as a rotation (float32 rows drift)
 DEFAULT_SCALES = {
     "translation_scale": 1.0,  # pose and robot translations are divided by this (metres per unit)
     "rotation_scale": 1.0,  # robot roll/pitch/yaw deltas are divided by this (radians per unit)
@@ -116,6 +117,18 @@ def latent_actions(
             raise ValueError(
                 f"{where}: row {int(bad[0])} has a zero-length rotation quaternion (qx, qy, qz, qw); "
                 "no rotation is (0, 0, 0, 1)"
+            )
+    if poses is None and modality == "camera12":  # any other 3x3 block would scale, shear or mirror the composed poses
+        rotation = rows.reshape(-1, 3, 4)[:, :, :3]
+        error = np.maximum(
+            np.abs(rotation @ rotation.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2)),
+            np.abs(np.linalg.det(rotation) - 1.0),
+        )
+        bad = np.flatnonzero(error > MAX_ROTATION_ERROR)
+        if len(bad):
+            raise ValueError(
+                f"{where}: row {int(bad[0])}'s 3x3 block (columns 0-2, 4-6, 8-10) is not a rotation (orthonormal, "
+                f"det 1, within {MAX_ROTATION_ERROR:g}); no rotation is R = I: (1, 0, 0, tx, 0, 1, 0, ty, 0, 0, 1, tz)"
             )
     scales = scales_from_meta(meta)
     num_latents = num_latent_frames(rows.shape[0])

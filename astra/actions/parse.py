@@ -1,7 +1,7 @@
 """Compact action strings and JSON action files -> per-latent-frame actions for `astra generate`.
 
 Grammar (docs/actions.md): comma-separated tokens `CHORD*COUNT`, COUNT = number of VIDEO frames (default 1);
-the counts must add up to a multiple of 4 (4 video frames per latent frame).
+the counts must add up to a multiple of 4 (4 video frames per latent frame) and to at most MAX_ACTION_FRAMES.
 - keyboard_mouse: CHORD = key letters w s a d q e (forward, back, strafe_left, strafe_right, turn_left,
   turn_right), the words `left`/`right` (= q/e), an optional mouse delta per frame `m(DX,DY)`, or `-` (nothing).
   Example: `w*16,a*8,wd*8,qm(2,0)*4,-*4`.
@@ -25,6 +25,7 @@ from astra.actions.presets import PRESETS, get_preset, render_motion
 from astra.errors import AstraError
 
 DEFAULT_PRESET_LATENT_FRAMES = 24  # the paper's demos: 3 chunks of 8 latent frames
+MAX_ACTION_FRAMES = 100_000  # video frames one action string may ask for (~2.8 h at 10 fps): a typo fails, not memory
 KEY_LETTERS = dict(zip("wsadqe", KEYBOARD_KEYS))
 KEY_WORDS = {"left": "turn_left", "right": "turn_right"}
 POSE_WORDS = {
@@ -51,7 +52,8 @@ ROBOT_WORDS = {
 }
 GRIPPER_WORDS = {"open": 0.0, "close": 1.0}
 TOKEN = re.compile(r"\s*(?P<chord>(?:\([^)]*\)|[^*,(])*?)\s*(?:\*\s*(?P<count>[^,]*?)\s*)?(?:,|$)")
-MOUSE = re.compile(r"m\(\s*([-+]?[\d.]+)\s*,\s*([-+]?[\d.]+)\s*\)")
+MOUSE = re.compile(r"m\(([^)]*)\)")
+MOUSE_DELTA = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*,\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*")
 
 
 class ActionParseError(AstraError, ValueError):
@@ -64,7 +66,10 @@ def _keyboard_row(chord: str, where: str) -> np.ndarray:
         return row
     mouse = MOUSE.search(chord)
     if mouse:
-        row[-2:] = [float(mouse.group(1)), float(mouse.group(2))]
+        delta = MOUSE_DELTA.fullmatch(mouse.group(1))
+        if not delta:
+            raise ActionParseError(f"{where}: mouse delta {mouse.group(0)!r} must be m(DX,DY), two numbers: m(2,-0.5)")
+        row[-2:] = [float(delta.group(1)), float(delta.group(2))]
         chord = chord[: mouse.start()] + chord[mouse.end() :]
     keys = [KEY_WORDS[chord]] if chord in KEY_WORDS else []
     for letter in "" if keys else chord:
@@ -105,11 +110,17 @@ def parse_frame_rows(text: str, modality: str) -> np.ndarray:
         where = f"action string position {position} ({text[position:match.end()].strip(', ')!r})"
         if not chord:
             raise ActionParseError(f"{where}: empty token")
-        if count_text is not None and not count_text.isdigit():
+        if count_text is not None and not re.fullmatch(r"[0-9]+", count_text):
             raise ActionParseError(f"{where}: count {count_text!r} must be a positive whole number of video frames")
-        count = 1 if count_text is None else int(count_text)
+        digits = "1" if count_text is None else count_text.lstrip("0") or "0"
+        # more digits than the limit has is over it, and int() would refuse some 4300 of them with a raw ValueError
+        count = MAX_ACTION_FRAMES + 1 if len(digits) > len(str(MAX_ACTION_FRAMES)) else int(digits)
         if count < 1:
             raise ActionParseError(f"{where}: count must be at least 1")
+        if len(rows) + count > MAX_ACTION_FRAMES:
+            raise ActionParseError(
+                f"{where}: the counts add up to more than MAX_ACTION_FRAMES = {MAX_ACTION_FRAMES:,} video frames"
+            )
         if modality == "keyboard_mouse":
             row = _keyboard_row(chord, where)
         elif modality == "robot7":

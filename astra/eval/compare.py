@@ -14,7 +14,7 @@ import numpy as np
 
 from astra.errors import AstraError
 from astra.eval.metrics import COLLAPSE_FLAGS
-from astra.eval.report import _fmt, _table
+from astra.eval.report import PSNR_POOLING, _fmt, _table
 from astra.rollout.session import RolloutConfig
 
 # the EvalConfig fields that decide which cases were scored and how
@@ -41,6 +41,20 @@ def load_results(folder: str | Path) -> dict:
     return results
 
 
+def psnr_keys(runs: dict[str, dict]) -> tuple[str, str]:
+    """(model, copy-last) next-chunk PSNR keys that every run has: the pooled PSNR, else (a run written before it,
+    whose "psnr" is the mean of per-frame PSNRs, is given that key too) the mean of per-frame PSNRs, so that no
+    table ranks one kind against the other."""
+    for run in runs.values():
+        for world in run["worlds"]:
+            chunk = world["next_chunk"]
+            if "psnr_pooling" not in chunk:
+                chunk.setdefault("psnr_frame_mean", chunk["psnr"])
+                chunk.setdefault("psnr_copy_last_frame_mean", chunk["psnr_copy_last"])
+    pooled = all(w["next_chunk"].get("psnr_pooling") == PSNR_POOLING for run in runs.values() for w in run["worlds"])
+    return ("psnr", "psnr_copy_last") if pooled else ("psnr_frame_mean", "psnr_copy_last_frame_mean")
+
+
 def _sampler_of(run: dict, key: str) -> str | dict:
     """A run's sampler record; settings added after the run was written (absent) at their defaults, which
     reproduce what the sampler did before they existed."""
@@ -59,6 +73,8 @@ def setup_differences(runs: dict[str, dict]) -> list[str]:
                   for name, run in runs.items()}  # fmt: skip
         if len({json.dumps(value, sort_keys=True) for value in values.values()}) > 1:
             lines.append(f"{field} differs: " + "; ".join(f"{name} {value}" for name, value in values.items()))
+    if psnr_keys(runs)[0] != "psnr":
+        lines.append("next-chunk PSNR: some runs predate the pooled PSNR; the table shows the mean of per-frame PSNRs")
     return lines
 
 
@@ -81,6 +97,7 @@ def compare_table(runs: dict[str, dict]) -> str:
     if not runs:
         raise AstraError("nothing to compare")
     names = list(runs)
+    psnr, copy_last = psnr_keys(runs)
     reference = {w["world"]: w for w in runs[names[0]]["worlds"]}
     header = ["world", "run", "next-chunk PSNR", "vs copy-last", f"vs {names[0]}", "following (hits/n)",
               f"following vs {names[0]}", "rollout PSNR / SSIM (frame)", "blank / frozen / saturated cases"]  # fmt: skip
@@ -94,14 +111,14 @@ def compare_table(runs: dict[str, dict]) -> str:
                 continue
             chunk, following = world["next_chunk"], world["action_following"]
             base = reference.get(world_name)
-            psnr_delta = None if base is None or name == names[0] else chunk["psnr"] - base["next_chunk"]["psnr"]
+            psnr_delta = None if base is None or name == names[0] else chunk[psnr] - base["next_chunk"][psnr]
             score, base_score = following.get("score"), None if base is None else base["action_following"].get("score")
             follow_delta = None if name == names[0] or score is None or base_score is None else score - base_score
             frame, rollout, rollout_ssim = _last_rollout_scores(world)
             collapse = world["long_rollout"].get("collapse", {})
             counts = [collapse.get(f"cases_{flag}") for flag in COLLAPSE_FLAGS]
             cells = [
-                world_name, name, _fmt(chunk["psnr"]), _signed(chunk["psnr"] - chunk["psnr_copy_last"]),
+                world_name, name, _fmt(chunk[psnr]), _signed(chunk[psnr] - chunk[copy_last]),
                 _signed(psnr_delta), f"{_fmt(score)} ({following['hits']}/{following['n']})",
                 _signed(follow_delta), f"{_fmt(rollout)} / {_fmt(rollout_ssim, 3)} ({frame})",
                 " / ".join("-" if count is None else str(count) for count in counts) + f" of {world['cases']}",
@@ -111,14 +128,15 @@ def compare_table(runs: dict[str, dict]) -> str:
     common = [w for w in worlds if all(any(x["world"] == w for x in run["worlds"]) for run in runs.values())]
     label = "pooled" if len(common) == len(worlds) else f"pooled ({', '.join(common)})"
     pooled = {name: [w for w in runs[name]["worlds"] if w["world"] in common] for name in names}
-    reference_psnr = float(np.mean([w["next_chunk"]["psnr"] for w in pooled[names[0]]])) if common else None
+    reference_psnr = float(np.mean([w["next_chunk"][psnr] for w in pooled[names[0]]])) if common else None
     for name in (names if common else []):
-        psnr = float(np.mean([w["next_chunk"]["psnr"] for w in pooled[name]]))
-        gain = float(np.mean([w["next_chunk"]["psnr"] - w["next_chunk"]["psnr_copy_last"] for w in pooled[name]]))
+        run_psnr = float(np.mean([w["next_chunk"][psnr] for w in pooled[name]]))
+        gain = float(np.mean([w["next_chunk"][psnr] - w["next_chunk"][copy_last] for w in pooled[name]]))
         hits = sum(w["action_following"]["hits"] for w in pooled[name])
         trials = sum(w["action_following"]["n"] for w in pooled[name])
         score = hits / trials if trials else None
-        cells = [label, name, _fmt(psnr), _signed(gain), _signed(None if name == names[0] else psnr - reference_psnr),
+        cells = [label, name, _fmt(run_psnr), _signed(gain),
+                 _signed(None if name == names[0] else run_psnr - reference_psnr),
                  f"{_fmt(score)} ({hits}/{trials})", "", "", ""]  # fmt: skip
         rows.append(cells)
     return "\n".join(_table(header, rows))

@@ -29,8 +29,10 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
 
 
 def mse_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[T, H, W, 3] x2 -> [T] mean squared error in [0, 1] units."""
+    """[T, H, W, 3] x2 -> [T] mean squared error in [0, 1] units (one [H, W, 3] frame -> [1])."""
     _check_pair(a, b)
+    if a.ndim == 3:
+        return mse_per_frame(a[None], b[None])
     diff = to_unit(a) - to_unit(b)
     return (diff**2).reshape(len(diff), -1).mean(axis=1)
 
@@ -43,11 +45,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def psnr_per_frame(a: np.ndarray, b: np.ndarray, cap_db: float = PSNR_CAP_DB) -> np.ndarray:
-    """[T, H, W, 3] x2 -> [T] PSNR in dB, capped at `cap_db` so that means stay finite."""
+    """[T, H, W, 3] x2 (or one [H, W, 3] frame) -> [T] PSNR in dB, capped at `cap_db` so that means stay finite."""
     mse = mse_per_frame(a, b)
     with np.errstate(divide="ignore"):
         values = 10.0 * np.log10(1.0 / mse)
     return np.minimum(values, cap_db)
+
+
+def pooled_psnr(mse_values: list[float] | np.ndarray) -> float:
+    """PSNR in dB of the mean of squared errors (frames or cases, each in [0, 1] units): no cap decides it, and a
+    perfect prediction of a few frames counts for what it is, no error there; inf only when all are perfect."""
+    mse = float(np.mean(np.asarray(mse_values, dtype=np.float64)))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
 
 
 def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
@@ -109,7 +118,10 @@ def frame_stats(frames: np.ndarray, saturated_level: float = CollapseConfig.satu
     """Per frame [T]: mean intensity, spatial std (of each channel over the frame, averaged over channels: a frame
     of one colour has none, whatever the colour), detail (mean |difference| between neighbouring pixels, across and
     down: edges and texture; blur lowers it, a flat field has none, smooth blobs little), mean |frame_t - frame_t-1|
-    (0 for the first frame), and the fraction of pixels with every channel above `saturated_level`."""
+    (0 for the first frame), and the fraction of pixels with every channel above `saturated_level`. One [H, W, 3]
+    frame counts as T = 1."""
+    if frames.ndim == 3:
+        return frame_stats(frames[None], saturated_level)
     pixels = to_unit(frames)
     unit = pixels.reshape(len(frames), -1)
     spatial_std = pixels.reshape(len(frames), -1, pixels.shape[-1]).std(axis=1).mean(axis=1)

@@ -9,6 +9,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from astra.files import atomic_path
+
 COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75), (227, 119, 194))
 BACKGROUND = (255, 255, 255)
 INK = (30, 30, 30)
@@ -130,9 +132,8 @@ def contact_sheet(
 
 
 def save_png(image: Image.Image, path: Path) -> Path:
-    """Atomic write: a temp name in the same folder, then rename."""
+    """Atomic write (astra.files.atomic_path): a reader finds the old picture or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    image.save(temporary, format="PNG")
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
     return path

@@ -25,7 +25,7 @@ from astra.errors import AstraError, UnusualActionWarning
 from astra.eval.metrics import CollapseConfig, collapse_masks, first_true, frame_stats
 from astra.eval.plots import contact_sheet, save_png
 from astra.eval.report import check_worlds, describe_sampler, loaded_model, world_size
-from astra.files import atomic_write_text
+from astra.files import staged_files
 from astra.rollout.session import MODALITY_OF_WORLD, RolloutSession
 from astra.worlds.base import make_world
 
@@ -158,14 +158,13 @@ def stress_presets(
     `sampling`: the sampler keywords of `load_rollout`; `loaded` skips loading (tests inject a tiny model)."""
     config.validate()
     source, loaded = loaded_model(checkpoint, loaded, config.seed, device, sampling)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "checkpoint": source,
-        "sampler": describe_sampler(loaded[3]),
-        "config": asdict(config),
-        "worlds": [stress_world(name, loaded, config, out, device) for name in config.worlds],
-    }
-    atomic_write_text(out / "presets.json", json.dumps(results, indent=1))
-    atomic_write_text(out / "presets.md", render_markdown(results))
+    with staged_files(Path(out), last=("presets.json", "presets.md")) as staging:  # a failed run changes nothing
+        results = {
+            "checkpoint": source,
+            "sampler": describe_sampler(loaded[3]),
+            "config": asdict(config),
+            "worlds": [stress_world(name, loaded, config, staging, device) for name in config.worlds],
+        }
+        (staging / "presets.json").write_text(json.dumps(results, indent=1))
+        (staging / "presets.md").write_text(render_markdown(results))
     return results

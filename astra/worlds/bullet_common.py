@@ -23,6 +23,7 @@ import numpy as np
 import pybullet
 import pybullet_data
 
+from astra.errors import AstraError
 from astra.worlds.base import SPLITS, World
 
 DEFAULT_SIZE = 64
@@ -218,6 +219,11 @@ class BulletWorld(World):
             world=self.name, seed=int(seed), split=split, **scene,
             translation_scale=self.translation_scale, fps=self.fps, size=self.size, fov_degrees=self.fov_degrees,
         )  # fmt: skip
+
+    def _check_reset(self) -> None:
+        """step() moves what reset() builds (robot, car, camera); `meta` is recorded once the scene is complete."""
+        if not self.meta:
+            raise AstraError(f"{self.name}: call reset(seed, split) before step()")
 
     def _render(self) -> np.ndarray:
         return self.client.render(self.c2w, self.size, self.fov_degrees)

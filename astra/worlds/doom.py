@@ -107,7 +107,8 @@ def split_maps(wads: Sequence[str], split: str, only: Sequence[str] | None = Non
         if missing:
             raise AstraError(f"map(s) {', '.join(missing)} not in WAD(s) {', '.join(map(str, wads))}")
         pairs = [(wad, name) for wad, name in pairs if name in only]
-    heldout = {(wad, name) for wad, name in pairs if name in HELDOUT_MAPS.get(Path(str(wad)).stem, ())}
+    # WAD file names vary in case (FREEDOOM2.WAD): a case-sensitive look-up would hold nothing out
+    heldout = {(wad, name) for wad, name in pairs if name in HELDOUT_MAPS.get(Path(str(wad)).stem.lower(), ())}
     chosen = [pair for pair in pairs if (pair in heldout) == (split == "heldout")]
     if not chosen:
         raise AstraError(f"no {split} maps in WAD(s) {', '.join(map(str, wads))} (maps={only})")

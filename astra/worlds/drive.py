@@ -128,6 +128,7 @@ class DriveWorld(BulletWorld):
         return kind
 
     def step(self, control: np.ndarray) -> np.ndarray:
+        self._check_reset()
         steer, throttle = np.clip(check_control(control, self.control_width, self.name), -1.0, 1.0)
         previous = self.c2w
         self._simulate(steer, throttle)

@@ -2,8 +2,9 @@
 
 Frame t is observed, the policy's control c_t is applied, and row t of `actions`/`controls` is that input
 (the input applied going from frame t to t + 1). To have a row for the last frame too, one extra step is taken
-after it and its frame dropped. Episodes are named `<world>-<split>-<seed:06d>`; complete episodes (meta.json
-present, written last and atomically) are skipped, so an interrupted run resumes where it stopped.
+after it and its frame dropped; if that step ends the episode, every frame is kept and the last row (never used
+for a latent action) is the identity action. Episodes are named `<world>-<split>-<seed:06d>`; complete episodes
+(meta.json present, written last and atomically) are skipped, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from astra.actions.align import identity_action
 from astra.actions.modalities import KEYBOARD_KEYS, get_modality
 from astra.data.format import META_FILE, Episode, read_meta, write_episode
 from astra.errors import DataError
@@ -85,11 +87,14 @@ def record_episode(world: World, policy, seed: int, split: str, frames: int, on_
         control = np.asarray(policy(world, index), dtype=np.float32)
         try:
             frame = world.step(control)
+            row = world.action_row()
         except EpisodeEnded:
-            ended_early = True
-            break
+            if index + 1 < frames:
+                ended_early = True
+                break
+            row = identity_action(world.modality)  # only the extra step ended it: no frame is missing
         controls.append(control)
-        rows.append(world.action_row())
+        rows.append(row)
         if index + 1 < frames:
             observed.append(frame)
         if on_frame is not None:

@@ -116,6 +116,7 @@ class RobotWorld(BulletWorld):
         return self._render()
 
     def step(self, control: np.ndarray) -> np.ndarray:
+        self._check_reset()
         command = check_control(control, self.control_width, self.name)
         position = np.clip(self.target_position + command[:3] * self.translation_scale, *WORKSPACE)
         angles = np.clip(self.target_angles + command[3:6], -ANGLE_LIMITS, ANGLE_LIMITS)

@@ -110,3 +110,16 @@ def test_authors_camera12_is_the_world_frame_step_to_the_next_latent():
     np.testing.assert_allclose(geometry.vector12_to_pose(theirs[0])[:3, :3], np.eye(3), atol=1e-6)
     with pytest.raises(ValueError, match=r"\[k\+1 >= 2, 4, 4\]"):
         align.authors_camera12(poses[:1])
+
+
+def test_camera12_rows_must_hold_rotations():
+    poses = random_trajectory(9, seed=3)
+    rows = geometry.pose_to_vector12(geometry.relative_pose(poses[:-1], poses[1:])).astype(np.float32)
+    rows = np.concatenate([rows, align.identity_action("camera12")[None]])
+    assert align.latent_actions("camera12", rows).shape == (3, 12)  # float32 rotations pass
+    with pytest.raises(ValueError, match=r"row 0's 3x3 block .* is not a rotation"):
+        align.latent_actions("camera12", np.zeros((9, 12)))
+    mirrored = rows.copy()
+    mirrored[5, 0:3] *= -1  # orthonormal, but det -1: a reflection
+    with pytest.raises(ValueError, match=r"camera12 rows: row 5's 3x3 block"):
+        align.latent_actions("camera12", mirrored)

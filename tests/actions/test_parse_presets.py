@@ -25,6 +25,26 @@ def test_keyboard_errors_give_position(text, message):
         parse_actions(text, "keyboard_mouse")
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("w*4,m(1..2,0)*4", r"position 4 .*mouse delta 'm\(1..2,0\)' must be m\(DX,DY\)"),
+        ("m(.,0)*4", r"position 0 .*mouse delta"),
+        ("w*10000000000", r"position 0 .*more than MAX_ACTION_FRAMES = 100,000 video frames"),
+        ("w*60000,s*60000", r"position 8 .*more than MAX_ACTION_FRAMES"),
+        ("w*" + "9" * 5000, r"position 0 .*more than MAX_ACTION_FRAMES"),  # beyond what int() converts
+    ],
+    ids=["two-dots", "lone-dot", "huge-count", "huge-total", "5000-digits"],
+)
+def test_bad_mouse_deltas_and_huge_counts_are_parse_errors(text, message):
+    with pytest.raises(ActionParseError, match=message):
+        parse_frame_rows(text, "keyboard_mouse")
+
+
+def test_mouse_deltas_take_signs_and_bare_decimal_points():
+    np.testing.assert_allclose(parse_frame_rows("m(-.5,+2.)", "keyboard_mouse")[0, 6:], [-0.5, 2.0])
+
+
 def test_camera_string_matches_preset_direction():
     forward = parse_actions("forward*8", "camera7")
     np.testing.assert_allclose(forward, np.tile([0, 0, presets.FORWARD_STEP, 0, 0, 0, 1], (2, 1)), atol=1e-6)

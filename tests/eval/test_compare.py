@@ -94,3 +94,17 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(AstraError, match=r"worlds\[0\] lacks next_chunk"):
         load_results(tmp_path / "other")
     assert main(["eval", "--compare", str(tmp_path / "missing"), str(tmp_path / "other")]) != 0
+
+
+def test_a_run_from_before_the_pooled_psnr_is_compared_on_per_frame_means():
+    new = _world("doom", 19.0, 17.0, 6, 8)
+    new["next_chunk"].update(psnr_pooling="mse", psnr_frame_mean=20.5, psnr_copy_last_frame_mean=21.0)
+    old = _world("doom", 20.0, 21.0, 6, 8)  # its "psnr" is a mean of per-frame PSNRs
+    runs = {"old": _results([old]), "new": _results([new])}
+    row = next(line for line in compare_table(runs).splitlines() if line.startswith("| doom | new"))
+    assert [cell.strip() for cell in row.strip("|").split("|")][2:5] == ["20.50", "-0.50", "+0.50"]
+    assert any("predate the pooled PSNR" in note for note in setup_differences(runs))
+    both_new = {"a": _results([new]), "b": _results([json.loads(json.dumps(new))])}
+    row = next(line for line in compare_table(both_new).splitlines() if line.startswith("| doom | b"))
+    assert [cell.strip() for cell in row.strip("|").split("|")][2:4] == ["19.00", "+2.00"]
+    assert setup_differences(both_new) == []

@@ -11,6 +11,7 @@ from astra.eval.metrics import (
     follows_actions,
     frame_stats,
     futures_differ,
+    mse_per_frame,
     psnr,
     psnr_per_frame,
     ssim,
@@ -36,6 +37,15 @@ def test_psnr_of_known_noise():
     expected = 10 * math.log10(1 / ((10 / 255) ** 2 / 2))
     assert psnr(frames, noisy) == pytest.approx(expected)
     assert psnr_per_frame(frames, noisy) == pytest.approx([expected, expected])
+
+
+def test_one_frame_is_one_frame_not_h_rows():
+    frame, other = random_frames(1, count=2, size=16)
+    assert mse_per_frame(frame, other).shape == (1,)
+    assert psnr_per_frame(frame, other) == pytest.approx(psnr_per_frame(frame[None], other[None]))
+    stats = frame_stats(frame)
+    assert all(values.shape == (1,) for values in stats.values())
+    assert stats["std"] == pytest.approx(frame_stats(frame[None])["std"])
 
 
 def test_ssim_of_constant_images_matches_the_formula():

@@ -6,9 +6,12 @@ import pytest
 from PIL import Image
 
 from astra.cli import main
+from astra.errors import AstraError
+from astra.eval import report as report_module
+from astra.eval.cases import ReplayMismatch
 from astra.eval.plots import SheetStyle
 from astra.eval.report import EvalConfig, _collapse_count, evaluate, summarise_world
-from astra.rollout.session import load_rollout
+from astra.rollout.session import RolloutConfig, load_rollout
 
 ROLLOUT_FRAMES = 16  # two chunks of the tiny model
 
@@ -129,7 +132,9 @@ def test_the_vae_round_trip_of_an_exact_vae_is_the_truth():
 def _case_of(frames: int, collapse: dict) -> dict:
     """A case's numbers for summarise_world: a flawless rollout of `frames` generated frames but for `collapse`."""
     stats = {name: np.ones(frames) for name in ("mean", "std", "detail", "motion", "saturated")}
-    return {"seed": 0, "chunk_psnr": 30.0, "chunk_psnr_copy": 20.0, "chunk_psnr_vae": 35.0, "chunk_detail_vae": 1.0,
+    return {"seed": 0, "chunk_mse": 1e-3, "chunk_mse_copy": 1e-2, "chunk_mse_vae": 10**-3.5, "chunk_mse_copy_vae": 1e-2,
+            "chunk_still_frames": 0,
+            "chunk_psnr": 30.0, "chunk_psnr_copy": 20.0, "chunk_psnr_vae": 35.0, "chunk_detail_vae": 1.0,
             "chunk_psnr_copy_vae": 20.0, "chunk_ssim": 0.9, "chunk_ssim_copy": 0.8, "action_scored": True,
             "action_hits": 2, "action_trials": 2, "psnr_curve": np.full(frames, 30.0),
             "psnr_curve_copy": np.full(frames, 20.0), "ssim_curve": np.ones(frames), "ssim_curve_copy": np.ones(frames),
@@ -154,3 +159,55 @@ def test_the_collapse_bar_counts_only_its_first_frames(collapse, bar):
     assert summary["bars"]["no_collapse"] == bar
     counts = summary["long_rollout"]["collapse"]  # the per-case counts still cover the whole rollout
     assert (counts["cases_blank"], counts["cases_frozen"]) == (collapse["blank"] is not None, collapse["frozen"] is not None)
+
+
+def test_next_chunk_psnr_pools_squared_errors_so_still_frames_do_not_hand_copy_last_the_cap():
+    """Two cases: copy-last is exact on the first (a still future: 60 dB per frame, the cap) and poor on the second.
+    The mean of per-frame PSNRs gives copy-last 40 dB and the model (30 dB on both) a -10 dB 'gain'; pooled, copy-last
+    scores what its squared error says (mean 5e-3: 23.0 dB) and the model passes by 7 dB."""
+    still, moving = _case_of(8, {"blank": None, "frozen": None}), _case_of(8, {"blank": None, "frozen": None})
+    still.update(chunk_mse_copy=0.0, chunk_psnr_copy=60.0, chunk_still_frames=4)
+    moving.update(chunk_psnr_copy=20.0)
+    summary = summarise_world("camera", [still, moving], [], EvalConfig(rollout_frames=8), chunk=4)
+    chunk = summary["next_chunk"]
+    assert chunk["psnr_copy_last_frame_mean"] == pytest.approx(40.0) and chunk["psnr_frame_mean"] == pytest.approx(30.0)
+    assert chunk["psnr"] == pytest.approx(30.0) and chunk["psnr_copy_last"] == pytest.approx(10 * np.log10(1 / 5e-3))
+    assert chunk["psnr_gain_db"] == pytest.approx(30.0 - 23.0103, abs=1e-3) and chunk["still_frames"] == 4
+    assert summary["bars"]["next_chunk_psnr"] == "PASS"
+
+
+def test_a_run_that_fails_midway_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("old")
+    (out / "camera_psnr.png").write_bytes(b"old")
+
+    def evaluate_world(name, loaded, config, folder, device):
+        if name == "drive":
+            raise AstraError("the simulator died")
+        (folder / f"{name}_psnr.png").write_bytes(b"new")
+        return {}
+
+    monkeypatch.setattr(report_module, "evaluate_world", evaluate_world)
+    monkeypatch.setattr(report_module, "loaded_model", lambda *args: ("x", (None, None, {}, RolloutConfig())))
+    with pytest.raises(AstraError, match="simulator died"):
+        evaluate(EvalConfig(worlds=("camera", "drive")), out)
+    assert (out / "report.md").read_text() == "old" and (out / "camera_psnr.png").read_bytes() == b"old"
+    assert [path.name for path in tmp_path.iterdir()] == ["report"]  # nor is a staging folder left
+
+
+def test_a_seed_that_does_not_replay_is_replaced_and_reported(tiny_checkpoint, tmp_path, monkeypatch):
+    real_build_case = report_module.build_case
+
+    def build_case(world, seed, *args):
+        if seed == 4:
+            raise ReplayMismatch(f"camera seed {seed}: replaying the recorded controls changed true frame 3")
+        return real_build_case(world, seed, *args)
+
+    monkeypatch.setattr(report_module, "build_case", build_case)
+    config = EvalConfig(worlds=("camera",), cases=1, context_frames=5, rollout_frames=8, seed=4, report_frames=(8,))
+    with pytest.warns(UserWarning, match="seed 4"):
+        results = evaluate(config, tmp_path / "out", loaded=load_rollout(tiny_checkpoint))
+    (world,) = results["worlds"]
+    assert world["seeds"] == [5] and world["seeds_skipped_replay_mismatch"] == [4]
+    assert "did not reproduce the frames: {'camera': [4]}" in (tmp_path / "out" / "report.md").read_text()

@@ -76,6 +76,13 @@ def test_splits_are_disjoint_and_follow_the_heldout_list():
         split_maps(wads, "test")
 
 
+def test_heldout_maps_ignore_the_case_of_the_wad_name(tmp_path):
+    upper = tmp_path / "FREEDOOM2.WAD"
+    upper.symlink_to(wad_path("freedoom2"))
+    assert {name for _, name in split_maps([str(upper)], "heldout")} == set(HELDOUT_MAPS["freedoom2"])
+    assert not {name for _, name in split_maps([str(upper)], "train")} & set(HELDOUT_MAPS["freedoom2"])
+
+
 def test_missing_map_or_wad_is_a_clear_error_before_vizdoom():
     with pytest.raises(AstraError, match="MAP99"):
         DoomWorld(maps=["MAP99"])

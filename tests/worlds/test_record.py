@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from astra.actions.align import identity_action
 from astra.cli import main
 from astra.data.format import list_episodes, read_episode
 from astra.worlds.base import World
@@ -92,6 +93,15 @@ def test_episode_ended_early_is_cut_to_4k_plus_1():
     assert episode.num_frames == 9 and episode.actions.shape == (9, 8) and episode.meta["ended_early"]
     assert episode.poses is None
     assert [int(f[0, 0, 0]) for f in episode.frames] == list(range(9))
+
+
+def test_episode_ended_by_the_extra_step_keeps_every_frame():
+    """11 steps give frames 0..11; the 12th step, taken only for the last frame's row, ends the episode."""
+    episode = record_episode(EndingWorld(), make_policy(0), seed=0, split="train", frames=12)
+    assert episode.num_frames == 12 and episode.actions.shape == (12, 8) and "ended_early" not in episode.meta
+    assert [int(f[0, 0, 0]) for f in episode.frames] == list(range(12))
+    np.testing.assert_array_equal(episode.actions[-1], identity_action("keyboard_mouse"))
+    assert episode.controls.shape == (12, 7)
 
 
 def test_action_statistics():
