@@ -99,6 +99,8 @@ class EvalConfig:
             raise AstraError(f"sheet_cases must be >= 1, got {self.sheet_cases}")
         if self.rollout_frames < 1:
             raise AstraError(f"--rollout-frames must be >= 1, got {self.rollout_frames}")
+        if self.seed < 0:  # the worlds seed numpy with it: a negative one failed after the model had loaded
+            raise AstraError(f"--seed must be >= 0, got {self.seed}")
 
 
 # ------------------------------------------------------------------------------------------------ per case
