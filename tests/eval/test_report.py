@@ -174,7 +174,8 @@ def test_next_chunk_psnr_pools_squared_errors_so_still_frames_do_not_hand_copy_l
     assert chunk["psnr_copy_last_frame_mean"] == pytest.approx(40.0) and chunk["psnr_frame_mean"] == pytest.approx(30.0)
     assert chunk["psnr"] == pytest.approx(30.0) and chunk["psnr_copy_last"] == pytest.approx(10 * np.log10(1 / 5e-3))
     assert chunk["psnr_gain_db"] == pytest.approx(30.0 - 23.0103, abs=1e-3) and chunk["still_frames"] == 4
-    assert summary["bars"]["next_chunk_psnr"] == "PASS"
+    assert summary["bars"]["next_chunk_psnr"] == "PASS" and chunk["bar_frame_mean"] == "FAIL"
+    assert report_module._psnr_bar(summary) == "PASS (mean of per-frame PSNRs: FAIL)"
 
 
 def test_a_run_that_fails_midway_leaves_the_previous_report_whole(tmp_path, monkeypatch):
