@@ -12,6 +12,7 @@ checkpointing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -73,7 +74,7 @@ ACTION_STATISTICS_BATCHES = 64  # batches the action normalisation statistics ar
 # Model options a checkpoint trained without them can be carried into, exactly: switch -> the keys it adds
 ADDITIONS = {"normalize_actions": ".normalizers.", "motion_prior": "motion_prior."}
 # Model settings without weights of their own: a checkpoint continues under the training config's values.
-WEIGHT_FREE = ("motion_prior_min_t",)
+WEIGHT_FREE = ("motion_prior_min_t", "trainable")  # e.g. a fine-tune of the action modules alone
 # Model state taken from the training data, not trained (the action statistics, the fitted and frozen motion prior):
 # saved with the trainable weights, so a resume continues with it even if the data changed in between.
 DATA_DERIVED = tuple(ADDITIONS.values())
@@ -145,9 +146,12 @@ def build_model(config: TrainConfig, batches: BatchSource | None = None) -> torc
                 )
             keep_function = "normalize_actions" in added
         if model.config != model_config:
+            differing = [f.name for f in dataclasses.fields(model_config)
+                         if getattr(model.config, f.name) != getattr(model_config, f.name)]  # fmt: skip
             raise AstraError(
                 f"init_from {config.init_from}: the checkpoint's model config differs from {config.model!r} "
-                f"(+ model_overrides); train with --set model=<its config.json> to go on from it"
+                f"(+ model_overrides) in {', '.join(differing)}; train with --set model=<its config.json> to go on "
+                "from it"
             )
     elif config.init_from:
         model = load_wan_transformer(config.init_from, config=model_config)

@@ -379,8 +379,15 @@ def test_init_from_an_astra_checkpoint_continues_its_weights(tmp_path):
     for name, tensor in source.model.state_dict().items():
         assert torch.equal(tensor, follow.model.state_dict()[name]), name
     other = TINY.replace(init_from=str(tmp_path / "ckpt"), model_overrides={**TINY.model_overrides, "num_layers": 1})
-    with pytest.raises(AstraError, match="differs"):
+    with pytest.raises(AstraError, match="differs .* in num_layers;"):
         Trainer(other, tmp_path / "other", progress=False)
+    # which parameters train is a training choice, not the checkpoint's: a fine-tune of the action modules alone
+    action_only = TINY.replace(
+        init_from=str(tmp_path / "ckpt"), model_overrides={**TINY.model_overrides, "trainable": ["action_projectors"]}
+    )
+    trainer = Trainer(action_only, tmp_path / "action-only", progress=False)
+    trains = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trains and all(name.startswith("action_projectors.") for name in trains)
 
 
 def test_training_on_from_a_checkpoint_keeps_its_sampling_settings_and_its_motion_prior(tmp_path):
