@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from astra.errors import AstraError
 from astra.worlds.base import make_world
 from astra.worlds.robot import HELDOUT_OBJECTS, TRAIN_OBJECTS, WORKSPACE, make_policy
 
@@ -95,12 +94,3 @@ def test_bad_control_raises(world):
         world.step(np.zeros(3))
     with pytest.raises(ValueError, match="non-finite"):
         world.step(np.array([np.inf, 0, 0, 0, 0, 0, 0]))
-
-
-def test_step_before_reset_is_a_clear_error():
-    fresh = make_world("robot")
-    try:
-        with pytest.raises(AstraError, match=r"robot: call reset\(seed, split\) before step\(\)"):
-            fresh.step(np.zeros(7, np.float32))
-    finally:
-        fresh.close()
