@@ -41,18 +41,17 @@ def load_results(folder: str | Path) -> dict:
     return results
 
 
-def psnr_keys(runs: dict[str, dict]) -> tuple[str, str]:
-    """(model, copy-last) next-chunk PSNR keys that every run has: the pooled PSNR, else (a run written before it,
-    whose "psnr" is the mean of per-frame PSNRs, is given that key too) the mean of per-frame PSNRs, so that no
-    table ranks one kind against the other."""
-    for run in runs.values():
-        for world in run["worlds"]:
-            chunk = world["next_chunk"]
-            if "psnr_pooling" not in chunk:
-                chunk.setdefault("psnr_frame_mean", chunk["psnr"])
-                chunk.setdefault("psnr_copy_last_frame_mean", chunk["psnr_copy_last"])
-    pooled = all(w["next_chunk"].get("psnr_pooling") == PSNR_POOLING for run in runs.values() for w in run["worlds"])
-    return ("psnr", "psnr_copy_last") if pooled else ("psnr_frame_mean", "psnr_copy_last_frame_mean")
+def all_pooled(runs: dict[str, dict]) -> bool:
+    """Whether every run took next-chunk PSNR of the pooled squared error (results since session 32)."""
+    return all(w["next_chunk"].get("psnr_pooling") == PSNR_POOLING for run in runs.values() for w in run["worlds"])
+
+
+def chunk_psnr(chunk: dict, pooled: bool) -> tuple[float, float]:
+    """(model, copy-last) next-chunk PSNR of one world: the pooled one, or where some run predates it the mean of
+    per-frame PSNRs every run has (such a run holds it under "psnr"), so no table ranks one kind against the other."""
+    if pooled or "psnr_pooling" not in chunk:
+        return chunk["psnr"], chunk["psnr_copy_last"]
+    return chunk["psnr_frame_mean"], chunk["psnr_copy_last_frame_mean"]
 
 
 def _sampler_of(run: dict, key: str) -> str | dict:
@@ -73,7 +72,7 @@ def setup_differences(runs: dict[str, dict]) -> list[str]:
                   for name, run in runs.items()}  # fmt: skip
         if len({json.dumps(value, sort_keys=True) for value in values.values()}) > 1:
             lines.append(f"{field} differs: " + "; ".join(f"{name} {value}" for name, value in values.items()))
-    if psnr_keys(runs)[0] != "psnr":
+    if not all_pooled(runs):
         lines.append("next-chunk PSNR: some runs predate the pooled PSNR; the table shows the mean of per-frame PSNRs")
     return lines
 
@@ -97,7 +96,7 @@ def compare_table(runs: dict[str, dict]) -> str:
     if not runs:
         raise AstraError("nothing to compare")
     names = list(runs)
-    psnr, copy_last = psnr_keys(runs)
+    use_pooled = all_pooled(runs)
     reference = {w["world"]: w for w in runs[names[0]]["worlds"]}
     header = ["world", "run", "next-chunk PSNR", "vs copy-last", f"vs {names[0]}", "following (hits/n)",
               f"following vs {names[0]}", "rollout PSNR / SSIM (frame)", "blank / frozen / saturated cases"]  # fmt: skip
@@ -111,14 +110,16 @@ def compare_table(runs: dict[str, dict]) -> str:
                 continue
             chunk, following = world["next_chunk"], world["action_following"]
             base = reference.get(world_name)
-            psnr_delta = None if base is None or name == names[0] else chunk[psnr] - base["next_chunk"][psnr]
+            psnr, copy_last = chunk_psnr(chunk, use_pooled)
+            base_psnr = None if base is None else chunk_psnr(base["next_chunk"], use_pooled)[0]
+            psnr_delta = None if base_psnr is None or name == names[0] else psnr - base_psnr
             score, base_score = following.get("score"), None if base is None else base["action_following"].get("score")
             follow_delta = None if name == names[0] or score is None or base_score is None else score - base_score
             frame, rollout, rollout_ssim = _last_rollout_scores(world)
             collapse = world["long_rollout"].get("collapse", {})
             counts = [collapse.get(f"cases_{flag}") for flag in COLLAPSE_FLAGS]
             cells = [
-                world_name, name, _fmt(chunk[psnr]), _signed(chunk[psnr] - chunk[copy_last]),
+                world_name, name, _fmt(psnr), _signed(psnr - copy_last),
                 _signed(psnr_delta), f"{_fmt(score)} ({following['hits']}/{following['n']})",
                 _signed(follow_delta), f"{_fmt(rollout)} / {_fmt(rollout_ssim, 3)} ({frame})",
                 " / ".join("-" if count is None else str(count) for count in counts) + f" of {world['cases']}",
@@ -128,10 +129,14 @@ def compare_table(runs: dict[str, dict]) -> str:
     common = [w for w in worlds if all(any(x["world"] == w for x in run["worlds"]) for run in runs.values())]
     label = "pooled" if len(common) == len(worlds) else f"pooled ({', '.join(common)})"
     pooled = {name: [w for w in runs[name]["worlds"] if w["world"] in common] for name in names}
-    reference_psnr = float(np.mean([w["next_chunk"][psnr] for w in pooled[names[0]]])) if common else None
+
+    def pooled_row(name: str) -> np.ndarray:  # (model, copy-last) PSNR per common world
+        return np.array([chunk_psnr(w["next_chunk"], use_pooled) for w in pooled[name]])
+
+    reference_psnr = float(pooled_row(names[0])[:, 0].mean()) if common else None
     for name in (names if common else []):
-        run_psnr = float(np.mean([w["next_chunk"][psnr] for w in pooled[name]]))
-        gain = float(np.mean([w["next_chunk"][psnr] - w["next_chunk"][copy_last] for w in pooled[name]]))
+        values = pooled_row(name)
+        run_psnr, gain = float(values[:, 0].mean()), float((values[:, 0] - values[:, 1]).mean())
         hits = sum(w["action_following"]["hits"] for w in pooled[name])
         trials = sum(w["action_following"]["n"] for w in pooled[name])
         score = hits / trials if trials else None
