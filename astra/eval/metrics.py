@@ -37,26 +37,32 @@ def mse_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (diff**2).reshape(len(diff), -1).mean(axis=1)
 
 
+def psnr_of_mse(mse: float) -> float:
+    """PSNR in dB of a mean squared error in [0, 1] units (peak 1); inf for no error."""
+    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two images (or videos, over all pixels) with peak 1; inf when identical."""
     _check_pair(a, b)
-    mse = float(np.mean((to_unit(a) - to_unit(b)) ** 2))
-    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
+    return psnr_of_mse(float(np.mean((to_unit(a) - to_unit(b)) ** 2)))
+
+
+def capped_psnr(mse: np.ndarray, cap_db: float = PSNR_CAP_DB) -> np.ndarray:
+    """Per-frame squared errors [T] -> PSNR in dB, capped at `cap_db` so that means stay finite."""
+    with np.errstate(divide="ignore"):
+        return np.minimum(10.0 * np.log10(1.0 / np.asarray(mse, dtype=np.float64)), cap_db)
 
 
 def psnr_per_frame(a: np.ndarray, b: np.ndarray, cap_db: float = PSNR_CAP_DB) -> np.ndarray:
     """[T, H, W, 3] x2 (or one [H, W, 3] frame) -> [T] PSNR in dB, capped at `cap_db` so that means stay finite."""
-    mse = mse_per_frame(a, b)
-    with np.errstate(divide="ignore"):
-        values = 10.0 * np.log10(1.0 / mse)
-    return np.minimum(values, cap_db)
+    return capped_psnr(mse_per_frame(a, b), cap_db)
 
 
 def pooled_psnr(mse_values: list[float] | np.ndarray) -> float:
     """PSNR in dB of the mean of squared errors (frames or cases, each in [0, 1] units): no cap decides it, and a
     perfect prediction of a few frames counts for what it is, no error there; inf only when all are perfect."""
-    mse = float(np.mean(np.asarray(mse_values, dtype=np.float64)))
-    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
+    return psnr_of_mse(float(np.mean(np.asarray(mse_values, dtype=np.float64))))
 
 
 def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:

@@ -26,6 +26,7 @@ from astra.eval.metrics import (
     PSNR_CAP_DB,
     CollapseConfig,
     binomial_summary,
+    capped_psnr,
     collapse_frames,
     detail_kept,
     follows_actions,
@@ -143,19 +144,16 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
     # quarter of the contrast, a decoded sky can burn white, small motions can vanish)
     truth_via_vae = vae_round_trip(session, truth_video)
     level = config.collapse.saturated_level  # the stats' saturated fraction then matches the collapse flag's
+    # per-frame squared errors, once each: their means for the world's pooled PSNR, the capped per-frame PSNR means
+    # beside them for continuity
+    errors = {name: mse_per_frame(chunk_frames, truth_chunk) for name, chunk_frames in
+              (("", model_chunk), ("_copy", copy_chunk), ("_vae", ceiling_chunk), ("_copy_vae", copy_seen_chunk))}  # fmt: skip
     return {
         "seed": case.seed,
-        # squared errors for the world's pooled PSNR; per-frame PSNR means (capped) beside them for continuity
-        "chunk_mse": float(mse_per_frame(model_chunk, truth_chunk).mean()),
-        "chunk_mse_copy": float(mse_per_frame(copy_chunk, truth_chunk).mean()),
-        "chunk_mse_vae": float(mse_per_frame(ceiling_chunk, truth_chunk).mean()),
-        "chunk_mse_copy_vae": float(mse_per_frame(copy_seen_chunk, truth_chunk).mean()),
-        "chunk_still_frames": int((mse_per_frame(copy_chunk, truth_chunk) == 0.0).sum()),
-        "chunk_psnr": float(psnr_per_frame(model_chunk, truth_chunk).mean()),
-        "chunk_psnr_copy": float(psnr_per_frame(copy_chunk, truth_chunk).mean()),
-        "chunk_psnr_vae": float(psnr_per_frame(ceiling_chunk, truth_chunk).mean()),
+        **{f"chunk_mse{name}": float(mse.mean()) for name, mse in errors.items()},
+        **{f"chunk_psnr{name}": float(capped_psnr(mse).mean()) for name, mse in errors.items()},
+        "chunk_still_frames": int((errors["_copy"] == 0.0).sum()),
         "chunk_detail_vae": detail_kept(ceiling_chunk, truth_chunk),
-        "chunk_psnr_copy_vae": float(psnr_per_frame(copy_seen_chunk, truth_chunk).mean()),
         "chunk_ssim": float(ssim_per_frame(model_chunk, truth_chunk).mean()),
         "chunk_ssim_copy": float(ssim_per_frame(copy_chunk, truth_chunk).mean()),
         "action_scored": scored,
