@@ -48,6 +48,7 @@ class RolloutConfig:
     # augmentation). The start frame is real and stays clean.
     history_noise: float = 0.0
     copy_prior_sigma: float | None = None  # must match training (read from the checkpoint's metadata)
+    clean_anchor: bool = False  # the copy prior copies the newest frame before history_noise (training's, likewise)
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # flow times at which guidance applies (SamplerConfig)
     guidance_outside: float = 1.0  # the action scale outside that interval (1 = conditional, 0 = action-free)
     # Guidance moves the copy prior's anchor along the motion prior's move too (the whole velocity guided, as the
@@ -97,8 +98,9 @@ class RolloutConfig:
                 f"stats anchor match (--stats-anchor-match) must be one of {', '.join(MATCHES)}, "
                 f"got {self.stats_anchor_match!r}"
             )
-        if not isinstance(self.guide_anchor, bool):
-            raise AstraError(f"guide_anchor must be true or false, got {self.guide_anchor!r}")
+        for name in ("guide_anchor", "clean_anchor"):
+            if not isinstance(getattr(self, name), bool):
+                raise AstraError(f"{name} must be true or false, got {getattr(self, name)!r}")
         sigma = self.copy_prior_sigma
         if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
             raise AstraError(f"copy_prior_sigma must be a finite number > 0, got {sigma}")
@@ -323,7 +325,8 @@ class RolloutSession:
             (batch, latent_shape[1], self.chunk_frames, *latent_shape[3:]), generator=self.generator
         ).to(self.device, self.dtype)
         cond_actions = dataclasses.replace(actions, values=actions.values[:batch], modality=actions.modality[:batch])
-        anchor = self.newest_memory[:, :, -1:]  # copied as the model remembers it, as in training
+        # copied as the model remembers it, or as generated for a model trained with clean_anchor
+        anchor = (self.newest_latent if self.config.clean_anchor else self.newest_memory)[:, :, -1:]
         if self.streaming:
             latents = sample_chunk(
                 self.model, noise, actions=cond_actions, kv_cache=self.cache, anchor=anchor, config=self.config.sampler()
@@ -391,7 +394,12 @@ def load_rollout(
         for name in SAMPLING_FIELDS
     }
     values["guidance_interval"] = tuple(values["guidance_interval"])
-    config = RolloutConfig(**values, copy_prior_sigma=metadata.get("copy_prior_sigma"), seed=seed)
+    config = RolloutConfig(
+        **values,
+        copy_prior_sigma=metadata.get("copy_prior_sigma"),
+        clean_anchor=metadata.get("clean_anchor", False),
+        seed=seed,
+    )
     config.validate()
     return model, vae, metadata, config
 

@@ -53,6 +53,11 @@ class TrainConfig:
     diffusion_forcing: bool = False  # several causal target chunks per sequence at their own noise levels
     copy_prior: bool = False  # predict the velocity relative to copying the newest history frame
     copy_prior_sigma: float = 0.5  # typical std of the latent change between frames (copy prior width)
+    # The copy prior's anchor is the newest history frame as it was before noisy memory corrupted it (at inference:
+    # the newest generated frame before `history_noise`), instead of as the model remembers it. Why: a noised anchor
+    # puts the memory's noise into the prior velocity; the network can cancel it for the unmoved anchor (it sees that
+    # frame) but not once the motion prior has warped it, which is most of why its loss is higher with the actions.
+    clean_anchor: bool = False
     motion_fit_batches: int = 0  # before step 0, fit the motion prior on this many batches (0 = keep it as loaded)
     motion_fit_iterations: int = 300  # full-batch Adam steps of that fit (astra/train/motion_fit.py)
     motion_fit_radius: int = 3  # latent pixels each way the fit's whole-pixel shift search covers per frame

@@ -256,6 +256,7 @@ def training_loss(
         history = self_generated_history(model, batch, config, generator)
     if history is not None and config.faded_memory_prob > 0:
         history = faded_history(history, config, generator)
+    uncorrupted_history = history
     if history is not None:
         history_frames = history.shape[2]
         low, high = config.noisy_memory_range
@@ -279,7 +280,8 @@ def training_loss(
     )
     velocity = out.velocity.float()
     if config.copy_prior:  # anchored at the newest history frame (moved by the motion prior), as at inference
-        anchor = copy_anchor(history[:, :, -1:], out.motion)
+        anchor_source = uncorrupted_history if config.clean_anchor else history
+        anchor = copy_anchor(anchor_source[:, :, -1:], out.motion)
         velocity = velocity + copy_prior_velocity(noisy_target, timesteps, anchor, config.copy_prior_sigma)
     element_weight = None
     if config.change_weight > 0 and batch.history_latents is not None:
@@ -753,6 +755,7 @@ class Trainer:
             "step": self.step,
             "weights": "ema" if ema else "raw",
             "copy_prior_sigma": self.config.copy_prior_sigma if self.config.copy_prior else None,
+            "clean_anchor": self.config.clean_anchor,
             "git_revision": git_revision(),
         }
         return save_astra(export_model, directory or self.out_dir / "export", metadata)

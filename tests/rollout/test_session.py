@@ -117,6 +117,36 @@ def test_history_noise_is_seeded_shown_to_the_model_and_validated(tiny_parts):
             RolloutSession(model, vae, "keyboard_mouse", dataclasses.replace(config, guidance_interval=interval))
 
 
+def test_a_clean_anchor_model_copies_the_generated_frame_not_the_noised_memory(tiny_parts, monkeypatch):
+    """`clean_anchor` (a training setting the checkpoint carries) changes which newest frame the copy prior copies."""
+    import dataclasses
+
+    import torch
+
+    import astra.rollout.session as session_module
+    from astra.rollout.session import RolloutSession
+
+    model, vae, config = tiny_parts()
+    seen = []
+
+    def spy(*args, anchor=None, **kwargs):
+        seen.append(anchor)
+        return real(*args, anchor=anchor, **kwargs)
+
+    real = session_module.sample_chunk
+    monkeypatch.setattr(session_module, "sample_chunk", spy)
+    for clean in (False, True):
+        session = RolloutSession(
+            model, vae, "keyboard_mouse", dataclasses.replace(config, history_noise=0.3, clean_anchor=clean)
+        )
+        session.start(np.full((16, 16, 3), 100, np.uint8), seed=3)
+        session.step(keys(session.frames_per_step, 4))
+        remembered, generated = session.newest_memory[:, :, -1:], session.newest_latent[:, :, -1:]
+        session.step(keys(session.frames_per_step, 4))
+        assert torch.equal(seen[-1], generated if clean else remembered)
+        assert not torch.equal(remembered, generated)
+
+
 def test_noise_scale_zero_makes_the_video_independent_of_the_seed(tiny_parts):
     """The starting noise is the only draw left at history_noise 0, so scaling it to 0 leaves one video per
     (image, actions); any other scale still depends on the seed. Bad scales are named."""
@@ -280,3 +310,17 @@ def test_load_rollout_puts_the_vae_on_the_models_device(tmp_path, tiny_parts):
     save_astra(model, tmp_path / "model", metadata={"vae": str(tmp_path / "vae")})
     model, vae, _, _ = load_rollout(tmp_path / "model", device="meta")
     assert next(model.parameters()).device.type == "meta" and next(vae.parameters()).device.type == "meta"
+
+
+def test_load_rollout_reads_the_training_anchor_from_the_checkpoint(tmp_path, tiny_parts):
+    from astra.model.checkpoints import save_astra
+    from astra.rollout.session import load_rollout
+    from astra.vae import save_small_vae
+
+    model, vae, _ = tiny_parts()
+    save_small_vae(vae, tmp_path / "vae")
+    for clean in (False, True):
+        save_astra(model, tmp_path / f"model-{clean}", metadata={"vae": str(tmp_path / "vae"), "clean_anchor": clean})
+        assert load_rollout(tmp_path / f"model-{clean}")[3].clean_anchor is clean
+    save_astra(model, tmp_path / "older", metadata={"vae": str(tmp_path / "vae")})  # before the setting existed
+    assert load_rollout(tmp_path / "older")[3].clean_anchor is False

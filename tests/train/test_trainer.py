@@ -259,6 +259,24 @@ def test_copy_prior_makes_copying_free_for_a_zero_network(tmp_path):
     assert losses[True] < 0.2 * losses[False], losses
 
 
+def test_clean_anchor_copies_the_history_frame_before_noisy_memory_corrupts_it(tmp_path):
+    """A zero network on a static scene with every history noised: the prior around the clean frame nearly copies the
+    target, the prior around the remembered (noised) frame cannot."""
+    config = TINY.replace(copy_prior=True, noisy_memory_prob=1.0, noisy_memory_range=(0.5, 0.5), batch_size=4)
+    trainer = Trainer(config, tmp_path, progress=False)
+    with torch.no_grad():
+        trainer.model.head.head.weight.zero_()
+        trainer.model.head.head.bias.zero_()
+    batch = trainer.batches.batch(0, 0)
+    batch.target_latents = batch.history_latents[:, :, -1:].expand_as(batch.target_latents).clone()
+    losses = {
+        clean: training_loss(trainer.model, batch, config.replace(clean_anchor=clean), step_generator(0, 0, 0, 1))
+        .flow_loss.item()
+        for clean in (False, True)
+    }
+    assert losses[True] < 0.5 * losses[False], losses
+
+
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
     assert lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
