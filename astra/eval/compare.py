@@ -41,9 +41,14 @@ def load_results(folder: str | Path) -> dict:
     return results
 
 
-def all_pooled(runs: dict[str, dict]) -> bool:
-    """Whether every run took next-chunk PSNR of the pooled squared error (results since session 32)."""
-    return all(w["next_chunk"].get("psnr_pooling") == PSNR_POOLING for run in runs.values() for w in run["worlds"])
+def _pooled_flags(runs: dict[str, dict], part: str) -> list[bool]:
+    """Per world of every run: whether it took the PSNR of `part` ("next_chunk", since session 32, or
+    "long_rollout", since session 34) of the pooled squared error."""
+    return [w[part].get("psnr_pooling") == PSNR_POOLING for run in runs.values() for w in run["worlds"]]
+
+
+def all_pooled(runs: dict[str, dict], part: str = "next_chunk") -> bool:
+    return all(_pooled_flags(runs, part))
 
 
 def chunk_psnr(chunk: dict, pooled: bool) -> tuple[float, float]:
@@ -72,15 +77,18 @@ def setup_differences(runs: dict[str, dict]) -> list[str]:
                   for name, run in runs.items()}  # fmt: skip
         if len({json.dumps(value, sort_keys=True) for value in values.values()}) > 1:
             lines.append(f"{field} differs: " + "; ".join(f"{name} {value}" for name, value in values.items()))
-    if not all_pooled(runs):
-        lines.append("next-chunk PSNR: some runs predate the pooled PSNR; the table shows the mean of per-frame PSNRs")
+    for part, what in (("next_chunk", "next-chunk PSNR"), ("long_rollout", "rollout PSNR")):
+        pooled = _pooled_flags(runs, part)
+        if any(pooled) and not all(pooled):
+            lines.append(f"{what}: some runs predate the pooled PSNR; the table shows the mean of per-frame PSNRs")
     return lines
 
 
-def _last_rollout_scores(world: dict) -> tuple[str, float | None, float | None]:
-    """(frame, PSNR, SSIM) at the latest report frame of the long rollout (no SSIM in results before session 26)."""
+def _last_rollout_scores(world: dict, pooled: bool) -> tuple[str, float | None, float | None]:
+    """(frame, PSNR, SSIM) at the latest report frame of the long rollout (no SSIM in results before session 26):
+    the pooled PSNR, or where some run predates it the mean of per-frame PSNRs, as `chunk_psnr` chooses."""
     long = world["long_rollout"]
-    at = long.get("psnr_at", {})
+    at = long.get("psnr_at", {}) if pooled or "psnr_pooling" not in long else long["psnr_frame_mean_at"]
     if not at:
         return "-", None, None
     frame = max(at, key=int)
@@ -96,7 +104,7 @@ def compare_table(runs: dict[str, dict]) -> str:
     if not runs:
         raise AstraError("nothing to compare")
     names = list(runs)
-    use_pooled = all_pooled(runs)
+    use_pooled, rollout_pooled = all_pooled(runs), all_pooled(runs, "long_rollout")
     reference = {w["world"]: w for w in runs[names[0]]["worlds"]}
     header = ["world", "run", "next-chunk PSNR", "vs copy-last", f"vs {names[0]}", "following (hits/n)",
               f"following vs {names[0]}", "rollout PSNR / SSIM (frame)", "blank / frozen / saturated cases"]  # fmt: skip
@@ -115,7 +123,7 @@ def compare_table(runs: dict[str, dict]) -> str:
             psnr_delta = None if base_psnr is None or name == names[0] else psnr - base_psnr
             score, base_score = following.get("score"), None if base is None else base["action_following"].get("score")
             follow_delta = None if name == names[0] or score is None or base_score is None else score - base_score
-            frame, rollout, rollout_ssim = _last_rollout_scores(world)
+            frame, rollout, rollout_ssim = _last_rollout_scores(world, rollout_pooled)
             collapse = world["long_rollout"].get("collapse", {})
             counts = [collapse.get(f"cases_{flag}") for flag in COLLAPSE_FLAGS]
             cells = [

@@ -34,7 +34,6 @@ from astra.eval.metrics import (
     futures_differ,
     mse_per_frame,
     pooled_psnr,
-    psnr_per_frame,
     ssim_per_frame,
 )
 from astra.eval.plots import contact_sheet, line_plot, save_png, stack_vertically
@@ -52,7 +51,7 @@ from astra.worlds.base import make_world
 
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "N/A"
 # the per-frame statistics averaged over cases, plotted and written to results.json (astra/eval/metrics.py)
-PSNR_POOLING = "mse"  # next-chunk PSNR of the pooled squared error (results before it: the mean of per-frame PSNRs)
+PSNR_POOLING = "mse"  # PSNR of the pooled squared error (results before it: the mean of per-frame PSNRs)
 STAT_CURVES = {"mean": "mean intensity", "std": "spatial std (per channel)",
                "detail": "detail (mean |neighbour difference|)", "motion": "mean |frame_t - frame_t-1|"}  # fmt: skip
 
@@ -159,8 +158,8 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
         "action_scored": scored,
         "action_hits": int(sum(follows)),
         "action_trials": len(follows),
-        "psnr_curve": psnr_per_frame(generated, case.true_frames),
-        "psnr_curve_copy": psnr_per_frame(copy_last, case.true_frames),
+        "mse_curve": mse_per_frame(generated, case.true_frames),
+        "mse_curve_copy": mse_per_frame(copy_last, case.true_frames),
         "ssim_curve": ssim_per_frame(generated, case.true_frames),  # structure, which PSNR weighs little
         "ssim_curve_copy": ssim_per_frame(copy_last, case.true_frames),
         "model_stats": {name: values[1:] for name, values in frame_stats(generated_video, level).items()},
@@ -198,10 +197,14 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
     trials = sum(r["action_trials"] for r in results)
     following = {**binomial_summary(hits, trials), "hits": hits}
     following["skipped_cases"] = sum(not r["action_scored"] for r in results)
-    psnr_curve, copy_curve = _mean_curve(results, "psnr_curve"), _mean_curve(results, "psnr_curve_copy")
+    # the rollout's PSNR at each frame pooled over the cases as the next chunk's is; the capped per-frame mean beside
+    mse_curve, copy_mse_curve = _mean_curve(results, "mse_curve"), _mean_curve(results, "mse_curve_copy")
+    psnr_curve, copy_curve = (np.array([pooled_psnr([mse]) for mse in curve]) for curve in (mse_curve, copy_mse_curve))
     length = len(psnr_curve)
-    at = {str(t): float(psnr_curve[t - 1]) for t in config.report_frames if t <= length}
-    copy_at = {str(t): float(copy_curve[t - 1]) for t in config.report_frames if t <= length}
+    reported = [t for t in config.report_frames if t <= length]
+    at = {str(t): float(psnr_curve[t - 1]) for t in reported}
+    copy_at = {str(t): float(copy_curve[t - 1]) for t in reported}
+    frame_mean_at = {str(t): float(np.mean([capped_psnr(r["mse_curve"][t - 1]) for r in results])) for t in reported}
     ssim_curve, ssim_copy_curve = _mean_curve(results, "ssim_curve"), _mean_curve(results, "ssim_curve_copy")
     model_detail = _mean_curve(results, "model_stats", "detail")
     truth_detail = _mean_curve(results, "truth_stats", "detail")
@@ -230,8 +233,10 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
         "action_following": following,
         "long_rollout": {
             "frames": length,
+            "psnr_pooling": PSNR_POOLING,
             "psnr_at": at,
             "psnr_copy_last_at": copy_at,
+            "psnr_frame_mean_at": frame_mean_at,
             "psnr_per_frame": psnr_curve.tolist(),
             "psnr_copy_last_per_frame": copy_curve.tolist(),
             "ssim_at": {t: float(ssim_curve[int(t) - 1]) for t in at},
@@ -264,7 +269,7 @@ def _write_world_plots(summary: dict, results: list[dict], out: Path, config: Ev
     def series(model: list[float], reference: list[float], reference_name: str) -> dict:
         return {"model": (frames, np.array(model)), reference_name: (frames, np.array(reference))}
 
-    title = f"{world}: PSNR vs ground truth over the rollout (mean of {summary['cases']} cases)"
+    title = f"{world}: PSNR vs ground truth over the rollout (squared error pooled over {summary['cases']} cases)"
     curves = series(long["psnr_per_frame"], long["psnr_copy_last_per_frame"], "copy last context frame")
     psnr = line_plot(curves, title, "frame", "dB")
     panels = []
@@ -452,6 +457,9 @@ def render_markdown(results: dict) -> str:
 
     frames = [str(t) for t in setup["report_frames"]]
     lines += ["## Long rollouts (PSNR dB at frame t: model / copy-last-context)", ""]
+    if any(w["long_rollout"].get("psnr_pooling") == PSNR_POOLING for w in worlds):
+        lines += ["Each frame's PSNR is of the squared error pooled over the world's cases, as the next chunk's; the "
+                  "mean of per-frame PSNRs (capped at 60 dB) is in results.json as `psnr_frame_mean_at`.", ""]
     rows = []
     for w in worlds:
         long = w["long_rollout"]

@@ -108,3 +108,17 @@ def test_a_run_from_before_the_pooled_psnr_is_compared_on_per_frame_means():
     row = next(line for line in compare_table(both_new).splitlines() if line.startswith("| doom | b"))
     assert [cell.strip() for cell in row.strip("|").split("|")][2:4] == ["19.00", "+2.00"]
     assert setup_differences(both_new) == []
+
+
+def test_a_run_from_before_the_pooled_rollout_psnr_is_compared_on_per_frame_means():
+    new = _world("doom", 19.0, 17.0, 6, 8, rollout=11.0)
+    new["long_rollout"].update(psnr_pooling="mse", psnr_frame_mean_at={"32": 16.0, "256": 12.5})
+    old = _world("doom", 20.0, 21.0, 6, 8, rollout=12.0)  # its "psnr_at" holds means of per-frame PSNRs
+    runs = {"old": _results([old]), "new": _results([new])}
+    row = next(line for line in compare_table(runs).splitlines() if line.startswith("| doom | new"))
+    assert "| 12.50 / - (256) |" in row
+    assert any(note.startswith("rollout PSNR: some runs predate") for note in setup_differences(runs))
+    both_new = {"a": _results([new]), "b": _results([json.loads(json.dumps(new))])}
+    row = next(line for line in compare_table(both_new).splitlines() if line.startswith("| doom | b"))
+    assert "| 11.00 / - (256) |" in row
+    assert not any(note.startswith("rollout PSNR") for note in setup_differences(both_new))

@@ -137,8 +137,8 @@ def _case_of(frames: int, collapse: dict) -> dict:
             "chunk_still_frames": 0,
             "chunk_psnr": 30.0, "chunk_psnr_copy": 20.0, "chunk_psnr_vae": 35.0, "chunk_detail_vae": 1.0,
             "chunk_psnr_copy_vae": 20.0, "chunk_ssim": 0.9, "chunk_ssim_copy": 0.8, "action_scored": True,
-            "action_hits": 2, "action_trials": 2, "psnr_curve": np.full(frames, 30.0),
-            "psnr_curve_copy": np.full(frames, 20.0), "ssim_curve": np.ones(frames), "ssim_curve_copy": np.ones(frames),
+            "action_hits": 2, "action_trials": 2, "mse_curve": np.full(frames, 1e-3),
+            "mse_curve_copy": np.full(frames, 1e-2), "ssim_curve": np.ones(frames), "ssim_curve_copy": np.ones(frames),
             "model_stats": stats, "truth_stats": stats, "collapse": {"saturated": None, **collapse},
             "collapse_vae": {"blank": None, "frozen": None, "saturated": None}}  # fmt: skip
 
@@ -213,3 +213,18 @@ def test_a_seed_that_does_not_replay_is_replaced_and_reported(tiny_checkpoint, t
     (world,) = results["worlds"]
     assert world["seeds"] == [5] and world["seeds_skipped_replay_mismatch"] == [4]
     assert "did not reproduce the frames: {'camera': [4]}" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_rollout_psnr_pools_squared_errors_over_the_cases():
+    """Copy-last exact on one case's frames (60 dB each, the cap) and 1e-2 on the other's: the pooled PSNR is that
+    of the mean squared error (5e-3: 23.0 dB), the per-frame mean beside it is 40 dB."""
+    config = EvalConfig(rollout_frames=32)
+    still, moving = _case_of(32, {"blank": None, "frozen": None}), _case_of(32, {"blank": None, "frozen": None})
+    still.update(mse_curve=np.full(32, 4e-3), mse_curve_copy=np.zeros(32))
+    summary = summarise_world("camera", [still, moving], [], config, chunk=4)
+    long = summary["long_rollout"]
+    assert long["psnr_pooling"] == "mse"
+    assert long["psnr_at"]["32"] == pytest.approx(10 * np.log10(1 / 2.5e-3))  # model: mean of 4e-3 and 1e-3
+    assert long["psnr_copy_last_at"]["32"] == pytest.approx(10 * np.log10(1 / 5e-3))
+    assert long["psnr_frame_mean_at"]["32"] == pytest.approx((10 * np.log10(1 / 4e-3) + 30.0) / 2)
+    assert len(long["psnr_per_frame"]) == 32
