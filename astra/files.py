@@ -4,6 +4,7 @@ A file is written under a hidden temporary name in its own folder (`.<stem>.tmp-
 for writers that choose a format by it), flushed to disk, renamed over the target, and the folder's entry is
 flushed too, so neither a killed process nor a machine that loses power leaves a torn file behind. Writers of
 whole folders (episodes, checkpoints) stage them the same way and call `fsync_tree` before their rename.
+Writers that read, merge and rewrite one shared file (encode's index.json) take `exclusive_lock` around it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from astra.errors import AstraError
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # Windows: msvcrt instead
+    fcntl = None
+try:  # Windows
+    import msvcrt
+except ImportError:
+    msvcrt = None
 
 TEMPORARY_MARK = ".tmp-"  # hidden names `.<name>.tmp-<pid>...`: readers that list a folder skip them
 
@@ -184,3 +194,42 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+LOCKED_BYTES = 1  # msvcrt locks a byte range: the lock file's first byte stands for the whole file
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) while the block runs; blocks while another holder has
+    it. flock where the OS has fcntl, msvcrt.locking on Windows, so that importing this module works on both."""
+    with open(path, "a") as handle:
+        _lock(handle, path)
+        try:
+            yield
+        finally:
+            _unlock(handle)
+
+
+def _lock(handle, path: Path) -> None:
+    if fcntl is not None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return
+    if msvcrt is None:
+        raise NotImplementedError(f"{path}: cannot lock files on this OS (neither fcntl nor msvcrt)")
+    while True:
+        handle.seek(0)  # msvcrt locks from the current position
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, LOCKED_BYTES)
+            return
+        except OSError as error:  # LK_LOCK gives up after ten 1-second tries; flock would keep waiting, so do we
+            if error.errno != errno.EDEADLK:
+                raise
+
+
+def _unlock(handle) -> None:
+    if fcntl is not None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    else:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, LOCKED_BYTES)

@@ -1,5 +1,9 @@
+import errno
+import importlib.util
+import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -90,3 +94,46 @@ def test_a_killed_writers_staging_folder_is_recognised_as_stale(tmp_path, monkey
     monkeypatch.undo()
     assert staged.name.startswith(".ckpt.tmp-") and staged.is_dir()
     assert remove_stale_temporaries(tmp_path, "ckpt") == [staged]
+
+
+def _files_module_without_fcntl(monkeypatch, msvcrt):
+    """A fresh copy of astra.files imported as on Windows: `import fcntl` fails, `msvcrt` is the given module."""
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # makes `import fcntl` raise ImportError
+    monkeypatch.setitem(sys.modules, "msvcrt", msvcrt)
+    spec = importlib.util.spec_from_file_location("astra_files_without_fcntl", files.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_without_fcntl_the_module_imports_and_locks_through_msvcrt(tmp_path, monkeypatch):
+    calls = []
+
+    def locking(descriptor, mode, count):
+        calls.append((mode, count, os.lseek(descriptor, 0, os.SEEK_CUR)))
+        if len(calls) == 1:  # LK_LOCK gave up after its ten tries: the lock must keep waiting, as flock does
+            raise OSError(errno.EDEADLK, "Resource deadlock avoided")
+
+    msvcrt = types.SimpleNamespace(LK_UNLCK=0, LK_LOCK=1, locking=locking)
+    module = _files_module_without_fcntl(monkeypatch, msvcrt)
+    assert module.fcntl is None
+    with module.exclusive_lock(tmp_path / ".index.lock"):
+        assert calls == [(msvcrt.LK_LOCK, 1, 0)] * 2
+    assert calls[2:] == [(msvcrt.LK_UNLCK, 1, 0)]  # the same byte, from the start of the file
+
+
+def test_without_any_lock_module_locking_says_so(tmp_path, monkeypatch):
+    module = _files_module_without_fcntl(monkeypatch, msvcrt=None)  # None in sys.modules: its import fails too
+    with pytest.raises(NotImplementedError, match="neither fcntl nor msvcrt"):
+        with module.exclusive_lock(tmp_path / ".index.lock"):
+            pass
+
+
+def test_the_lock_excludes_another_holder_until_released(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    lock = tmp_path / ".index.lock"
+    with open(lock, "a") as other:
+        with files.exclusive_lock(lock):
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on leaving the block

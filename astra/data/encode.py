@@ -8,13 +8,10 @@ reported in report-r<rank>.json and printed, and retried on the next run.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -24,7 +21,7 @@ from tqdm import tqdm
 from astra.actions.align import FRAMES_PER_LATENT, latent_actions, scales_from_meta, usable_frames
 from astra.data.format import list_episodes, read_episode
 from astra.errors import DataError
-from astra.files import atomic_path, atomic_write_text
+from astra.files import atomic_path, atomic_write_text, exclusive_lock
 
 LATENT_FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
@@ -86,17 +83,6 @@ def _encode_clip(vae, frames: np.ndarray, device: torch.device) -> torch.Tensor:
     if latents.ndim != 4 or latents.shape[1] != expected:
         raise RuntimeError(f"VAE returned latents of shape {tuple(latents.shape)}, expected [C, {expected}, h, w]")
     return latents.to("cpu", torch.float16).contiguous()
-
-
-@contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created if missing) for the duration; blocks while another holder has it."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def merge_index(out: Path) -> dict:

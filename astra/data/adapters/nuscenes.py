@@ -80,11 +80,17 @@ def _get(tables: dict, table: str, token: str, version_dir: Path) -> dict:
         raise DataError(f"{version_dir / (table + '.json')}: no record with token {token!r}") from None
 
 
-def _field(record: dict, key: str, table: str, version_dir: Path) -> Any:
+def _field(record: dict, key: str, table: str, version_dir: Path, kind: type | None = None) -> Any:
+    """`record[key]`, checked to be a `kind` when given (a null filename must not reach `Path /` as a TypeError);
+    DataError naming the file, record and field otherwise."""
+    where = f"{version_dir / (table + '.json')}: record {record['token']!r}"
     try:
-        return record[key]
+        value = record[key]
     except KeyError:
-        raise DataError(f"{version_dir / (table + '.json')}: record {record['token']!r} has no {key!r}") from None
+        raise DataError(f"{where} has no {key!r}") from None
+    if kind is not None and not isinstance(value, kind):
+        raise DataError(f"{where} {key!r} must be a {kind.__name__}, got {value!r}")
+    return value
 
 
 def keyframes_by_sample(tables: dict, channel: str, version_dir: Path) -> dict[str, dict]:
@@ -95,15 +101,16 @@ def keyframes_by_sample(tables: dict, channel: str, version_dir: Path) -> dict[s
         if sensor.get("channel") == channel:
             calibrations.add(token)
     return {
-        record.get("sample_token"): record
+        _field(record, "sample_token", "sample_data", version_dir, str): record
         for record in tables["sample_data"].values()
-        if record.get("is_key_frame") and record.get("calibrated_sensor_token") in calibrations
+        if record.get("is_key_frame")
+        and _field(record, "calibrated_sensor_token", "sample_data", version_dir, str) in calibrations
     }
 
 
 def camera_chain(tables: dict, scene: dict, keyframes: dict[str, dict], version_dir: Path) -> list[dict]:
     """The scene's camera sample_data records in order: the first keyframe, then `next` until ''."""
-    first_sample = _field(scene, "first_sample_token", "scene", version_dir)
+    first_sample = _field(scene, "first_sample_token", "scene", version_dir, str)
     if first_sample not in keyframes:
         raise DataError(f"{version_dir / 'sample_data.json'}: no camera keyframe for sample {first_sample!r}")
     chain = [keyframes[first_sample]]
@@ -187,7 +194,7 @@ def load_episode(
             f"{version_dir / 'sample_data.json'}: {channel} timestamps not increasing at {chain[row]['token']!r}"
         )
     frames, source_size = read_images(
-        [source_dir / _field(r, "filename", "sample_data", version_dir) for r in chain], size
+        [source_dir / _field(r, "filename", "sample_data", version_dir, str) for r in chain], size
     )
     calib = _get(tables, "calibrated_sensor", chain[0]["calibrated_sensor_token"], version_dir)
     intrinsics = calib.get("camera_intrinsic") or None  # [] for sensors that are not cameras

@@ -15,8 +15,10 @@ dataset's (open, closed) values to the registry's 0 open .. 1 closed. The RLDS/T
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +50,7 @@ V3_VERSIONS = ("v3.0",)
 # LeRobot's fractal port stores the gripper as +1 open, 0 closed; IPEC-COMMUNITY's may differ: check and override.
 DEFAULT_GRIPPER_OPEN = 1.0
 DEFAULT_GRIPPER_CLOSED = 0.0
+INDEX_COLUMNS = ("episode_index", "frame_index")  # of a data parquet: which rows are the episode's, in what order
 
 
 def load_info(source_dir: Path) -> dict:
@@ -129,22 +132,36 @@ def read_parquet(path: Path) -> pa.Table:
         raise DataError(f"{path}: cannot read parquet ({error})") from None
 
 
-def _episode_item(source_dir: Path, record: dict, info: dict, camera: str) -> Item:
-    """Paths of one episode from its metadata record (v2: episodes.jsonl line, v3: episodes parquet row)."""
-    index = record["episode_index"]
+def _value(record: dict, key: str, where: str, time: bool = False) -> Any:
+    """An episode/chunk/file index (an integer >= 0) or, with `time`, a start time in seconds (a finite number >= 0)
+    from one metadata record, where a null parquet cell arrives as None; DataError naming `where` and the column."""
+    value = record[key]  # KeyError: list_items names the missing column
+    kinds = (int, float) if time else int
+    if isinstance(value, bool) or not isinstance(value, kinds) or not (math.isfinite(value) and value >= 0):
+        what = "a finite number of seconds >= 0" if time else "an integer >= 0"
+        raise DataError(f"{where} has {key!r} {value!r}, not {what}")
+    return value
+
+
+def _episode_item(source_dir: Path, record: dict, info: dict, camera: str, where: str) -> Item:
+    """Paths of one episode from its metadata record (v2: episodes.jsonl line, v3: episodes parquet row `where`)."""
+    index = _value(record, "episode_index", where)
+    where = f"{where} (episode {index})"
     if info["codebase_version"] in V2_VERSIONS:
         chunk = index // info["chunks_size"]
         data = info["data_path"].format(episode_chunk=chunk, episode_index=index)
         video = info["video_path"].format(episode_chunk=chunk, video_key=camera, episode_index=index)
         start_time = 0.0
     else:
-        data = info["data_path"].format(chunk_index=record["data/chunk_index"], file_index=record["data/file_index"])
+        data = info["data_path"].format(
+            chunk_index=_value(record, "data/chunk_index", where), file_index=_value(record, "data/file_index", where)
+        )
         video = info["video_path"].format(
             video_key=camera,
-            chunk_index=record[f"videos/{camera}/chunk_index"],
-            file_index=record[f"videos/{camera}/file_index"],
+            chunk_index=_value(record, f"videos/{camera}/chunk_index", where),
+            file_index=_value(record, f"videos/{camera}/file_index", where),
         )
-        start_time = record[f"videos/{camera}/from_timestamp"]
+        start_time = _value(record, f"videos/{camera}/from_timestamp", where, time=True)
     details = {"episode_index": index, "start_time": start_time, "tasks": record.get("tasks") or []}
     paths = {"data": source_dir / data, "video": source_dir / video}
     return Item(episode_name(DATASET, f"{index:06d}"), paths, details)
@@ -164,11 +181,8 @@ def list_items(source_dir: Path, info: dict, camera: str) -> list[Item]:
         ]
     items = []
     for table, row, record in records:
-        index = record.get("episode_index", 0)  # a missing one is reported below
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise DataError(f"{table}: row {row} has 'episode_index' {index!r}, not an integer")
         try:
-            items.append(_episode_item(source_dir, record, info, camera))
+            items.append(_episode_item(source_dir, record, info, camera, f"{table}: row {row}"))
         except KeyError as error:
             raise DataError(f"{table}: row {row} (or meta/info.json) lacks {error}") from None
     return items
@@ -179,9 +193,16 @@ def read_episode_table(path: Path, episode_index: int) -> dict[str, list]:
     if not path.is_file():
         raise DataError(f"{path}: missing data file of episode {episode_index}")
     table = read_parquet(path)
-    for column in (ACTION_KEY, "frame_index", "episode_index"):
+    for column in (ACTION_KEY, *INDEX_COLUMNS):
         if column not in table.column_names:
             raise DataError(f"{path}: no column {column!r} (columns: {', '.join(table.column_names)})")
+    for column in INDEX_COLUMNS:  # a null one would drop its row, or sort it last, without a word
+        values = table[column]
+        if not pa.types.is_integer(values.type):
+            raise DataError(f"{path}: column {column!r} must hold integers, got {values.type}")
+        if values.null_count:
+            row = pc.index(pc.is_null(values), True).as_py()
+            raise DataError(f"{path}: row {row} has a null {column!r} (reading episode {episode_index})")
     rows = table.filter(pc.equal(table["episode_index"], episode_index)).sort_by("frame_index").to_pydict()
     if not rows["frame_index"]:
         raise DataError(f"{path}: no rows of episode {episode_index}")

@@ -97,8 +97,24 @@ def test_scenes_with_fewer_than_min_keyframes_are_skipped(tmp_path):
         ("sample_data", "sd0-CAM_FRONT-2", "timestamp", "soon"),
         ("calibrated_sensor", "calib-CAM_FRONT", "camera_intrinsic", [[16, 0, 16], [0, "f", 16], [0, 0, 1]]),
         ("calibrated_sensor", "calib-CAM_FRONT", "camera_intrinsic", [[16, 0], [0, 16, 16], [0, 0, 1]]),
+        ("sample_data", "sd0-CAM_FRONT-2", "filename", None),
+        ("sample_data", "sd0-CAM_FRONT-3", "filename", 7),
+        ("scene", "scene0", "first_sample_token", ["s0-0"]),
+        ("sample_data", "sd0-CAM_FRONT-0", "sample_token", ["s0-0"]),
+        ("sample_data", "sd0-CAM_FRONT-0", "calibrated_sensor_token", ["calib-CAM_FRONT"]),
     ],
-    ids=["rotation-string", "translation-string", "timestamp-string", "intrinsic-string", "intrinsic-ragged"],
+    ids=[
+        "rotation-string",
+        "translation-string",
+        "timestamp-string",
+        "intrinsic-string",
+        "intrinsic-ragged",
+        "filename-null",
+        "filename-number",
+        "first-sample-list",
+        "sample-token-list",
+        "calibration-token-list",
+    ],
 )
 def test_malformed_field_names_table_record_and_field(tmp_path, table, token, key, value):
     write_nuscenes(tmp_path, scene_lengths=(5,))

@@ -1,8 +1,11 @@
 import json
+import re
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from adapter_fixtures import RT1_FPS, frame_levels, levels, rt1_actions, write_rt1_v2, write_rt1_v3
+from adapter_fixtures import RT1_CAMERA, RT1_FPS, frame_levels, levels, rt1_actions, write_rt1_v2, write_rt1_v3
 
 from astra.data.adapters.common import ConversionReport
 from astra.data.adapters.rt1 import iter_episodes
@@ -98,4 +101,48 @@ def test_malformed_metadata_names_file_and_line(tmp_path, writer, relative, cont
     else:
         path.write_text(content)
     with pytest.raises(DataError, match=message):
+        list(iter_episodes(tmp_path))
+
+
+def set_cell(path, column, row, value):
+    """Rewrite one cell of a parquet file keeping its schema: None becomes a null of the column's own type."""
+    table = pq.read_table(path)
+    columns = table.to_pydict()
+    columns[column][row] = value
+    pq.write_table(pa.Table.from_pydict(columns, schema=table.schema), path)
+
+
+V3_EPISODES = "meta/episodes/chunk-000/file-000.parquet"
+V3_DATA = "data/chunk-000/file-000.parquet"
+
+
+@pytest.mark.parametrize(
+    "relative, column, value, message",
+    [
+        (V3_EPISODES, "episode_index", None, r"row 1 has 'episode_index' None, not an integer"),
+        (V3_EPISODES, "data/chunk_index", None, r"row 1 \(episode 1\) has 'data/chunk_index' None, not an integer"),
+        (V3_EPISODES, "data/file_index", None, r"row 1 \(episode 1\) has 'data/file_index' None"),
+        (V3_EPISODES, f"videos/{RT1_CAMERA}/chunk_index", None, rf"row 1 \(episode 1\) has 'videos/{RT1_CAMERA}/chunk"),
+        (V3_EPISODES, f"videos/{RT1_CAMERA}/file_index", None, rf"row 1 \(episode 1\) has 'videos/{RT1_CAMERA}/file_"),
+        (V3_EPISODES, f"videos/{RT1_CAMERA}/from_timestamp", None, r"row 1 \(episode 1\) has '.*/from_timestamp' None"),
+        (V3_EPISODES, f"videos/{RT1_CAMERA}/from_timestamp", float("nan"), r"row 1 .* nan, not a finite number"),
+        (V3_DATA, "episode_index", None, "row 2 has a null 'episode_index'"),
+        (V3_DATA, "frame_index", None, r"row 2 has a null 'frame_index' \(reading episode 0\)"),
+    ],
+    ids=[
+        "episode-index",
+        "data-chunk",
+        "data-file",
+        "video-chunk",
+        "video-file",
+        "from-timestamp",
+        "from-timestamp-nan",
+        "data-episode-index",
+        "data-frame-index",
+    ],
+)
+def test_v3_null_index_cells_name_file_row_and_column(tmp_path, relative, column, value, message):
+    write_rt1_v3(tmp_path, lengths=(4, 4))
+    set_cell(tmp_path / relative, column, 1 if relative == V3_EPISODES else 2, value)
+    with pytest.raises(DataError, match=rf"{re.escape(relative)}: {message}"):
         list(iter_episodes(tmp_path))
