@@ -53,10 +53,11 @@ def save_checkpoint(out_dir: str | Path, step: int, state: dict[str, Any], keep:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint's state; with `mmap` its tensors stay in the file until read (a look at a few of them)."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise
     except Exception as error:  # torch raises many types for truncated / corrupt pickles
@@ -65,6 +66,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path}: not a training checkpoint, missing entries: {', '.join(missing)}")
     return state
+
+
+def derived_state(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's data-derived state, copied out of the memory-mapped file without reading the rest; None for
+    a checkpoint saved before it was."""
+    derived = load_checkpoint(path, mmap=True).get("derived")
+    return None if derived is None else {name: tensor.clone() for name, tensor in derived.items()}
 
 
 def check_trainable_keys(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:

@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     info = init_distributed()
     finished = False
     try:
-        _fit_and_export(Trainer(config, args.out, info=info, progress=not args.no_progress), args)
+        resume = args.resume or args.export  # --export goes on from the newest checkpoint too
+        _fit_and_export(Trainer(config, args.out, info=info, progress=not args.no_progress, resume=resume), args)
         finished = True
     finally:
         cleanup(synchronize=finished)  # the trainer is gone by now (see cleanup)

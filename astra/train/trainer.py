@@ -57,6 +57,7 @@ from astra.train.checkpointing import (
     capture_rng_state,
     check_keys,
     check_trainable_keys,
+    derived_state,
     latest_checkpoint,
     load_checkpoint,
     restore_rng_state,
@@ -78,6 +79,7 @@ WEIGHT_FREE = ("motion_prior_min_t", "trainable")  # e.g. a fine-tune of the act
 # Model state taken from the training data, not trained (the action statistics, the fitted and frozen motion prior):
 # saved with the trainable weights, so a resume continues with it even if the data changed in between.
 DATA_DERIVED = tuple(ADDITIONS.values())
+DERIVED_WHAT = "data-derived state (action statistics, motion prior)"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,14 +116,27 @@ def check_model_settings(config: TrainConfig, model_config: AstraConfig) -> None
             f"diffusion_forcing needs a history kept at full resolution, got compressed_2x="
             f"{model_config.history.compressed_2x}, compressed_4x={model_config.history.compressed_4x}"
         )
+    if config.copy_prior and model_config.motion_prior and model_config.motion_prior_min_t > 0:
+        # chunk_anchors restarts the motion at each chunk from where the chunk before ended, which the gate erases
+        raise AstraError(
+            "diffusion_forcing with the copy prior needs motion_prior_min_t = 0 (each target chunk's anchor motion "
+            f"restarts at the chunk), got {model_config.motion_prior_min_t}"
+        )
 
 
-def build_model(config: TrainConfig, batches: BatchSource | None = None) -> torch.nn.Module:
+def build_model(
+    config: TrainConfig,
+    batches: BatchSource | None = None,
+    derived: dict[str, torch.Tensor] | None = None,
+    where: str = "",
+) -> torch.nn.Module:
     """A fresh, Wan-initialised or checkpoint-initialised AstraTransformer with the freeze policy applied, in fp32.
 
     A model that normalises actions takes its statistics from `batches` unless its checkpoint already has them. A
     checkpoint of the same config without the function-preserving additions (ADDITIONS: normalised actions, the
     motion prior) is carried over exactly: statistics folded into its projectors, the motion prior at zero.
+    `derived` is the data-derived state of the training checkpoint (`where`) a resume goes on from: taken whole
+    instead of computed, since the resume would overwrite what the data gives now (and it takes minutes).
     """
     from astra.model.checkpoints import is_astra_checkpoint, load_astra, load_wan_transformer
     from astra.model.freeze import apply_freeze_policy
@@ -158,12 +173,29 @@ def build_model(config: TrainConfig, batches: BatchSource | None = None) -> torc
     else:
         torch.manual_seed(config.seed)
         model = AstraTransformer(model_config)
-    if needs_statistics:
+    if derived is not None:
+        check_keys(data_derived_shapes(model), derived, where, DERIVED_WHAT)
+        if needs_statistics:  # set as the run set them, so that frozen carried-over projectors are folded likewise
+            prefix = "action_projectors.normalizers."
+            statistics = {
+                name: (derived[f"{prefix}{name}.mean"], derived[f"{prefix}{name}.std"])
+                for name in model.action_projectors.normalizers
+            }
+            model.action_projectors.set_statistics(statistics, keep_function)
+        model.load_state_dict(derived, strict=False)  # the fitted motion prior (and the statistics once more)
+    elif needs_statistics:
         if batches is None:
             raise AstraError("a model that normalises actions needs training batches to take their statistics from")
         model.action_projectors.set_statistics(action_statistics(batches), keep_function)
     apply_freeze_policy(model, model_config)
     return model
+
+
+def data_derived_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the model's data-derived state (DATA_DERIVED), which checkpoints hold beside the trainable
+    weights; none of it trains (the statistics are buffers, the motion prior is frozen)."""
+    state = model.state_dict()
+    return {name: tuple(value.shape) for name, value in state.items() if any(tag in name for tag in DATA_DERIVED)}
 
 
 def action_statistics(
@@ -279,9 +311,16 @@ def training_loss(
         causal_target=config.diffusion_forcing,
     )
     velocity = out.velocity.float()
-    if config.copy_prior:  # anchored at the newest history frame (moved by the motion prior), as at inference
+    if config.copy_prior:  # each chunk anchored where a rollout anchors it (moved by the motion prior)
         anchor_source = uncorrupted_history if config.clean_anchor else history
-        anchor = copy_anchor(anchor_source[:, :, -1:], out.motion)
+        anchors = anchor_source[:, :, -1:]  # the first chunk's: the newest history frame
+        if target_frames > chunk_frames:
+            # Diffusion forcing: chunk k > 0 at chunk k - 1's last frame as teacher forcing gives it, clean (x0): a
+            # rollout anchors each chunk at the finished chunk before, never at a partly denoised one like the noisy
+            # chunk the model attends to here. Not noised to the memory level even without clean_anchor: the model
+            # does not see that noised frame, so it could not cancel the noise as it does for the newest history frame.
+            anchors = torch.cat((anchors, target[:, :, chunk_frames - 1 : -1 : chunk_frames]), dim=2)
+        anchor = chunk_anchors(anchors, out.motion, chunk_frames)
         velocity = velocity + copy_prior_velocity(noisy_target, timesteps, anchor, config.copy_prior_sigma)
     element_weight = None
     if config.change_weight > 0 and batch.history_latents is not None:
@@ -297,6 +336,24 @@ def training_loss(
     aux_loss = out.aux_loss.float()
     loss = sample_flow_loss.mean() + config.aux_loss_weight * aux_loss
     return StepOutput(loss, sample_flow_loss, aux_loss, out.expert_usage.detach())
+
+
+def chunk_anchors(anchors: torch.Tensor, motion: torch.Tensor | None, chunk_frames: int) -> torch.Tensor:
+    """The copy prior's anchor of every target frame `[B, C, K * chunk_frames, H, W]`: chunk k's from `anchors[:, :,
+    k]` (`[B, C, K, H, W]`, one frame per target chunk), moved by the motion prior's output (`AstraOutput.motion`).
+
+    The model sums the motion over all its target frames; a rollout samples one chunk per call, so here the motion
+    restarts at each chunk: chunk k moves from its own anchor by its own frames' actions only.
+    """
+    batch, channels, chunks, height, width = anchors.shape
+    if motion is None:
+        return anchors.repeat_interleave(chunk_frames, dim=2)
+    motion = motion.unflatten(1, (chunks, chunk_frames))
+    ends = motion[:, :, -1:]  # the summed motion at each chunk's last frame
+    motion = motion - torch.cat((torch.zeros_like(ends[:, :1]), ends[:, :-1]), dim=1)
+    per_chunk = anchors.transpose(1, 2).reshape(batch * chunks, channels, 1, height, width)
+    moved = copy_anchor(per_chunk, motion.flatten(0, 1))  # [B * K, C, chunk_frames, H, W]
+    return moved.unflatten(0, (batch, chunks)).transpose(1, 2).flatten(2, 3)
 
 
 def change_weights(target: torch.Tensor, newest_history: torch.Tensor, strength: float) -> torch.Tensor:
@@ -501,7 +558,12 @@ def make_batch_source(config: TrainConfig, model_config: AstraConfig) -> BatchSo
 
 
 class Trainer:
-    """Builds model, optimiser, EMA, logs; `fit()` trains to `config.steps`, checkpointing on the way."""
+    """Builds model, optimiser, EMA, logs; `fit()` trains to `config.steps`, checkpointing on the way.
+
+    `resume`: the caller goes on from the newest checkpoint in `out_dir` (`fit(resume=True)`, `resume()`), so setup
+    takes the data-derived state from it rather than computing what the resume would overwrite. Every rank reads the
+    same file, as the resume does.
+    """
 
     def __init__(
         self,
@@ -510,6 +572,7 @@ class Trainer:
         info: DistInfo = DistInfo(),
         batches: BatchSource | None = None,
         progress: bool = True,
+        resume: bool = False,
     ):
         config.validate()
         self.config, self.out_dir, self.info, self.progress = config, Path(out_dir), info, progress
@@ -518,9 +581,13 @@ class Trainer:
         self.batches = batches or make_batch_source(config, self.model_config)
         # built before the model, so a dataset without held-out clips is named before minutes of setup
         self.validation_batches = validation_batch_source(config, self.model_config) if config.val_every else None
-        model = build_model(config, self.batches).to(info.device)
-        if config.motion_fit_batches:  # before the EMA and the DDP/FSDP wrap; frozen after: the flow loss's
-            # gradient (the network co-adapted to the unmoved anchor) shrank a fitted prior's motion 1.7x in 600 steps
+        resumed = latest_checkpoint(self.out_dir) if resume else None
+        # None for a fresh run and for a checkpoint saved before it was (computed then, and resume() warns)
+        derived = derived_state(resumed) if resumed is not None else None
+        model = build_model(config, self.batches, derived, str(resumed)).to(info.device)
+        # fitted before the EMA and the DDP/FSDP wrap; frozen after: the flow loss's gradient (the network co-adapted
+        # to the unmoved anchor) shrank a fitted prior's motion 1.7x in 600 steps
+        if config.motion_fit_batches and derived is None:
             errors = fit_motion_prior(
                 model, self.batches, config.motion_fit_batches, config.motion_fit_iterations, config.action_dropout,
                 config.seed, config.motion_fit_radius,
@@ -535,6 +602,7 @@ class Trainer:
         self.trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not self.trainable:
             raise AstraError("the freeze policy leaves no trainable parameter")
+        self.derived = data_derived_shapes(model)  # what the checkpoints hold besides the trainable weights
         self.model = wrap_model(model, config.parallel, info)
         self.trainable = [(n.removeprefix("module."), p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -544,12 +612,6 @@ class Trainer:
             self.optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio)
         )
         self.ema = EMA(self.trainable, config.ema_decay) if config.ema_decay > 0 else None
-        trainable_names = {name for name, _ in self.trainable}
-        self.derived = {  # name -> shape of the data-derived state (DATA_DERIVED) the checkpoints hold
-            name.removeprefix("module."): tuple(value.shape)
-            for name, value in self.model.state_dict(keep_vars=True).items()
-            if name.removeprefix("module.") not in trainable_names and any(tag in name for tag in DATA_DERIVED)
-        }
         self.step = 0
         use_bf16 = config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and info.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
@@ -584,8 +646,7 @@ class Trainer:
         check_trainable_keys(self.model, state["model"], str(path))
         weights = dict(state["model"])
         if "derived" in state:  # what the run took from its data, not what the data holds now
-            what = "data-derived state (action statistics, motion prior)"
-            check_keys(self.derived, state["derived"], str(path), what)
+            check_keys(self.derived, state["derived"], str(path), DERIVED_WHAT)
             weights.update(state["derived"])
         elif self.derived and self.info.is_main:
             warnings.warn(

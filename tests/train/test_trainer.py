@@ -183,6 +183,56 @@ def test_resume_restores_the_data_derived_state_the_run_took_not_what_the_data_g
     assert all(torch.equal(recomputed[name], value) for name, value in derived(older).items())
 
 
+def test_a_resumed_run_takes_its_data_derived_state_from_the_checkpoint_without_computing_it(tmp_path, monkeypatch):
+    """Setting up a resume must not spend minutes computing what the resume overwrites (the action statistics over
+    64 batches, the motion prior's fit), and must still go on exactly."""
+    import astra.train.trainer as trainer_module
+
+    overrides = {**TINY.model_overrides, "normalize_actions": True, "motion_prior": True}
+    config = TINY.replace(
+        model_overrides=overrides, copy_prior=True, motion_fit_batches=2, motion_fit_iterations=5, steps=4,
+        save_every=2, log_every=1,
+    )
+    full = Trainer(config, tmp_path / "full", progress=False).fit()
+    Trainer(config, tmp_path / "resumed", progress=False).fit(stop_after=2)
+    state = load_checkpoint(latest_checkpoint(tmp_path / "resumed"))
+
+    def computed(*args, **kwargs):
+        raise AssertionError("the resume computed data-derived state its checkpoint holds")
+
+    monkeypatch.setattr(trainer_module, "action_statistics", computed)
+    monkeypatch.setattr(trainer_module, "fit_motion_prior", computed)
+    resumed = Trainer(config, tmp_path / "resumed", progress=False, resume=True)
+    assert resumed.resume() and resumed.step == 2
+    weights = resumed.model.state_dict()
+    assert state["derived"].keys() == resumed.derived.keys()
+    for name, tensor in {**state["model"], **state["derived"]}.items():
+        assert torch.equal(weights[name], tensor), name
+    assert [r["loss"] for r in resumed.fit()] == [r["loss"] for r in full[2:]]
+    with pytest.raises(AssertionError, match="computed data-derived state"):  # a fresh run still computes them
+        Trainer(config, tmp_path / "fresh", progress=False, resume=True)
+
+
+def test_a_resume_folds_the_runs_own_statistics_into_frozen_carried_over_projectors(tmp_path):
+    """A raw checkpoint carried into normalised actions has the statistics folded into its projectors; frozen, those
+    are not in the training checkpoint, so a resume must fold the run's statistics again, not the data's now."""
+    import dataclasses
+
+    from astra.model.checkpoints import save_astra
+
+    save_astra(Trainer(TINY, tmp_path / "raw", progress=False).model, tmp_path / "raw-ckpt")
+    overrides = {**TINY.model_overrides, "normalize_actions": True, "trainable": ["blocks"]}
+    config = TINY.replace(model_overrides=overrides, init_from=str(tmp_path / "raw-ckpt"), steps=2, save_every=2)
+    first = Trainer(config, tmp_path / "run", progress=False)
+    first.fit()
+    projectors = {name: value.clone() for name, value in first.model.action_projectors.state_dict().items()}
+    assert not any(p.requires_grad for p in first.model.action_projectors.parameters())
+    changed = ScaledActions(**dataclasses.asdict(first.batches))
+    resumed = Trainer(config, tmp_path / "run", batches=changed, progress=False, resume=True)
+    for name, value in resumed.model.action_projectors.state_dict().items():
+        assert torch.equal(projectors[name], value), name
+
+
 def test_train_config_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     """--resume and --export read the run's train_config.json: a write that fails halfway must leave the old one."""
     from pathlib import Path
@@ -213,6 +263,9 @@ def test_diffusion_forcing_settings_that_do_not_fit_the_model_are_named_before_t
     compressed = {**overrides, "history": HistoryBudget(keep_first=True, full=1, compressed_2x=2, compressed_4x=0)}
     with pytest.raises(AstraError, match="full resolution, got compressed_2x=2"):
         Trainer(config.replace(model_overrides=compressed), tmp_path, progress=False)
+    gated = {**overrides, "motion_prior": True, "motion_prior_min_t": 0.5}
+    with pytest.raises(AstraError, match="motion_prior_min_t = 0 .* got 0.5"):
+        Trainer(config.replace(model_overrides=gated, target_frames=4, copy_prior=True), tmp_path, progress=False)
     assert Trainer(config.replace(target_frames=4, steps=1), tmp_path, progress=False).fit()[-1]["step"] == 1
 
 
@@ -386,6 +439,57 @@ def test_diffusion_forcing_draws_one_flow_time_per_target_chunk(tmp_path, chunk_
     assert all(torch.all(t == t[..., :1]) for t in several)  # one level per chunk
     assert all(not torch.all(t == t[:, :1]) for t in several)  # chunks of one sample have their own levels
     assert Trainer(config.replace(steps=2), tmp_path / "fit", progress=False).fit()[-1]["step"] == 2
+
+
+@pytest.mark.parametrize("clean_anchor", [False, True])
+def test_diffusion_forcing_anchors_each_target_chunk_at_the_last_frame_of_the_chunk_before(tmp_path, clean_anchor):
+    """As a rollout anchors each chunk at the finished chunk before and moves it by that chunk's actions alone: with a
+    zero network, the loss is the copy prior's around the newest memory frame (first chunk) or chunk k - 1's last
+    clean frame (chunk k), moved by a motion that restarts at each chunk."""
+    from astra.diffusion.flow import copy_anchor, copy_prior_velocity, flow_matching_loss, velocity_target
+    from astra.model.config import HistoryBudget
+    from astra.train.trainer import diffusion_forcing_split
+
+    overrides = {"text_dim": 0, "text_len": 0, "chunk_frames": 2, "motion_prior": True,
+                 "history": HistoryBudget(keep_first=True, full=5, compressed_2x=0, compressed_4x=0)}  # fmt: skip
+    config = TINY.replace(
+        model_overrides=overrides, history_range=(6, 6), diffusion_forcing=True, batch_size=2, copy_prior=True,
+        clean_anchor=clean_anchor, noisy_memory_prob=1.0, noisy_memory_range=(0.3, 0.3), action_dropout=0.0,
+    )
+    trainer = Trainer(config, tmp_path, progress=False)
+    model, chunk = trainer.model, 2
+    with torch.no_grad():
+        model.head.head.weight.zero_()
+        model.head.head.bias.zero_()
+        model.motion_prior.steps["keyboard_mouse"].weight.normal_(std=0.2, generator=torch.Generator().manual_seed(0))
+    seen = {}
+
+    def record(target, timesteps, **kwargs):
+        seen.update(noisy=target, timesteps=timesteps, **kwargs)
+        return model(target, timesteps, **kwargs)
+
+    chunks = set()
+    batch = trainer.batches.batch(0, 0)  # 6 history frames + 1 two-frame target chunk: 1 to 3 target chunks
+    for seed in range(8):
+        out = training_loss(record, batch, config, step_generator(0, 0, seed, 1), trainer.model_config)
+        split = diffusion_forcing_split(batch, trainer.model_config, step_generator(0, 0, seed, 1))
+        clean, memory = split.target_latents, split.history_latents.shape[2]
+        t = seen["timesteps"]
+        noise = (seen["noisy"] - (1 - t[:, None, :, None, None]) * clean) / t[:, None, :, None, None]
+        newest = (split.history_latents if clean_anchor else seen["history_latents"])[:, :, -1:]
+        starts = [newest] + [clean[:, :, k * chunk - 1 : k * chunk] for k in range(1, clean.shape[2] // chunk)]
+        chunks.add(len(starts))
+        with torch.no_grad():
+            anchor = torch.cat([
+                copy_anchor(start, model.motion_prior(seen["actions"].frames(memory + k * chunk, memory + (k + 1) * chunk)))
+                for k, start in enumerate(starts)
+            ], dim=2)  # fmt: skip
+        velocity = copy_prior_velocity(seen["noisy"], t, anchor, config.copy_prior_sigma)
+        expected = flow_matching_loss(
+            velocity, velocity_target(clean, noise), t, config.flow.loss_weighting, per_sample=True
+        )
+        torch.testing.assert_close(out.sample_flow_loss, expected, rtol=1e-4, atol=1e-6)
+    assert chunks == {1, 2, 3}
 
 
 def test_init_from_an_astra_checkpoint_continues_its_weights(tmp_path):
