@@ -59,6 +59,10 @@ class TrainConfig:
     # frame) but not once the motion prior has warped it, which is most of why its loss is higher with the actions
     # (docs/results.md, session 33: 44 % lower held-out loss, samples no better)
     clean_anchor: bool = False
+    # Noisy memory spares the oldest history frame, as a rollout keeps its start frame (always memory slot 0) clean
+    # while it noises the frames it generated (`history_noise`); otherwise the start frame is noised in training like
+    # the rest, and the clean one-frame history every rollout starts from is 3 % of the samples
+    clean_first_memory: bool = False
     motion_fit_batches: int = 0  # before step 0, fit the motion prior on this many batches (0 = keep it as loaded)
     motion_fit_iterations: int = 300  # full-batch Adam steps of that fit (astra/train/motion_fit.py)
     motion_fit_radius: int = 3  # latent pixels each way the fit's whole-pixel shift search covers per frame

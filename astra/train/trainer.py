@@ -294,8 +294,10 @@ def training_loss(
         low, high = config.noisy_memory_range
         corrupted = draw(batch_size) < config.noisy_memory_prob
         history_level = torch.where(corrupted, low + (high - low) * draw(batch_size), torch.zeros(batch_size, device=device))
-        history = add_noise(history, normal(history.shape), history_level)
-        history_timesteps = history_level[:, None].expand(batch_size, history_frames)
+        history_timesteps = history_level[:, None].repeat(1, history_frames)
+        if config.clean_first_memory:
+            history_timesteps[:, 0] = 0.0
+        history = add_noise(history, normal(history.shape), history_timesteps)
 
     null = torch.zeros(batch_size, history_frames + target_frames, dtype=torch.bool, device=device)
     null[:, history_frames:] = (draw(batch_size) < config.action_dropout)[:, None]

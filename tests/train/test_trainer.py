@@ -44,6 +44,20 @@ def test_noisy_memory_and_action_dropout_reach_the_model(tmp_path):
     assert spy.calls[1]["history_timesteps"].eq(0).all() and not spy.calls[1]["actions"].null.any()
 
 
+def test_clean_first_memory_spares_the_oldest_history_frame_as_a_rollout_spares_its_start(tmp_path):
+    config = TINY.replace(history_range=(3, 3), noisy_memory_prob=1.0, noisy_memory_range=(0.3, 0.3), batch_size=2)
+    trainer = Trainer(config, tmp_path, progress=False)
+    spy, batch = Spy(trainer.model), trainer.batches.batch(0, 0)
+    for spared in (False, True):
+        training_loss(spy, batch, config.replace(clean_first_memory=spared), step_generator(0, 0, 0, 1))
+    noised, first_clean = spy.calls
+    assert torch.equal(first_clean["history_timesteps"], torch.tensor([[0.0, 0.3, 0.3]] * 2))
+    assert torch.equal(first_clean["history_latents"][:, :, 0], batch.history_latents[:, :, 0])
+    # the other frames are noised exactly as without the option (same draws)
+    assert torch.equal(first_clean["history_latents"][:, :, 1:], noised["history_latents"][:, :, 1:])
+    assert not torch.allclose(noised["history_latents"][:, :, 0], batch.history_latents[:, :, 0])
+
+
 def test_self_generated_history_replaces_the_newest_chunk_without_gradient(tmp_path):
     config = TINY.replace(
         history_range=(3, 3), copy_prior=True, noisy_memory_prob=0.0, action_dropout=0.0,
