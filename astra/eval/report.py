@@ -34,6 +34,7 @@ from astra.eval.metrics import (
     futures_differ,
     mse_per_frame,
     pooled_psnr,
+    psnr_of_mse,
     ssim_per_frame,
 )
 from astra.eval.plots import contact_sheet, line_plot, save_png, stack_vertically
@@ -199,7 +200,7 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
     following["skipped_cases"] = sum(not r["action_scored"] for r in results)
     # the rollout's PSNR at each frame pooled over the cases as the next chunk's is; the capped per-frame mean beside
     mse_curve, copy_mse_curve = _mean_curve(results, "mse_curve"), _mean_curve(results, "mse_curve_copy")
-    psnr_curve, copy_curve = (np.array([pooled_psnr([mse]) for mse in curve]) for curve in (mse_curve, copy_mse_curve))
+    psnr_curve, copy_curve = (np.array([psnr_of_mse(float(m)) for m in curve]) for curve in (mse_curve, copy_mse_curve))
     length = len(psnr_curve)
     reported = [t for t in config.report_frames if t <= length]
     at = {str(t): float(psnr_curve[t - 1]) for t in reported}
