@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from astra.actions.modalities import get_modality
 from astra.diffusion.flow import copy_anchor
 from astra.diffusion.guidance import concat_actions
 from astra.errors import AstraError
@@ -41,23 +42,43 @@ def best_pixel_shifts(newest: torch.Tensor, target: torch.Tensor, radius: int) -
     return best
 
 
+def still_inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Each modality's still action (nothing moves: no key, identity pose) as the motion prior reads it."""
+    normalizers = model.action_projectors.normalizers
+    weight = next(model.motion_prior.parameters())
+    still = {}
+    for name in model.motion_prior.steps:
+        values = torch.tensor(get_modality(name).still, dtype=torch.float32, device=weight.device)[None, None]
+        still[name] = (normalizers[name](values) if normalizers is not None else values)[0, 0].to(weight.dtype)
+    return still
+
+
+@torch.no_grad()
+def hold_still(model: torch.nn.Module, still: dict[str, torch.Tensor]) -> None:
+    """Set each step's bias so that the still action gives no motion: b = -W s."""
+    for name, layer in model.motion_prior.steps.items():
+        layer.bias.copy_(-(layer.weight @ still[name]))
+
+
 @torch.no_grad()
 def least_squares_start(model: torch.nn.Module, actions: ActionInput, shifts: torch.Tensor) -> None:
     """Set each modality's per-frame shift step to the ridge regression of the best whole-pixel shifts' steps on
-    its normalised actions (convex: no wrong basin); zoom starts at 0. Null (dropped) frames do not take part."""
+    its normalised actions' offsets from the still action, with no intercept (convex: no wrong basin; no input,
+    no motion); zoom starts at 0. Null (dropped) frames do not take part."""
     steps = torch.diff(shifts, dim=1, prepend=torch.zeros_like(shifts[:, :1]))
     model.motion_prior.reset_parameters()  # a modality absent from the batches stays at zero
+    still = still_inputs(model)
     for name, rows, values in standardised_by_modality(actions, model.action_projectors.normalizers):
         layer = model.motion_prior.steps[name]
         kept = torch.ones(values.shape[:2], dtype=torch.bool, device=values.device)
         if actions.null is not None:
             kept = ~actions.null[rows].to(torch.bool)
-        inputs = torch.cat((values, torch.ones_like(values[..., :1])), dim=-1)[kept].double()
+        inputs = (values - still[name].to(values))[kept].double()
         gram = inputs.T @ inputs
         ridge = RIDGE * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-        solution = torch.linalg.solve(gram + ridge, inputs.T @ steps[rows][kept].double())  # [width + 1, 2]
-        layer.weight[:2] = solution[:-1].T.to(layer.weight)
-        layer.bias[:2] = solution[-1].to(layer.bias)
+        solution = torch.linalg.solve(gram + ridge, inputs.T @ steps[rows][kept].double())  # [width, 2]
+        layer.weight[:2] = solution.T.to(layer.weight)
+    hold_still(model, still)
 
 
 def _anchor_errors(anchor: torch.Tensor, target: torch.Tensor, modality: tuple[str, ...]) -> dict[str, float]:
@@ -78,7 +99,9 @@ def fit_motion_prior(
     """Fit `model.motion_prior` in place on rank 0's first `num_batches` batches (the same on every rank).
 
     A fraction `action_dropout` of the samples has its target actions dropped, as in training (they do not move).
-    The least-squares start searches whole-pixel shifts up to `radius` latent pixels each way.
+    The least-squares start searches whole-pixel shifts up to `radius` latent pixels each way. Every modality's
+    still action (`Modality.still`) keeps zero motion throughout: the data's idle frames do not move, and a free
+    intercept fitted to the moving ones made an idle player's view slide (doom: 0.19 latent pixels per latent frame).
     Returns {modality: (anchor error without motion, with the fitted motion)} on these batches.
     """
     if model.motion_prior is None:
@@ -99,6 +122,7 @@ def fit_motion_prior(
 
     before = _anchor_errors(newest, target, actions.modality)
     least_squares_start(model, actions, best_pixel_shifts(newest, target, radius))
+    still = still_inputs(model)
     parameters = list(model.motion_prior.parameters())
     optimizer = torch.optim.Adam(parameters, lr=MOTION_FIT_LR)
     normalizers = model.action_projectors.normalizers
@@ -109,6 +133,7 @@ def fit_motion_prior(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        hold_still(model, still)
     for parameter in parameters:
         parameter.grad = None
     with torch.no_grad():

@@ -8,7 +8,7 @@ from astra.train.batches import SyntheticBatches, step_generator
 from astra.train.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
 from astra.train.config import get_preset
 from astra.train.logging import read_metrics
-from astra.train.trainer import Trainer, change_weights, faded_history, lr_factor, training_loss
+from astra.train.trainer import Trainer, build_model_config, change_weights, faded_history, lr_factor, training_loss
 
 TINY = get_preset("astra-tiny").replace(model_overrides={"text_dim": 0, "text_len": 0})
 
@@ -665,6 +665,47 @@ def test_fitting_the_motion_prior_before_training_learns_the_datas_shift(tmp_pat
     assert moved < 0.5 * still, (moved, still)  # what remains: the column the roll wraps around (of 4)
     assert not any(p.requires_grad for p in model.motion_prior.parameters())  # frozen as fitted
     assert not any(name.startswith("motion_prior.") for name in trainer.ema.shadow)
+
+
+def test_the_fitted_motion_prior_holds_every_modalitys_still_action_still():
+    """A free intercept would learn the data's mean drift (here every frame slides one latent pixel whatever the
+    action) and slide an idle player's view; the fit keeps the still action (no key, identity pose) at zero motion
+    while still fitting the motion that the actions explain."""
+    from astra.actions.modalities import get_modality
+    from astra.model.action_experts import ActionInput
+    from astra.model.transformer import AstraTransformer
+    from astra.train.batches import TrainBatch
+    from astra.train.motion_fit import fit_motion_prior
+
+    modalities = ("keyboard_mouse", "camera7")
+    overrides = {**TINY.model_overrides, "motion_prior": True, "normalize_actions": True, "modalities": modalities}
+    model = AstraTransformer(build_model_config(TINY.replace(model_overrides=overrides)))
+    generator = torch.Generator().manual_seed(0)
+
+    class Drifting:
+        sources = ("drift",)
+
+        def batch(self, step, rank):
+            newest = torch.randn(4, 4, 1, 8, 16, generator=generator)
+            target = torch.cat([torch.roll(newest, shifts=k + 1, dims=-1) for k in range(3)], dim=2)
+            actions = torch.rand(4, 4, 8, generator=generator)
+            modality = tuple(modalities[i % 2] for i in range(4))
+            for i, name in enumerate(modality):
+                actions[i, :, : get_modality(name).width] += torch.tensor(get_modality(name).still)
+            return TrainBatch(newest, target, actions, modality)
+
+    model.action_projectors.set_statistics(
+        {name: (torch.tensor(get_modality(name).still) + 0.5, torch.full((get_modality(name).width,), 0.3))
+         for name in modalities},
+        keep_function=False,
+    )
+    errors = fit_motion_prior(model, Drifting(), 8, 50, action_dropout=0.0, seed=0, radius=2)
+    assert all(after < before for before, after in errors.values()), errors  # the actions' mean still moves it
+    for name in modalities:
+        still = torch.tensor(get_modality(name).still).expand(1, 3, -1)
+        with torch.no_grad():
+            motion = model.motion_prior(ActionInput(still, (name,)), model.action_projectors.normalizers)
+        assert motion.abs().max() < 1e-6, (name, motion)
 
 
 def test_the_shift_search_finds_shifts_up_to_its_radius_only():
