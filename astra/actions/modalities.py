@@ -30,10 +30,9 @@ class Modality:
     width: int
     columns: tuple[str, ...]
     description: str
-    still: tuple[float, ...]  # the action under which nothing moves (no key, identity pose, zero deltas)
 
     def __post_init__(self) -> None:
-        assert len(self.columns) == self.width == len(self.still), (self.name, self.columns, self.still)
+        assert len(self.columns) == self.width, (self.name, self.columns)
 
 
 MODALITIES: dict[str, Modality] = {
@@ -44,35 +43,30 @@ MODALITIES: dict[str, Modality] = {
             7,
             ("tx", "ty", "tz", "qx", "qy", "qz", "qw"),
             "relative camera pose: translation (scaled) + unit quaternion, in the earlier camera's frame",
-            (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
         ),
         Modality(
             "camera12",
             12,
             tuple(f"r{i}{j}" if j < 3 else f"t{i}" for i in range(3) for j in range(4)),
             "relative camera pose as a 3x4 [R|t] matrix, row-major, translation scaled",
-            (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0),
         ),
         Modality(
             "robot7",
             7,
             ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"),
             "per-frame rows: end-effector delta in the robot base frame in metres and radians + gripper (0 open .. 1 closed); latent actions divide xyz by translation_scale",
-            (0.0,) * 7,
         ),
         Modality(
             "keyboard_mouse",
             len(KEYBOARD_KEYS) + 2,
             KEYBOARD_KEYS + ("mouse_dx", "mouse_dy"),
             "fraction of frames each key is held inside the latent window + summed mouse delta (scaled)",
-            (0.0,) * (len(KEYBOARD_KEYS) + 2),
         ),
         Modality(
             "vehicle7",
             7,
             ("tx", "ty", "tz", "qx", "qy", "qz", "qw"),
             "relative ego pose of the vehicle's front camera, same layout as camera7",
-            (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0),
         ),
     )
 }

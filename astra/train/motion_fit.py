@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from astra.actions.modalities import get_modality
+from astra.actions.align import identity_action
 from astra.diffusion.flow import copy_anchor
 from astra.diffusion.guidance import concat_actions
 from astra.errors import AstraError
@@ -43,12 +43,12 @@ def best_pixel_shifts(newest: torch.Tensor, target: torch.Tensor, radius: int) -
 
 
 def still_inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Each modality's still action (nothing moves: no key, identity pose) as the motion prior reads it."""
+    """Each modality's still action (`identity_action`: no key, identity pose, zero deltas) as the prior reads it."""
     normalizers = model.action_projectors.normalizers
     weight = next(model.motion_prior.parameters())
     still = {}
     for name in model.motion_prior.steps:
-        values = torch.tensor(get_modality(name).still, dtype=torch.float32, device=weight.device)[None, None]
+        values = torch.from_numpy(identity_action(name)).to(weight.device)[None, None]
         still[name] = (normalizers[name](values) if normalizers is not None else values)[0, 0].to(weight.dtype)
     return still
 
@@ -100,7 +100,7 @@ def fit_motion_prior(
 
     A fraction `action_dropout` of the samples has its target actions dropped, as in training (they do not move).
     The least-squares start searches whole-pixel shifts up to `radius` latent pixels each way. Every modality's
-    still action (`Modality.still`) keeps zero motion throughout: the data's idle frames do not move, and a free
+    still action (`identity_action`) keeps zero motion throughout: the data's idle frames do not move, and a free
     intercept fitted to the moving ones made an idle player's view slide (doom: 0.19 latent pixels per latent frame).
     Returns {modality: (anchor error without motion, with the fitted motion)} on these batches.
     """

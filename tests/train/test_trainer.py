@@ -671,6 +671,7 @@ def test_the_fitted_motion_prior_holds_every_modalitys_still_action_still():
     """A free intercept would learn the data's mean drift (here every frame slides one latent pixel whatever the
     action) and slide an idle player's view; the fit keeps the still action (no key, identity pose) at zero motion
     while still fitting the motion that the actions explain."""
+    from astra.actions.align import identity_action
     from astra.actions.modalities import get_modality
     from astra.model.action_experts import ActionInput
     from astra.model.transformer import AstraTransformer
@@ -691,18 +692,18 @@ def test_the_fitted_motion_prior_holds_every_modalitys_still_action_still():
             actions = torch.rand(4, 4, 8, generator=generator)
             modality = tuple(modalities[i % 2] for i in range(4))
             for i, name in enumerate(modality):
-                actions[i, :, : get_modality(name).width] += torch.tensor(get_modality(name).still)
+                actions[i, :, : get_modality(name).width] += torch.from_numpy(identity_action(name))
             return TrainBatch(newest, target, actions, modality)
 
     model.action_projectors.set_statistics(
-        {name: (torch.tensor(get_modality(name).still) + 0.5, torch.full((get_modality(name).width,), 0.3))
+        {name: (torch.from_numpy(identity_action(name)) + 0.5, torch.full((get_modality(name).width,), 0.3))
          for name in modalities},
         keep_function=False,
     )
     errors = fit_motion_prior(model, Drifting(), 8, 50, action_dropout=0.0, seed=0, radius=2)
     assert all(after < before for before, after in errors.values()), errors  # the actions' mean still moves it
     for name in modalities:
-        still = torch.tensor(get_modality(name).still).expand(1, 3, -1)
+        still = torch.from_numpy(identity_action(name)).expand(1, 3, -1)
         with torch.no_grad():
             motion = model.motion_prior(ActionInput(still, (name,)), model.action_projectors.normalizers)
         assert motion.abs().max() < 1e-6, (name, motion)
