@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="docs/eval", help="folder for report.md, results.json and the plots")
     parser.add_argument("--rollout-frames", type=int, default=defaults.rollout_frames, help="long-rollout length")
+    parser.add_argument(
+        "--hold-still-frames", type=int, default=defaults.hold_still_frames,
+        help="frames per case generated with nothing pressed, scored against the start frame (0 = skip)",
+    )
     parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help="4k+1 policy frames first")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="first held-out seed (case i uses seed+i)")
     parser.add_argument(
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         cases=EvalConfig.cases if args.cases is None else args.cases,
         context_frames=args.context_frames,
         rollout_frames=args.rollout_frames,
+        hold_still_frames=args.hold_still_frames,
         seed=args.seed,
         split=args.split,
     )
@@ -69,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
     for world in results["worlds"]:
         chunk, following = world["next_chunk"], world["action_following"]
         score = "-" if following["score"] is None else f"{following['score']:.2f}"
+        held = world.get("hold_still", {}).get("psnr_at", {})
+        still = f", hold still t={max(held, key=int)} {held[max(held, key=int)]:.2f} dB" if held else ""
         print(
             f"{world['world']:>7}: PSNR {chunk['psnr']:.2f} dB (copy-last {chunk['psnr_copy_last']:.2f}), "
-            f"action following {score} (n={following['n']}), bars {world['bars']}"
+            f"action following {score} (n={following['n']}){still}, bars {world['bars']}"
         )
     print(f"report: {args.out}/report.md")
     return 0

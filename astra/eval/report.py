@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from astra.actions.align import identity_action
 from astra.errors import AstraError, UnusualActionWarning
 from astra.eval.cases import Case, ReplayMismatch, build_case, case_seeds
 from astra.eval.metrics import (
@@ -85,6 +86,10 @@ class EvalConfig:
     split: str = "heldout"  # "train" only to tune sampling settings; every reported number uses "heldout"
     min_future_mse: float = 5e-4  # two ground-truth futures closer than this (in [0,1]^2 units) are not scored
     report_frames: tuple[int, ...] = (32, 64, 128, 256)
+    # frames generated per case under the still action (no key, identity pose: nothing should move), scored
+    # against the start frame; rounded up to whole chunks, 0 = not measured
+    hold_still_frames: int = 64
+    hold_still_report_frames: tuple[int, ...] = (16, 32, 64)
     sheet_cases: int = 3
     sheet_frames: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     collapse: CollapseConfig = CollapseConfig()
@@ -100,6 +105,8 @@ class EvalConfig:
             raise AstraError(f"sheet_cases must be >= 1, got {self.sheet_cases}")
         if self.rollout_frames < 1:
             raise AstraError(f"--rollout-frames must be >= 1, got {self.rollout_frames}")
+        if self.hold_still_frames < 0:
+            raise AstraError(f"--hold-still-frames must be >= 0, got {self.hold_still_frames}")
         if self.seed < 0:  # the worlds seed numpy with it: a negative one failed after the model had loaded
             raise AstraError(f"--seed must be >= 0, got {self.seed}")
 
@@ -121,12 +128,23 @@ def vae_round_trip(session: RolloutSession, frames: np.ndarray) -> np.ndarray:
     return video_to_frames(session.vae.decode(session.vae.encode(video), start=video[:, :, :1]))
 
 
+def hold_still(session: RolloutSession, start: np.ndarray, frames: int, seed: int) -> np.ndarray | None:
+    """`frames` (rounded up to whole chunks) generated under the still action, `identity_action`: a model whose view
+    drifts or dissolves while nothing is done shows it here (None when `frames` is 0)."""
+    if frames == 0:
+        return None
+    step = session.frames_per_step
+    rows = np.tile(identity_action(session.modality), (step * math.ceil(frames / step), 1))
+    return _generate(session, start, rows, seed)[1]
+
+
 def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> dict[str, Any]:
     """All per-case numbers (arrays stay numpy) plus the frames the contact sheet needs."""
     chunk = session.frames_per_step
     start = case.context_frames[-1]
     start_frame, generated = _generate(session, start, case.true_rows, case.seed)
     _, generated_alternative = _generate(session, start, case.alternative_rows, case.seed)
+    held_still = hold_still(session, start, config.hold_still_frames, case.seed)
     copy_last = np.broadcast_to(start, case.true_frames.shape)
 
     truth_chunk, model_chunk, copy_chunk = case.true_frames[:chunk], generated[:chunk], copy_last[:chunk]
@@ -167,6 +185,10 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
         "truth_stats": {name: values[1:] for name, values in frame_stats(truth_video, level).items()},
         "collapse": collapse_frames(generated_video, truth_video, config.collapse),
         "collapse_vae": collapse_frames(truth_via_vae, truth_video, config.collapse),
+        **({} if held_still is None else {
+            "hold_still_mse_curve": mse_per_frame(held_still, np.broadcast_to(start, held_still.shape)),
+            "hold_still_mse_vae": float(mse_per_frame(start_frame, start).mean()),
+        }),
         "frames": {"truth": case.true_frames, "model": generated, "alternative_truth": case.alternative_frames,
                    "alternative_model": generated_alternative, "truth_via_vae": truth_via_vae[1:]},  # fmt: skip
     }
@@ -190,6 +212,19 @@ def collapses_within(collapse: dict, frames: int, config: CollapseConfig) -> boo
     if blank is not None and blank <= frames:
         return True
     return frozen is not None and frozen + config.frozen_window - 1 <= frames
+
+
+def summarise_hold_still(results: list[dict], config: EvalConfig) -> dict:
+    """PSNR of the still-action frames against the start frame, pooled over the cases like the rollout's; the start
+    frame through the VAE is the ceiling (what a model that kept the world exactly as it saw it would score)."""
+    curve = _mean_curve(results, "hold_still_mse_curve")
+    at = {str(t): psnr_of_mse(float(curve[t - 1])) for t in config.hold_still_report_frames if t <= len(curve)}
+    return {
+        "frames": len(curve),
+        "psnr_at": at,
+        "psnr_per_frame": [psnr_of_mse(float(m)) for m in curve],
+        "psnr_start_via_vae": pooled_psnr([r["hold_still_mse_vae"] for r in results]),
+    }
 
 
 def summarise_world(world: str, results: list[dict], ended: list[int], config: EvalConfig, chunk: int) -> dict:
@@ -225,7 +260,7 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
     next_chunk["still_frames"] = sum(r["chunk_still_frames"] for r in results)
     # the bar's verdict on the older aggregate too: where the two disagree the report says so
     next_chunk["bar_frame_mean"] = _bar(next_chunk["psnr_gain_db_frame_mean"] >= config.bars.psnr_gain_db)
-    return {
+    summary = {
         "world": world,
         "cases": len(results),
         "seeds": [r["seed"] for r in results],
@@ -262,6 +297,9 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
             "no_collapse": _bar(None if length < bars.collapse_free_frames else not collapsed),
         },
     }
+    if all("hold_still_mse_curve" in r for r in results):
+        summary["hold_still"] = summarise_hold_still(results, config)
+    return summary
 
 
 def _write_world_plots(summary: dict, results: list[dict], out: Path, config: EvalConfig) -> dict[str, str]:
@@ -497,6 +535,17 @@ def render_markdown(results: dict) -> str:
         "in every channel while the ground truth's frame is not.",
         "",
     ]
+
+    held = [w for w in worlds if "hold_still" in w]  # absent from results written before session 35
+    if held:
+        still_frames = sorted({t for w in held for t in w["hold_still"]["psnr_at"]}, key=int)
+        lines += ["## Hold still (PSNR dB of frame t against the start frame, nothing pressed)", "",
+                  "The model generates from the same start frame under the still action (no key, the identity pose, "
+                  "zero deltas), under which the view should stay as it is. The last column is the start frame "
+                  "through the VAE: the ceiling.", ""]
+        rows = [[w["world"], *(_fmt(w["hold_still"]["psnr_at"].get(t)) for t in still_frames),
+                 _fmt(w["hold_still"]["psnr_start_via_vae"])] for w in held]  # fmt: skip
+        lines += _table(["world", *(f"t={t}" for t in still_frames), "start through the VAE"], rows)
 
     lines += ["## Plots", ""]
     for w in worlds:

@@ -14,13 +14,16 @@ from astra.eval.report import EvalConfig, _collapse_count, evaluate, summarise_w
 from astra.rollout.session import RolloutConfig, load_rollout
 
 ROLLOUT_FRAMES = 16  # two chunks of the tiny model
+HOLD_STILL_FRAMES = 16
 
 
 def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "report"
-    flags = ["--worlds", "camera", "--cases", "1", "--context-frames", "5", "--seed", "4", "--out", str(out)]
+    flags = ["--worlds", "camera", "--cases", "1", "--context-frames", "5", "--seed", "4", "--out", str(out),
+             "--hold-still-frames", str(HOLD_STILL_FRAMES)]
     code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--rollout-frames", str(ROLLOUT_FRAMES), *flags])
     assert code == 0
+    assert re.search(r"camera: PSNR .* hold still t=16 [0-9.]+ dB", capsys.readouterr().out)
     results = json.loads((out / "results.json").read_text())
     (world,) = results["worlds"]
     assert world["world"] == "camera" and world["seeds"] == [4]
@@ -48,6 +51,11 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert "truth via VAE: blank / frozen / saturated" in report
     assert "blank cases (whole rollout)" in report  # the bar counts only the first 256 frames; these all of them
     assert len(world["long_rollout"]["model_stats"]["detail"]) == ROLLOUT_FRAMES
+    # nothing pressed: scored against the start frame, with the start through the VAE as the ceiling
+    held = world["hold_still"]
+    assert held["frames"] == HOLD_STILL_FRAMES and set(held["psnr_at"]) == {"16"}
+    assert 5.0 < held["psnr_at"]["16"] < 60.0 and 0.0 < held["psnr_start_via_vae"] < 40.0
+    assert "## Hold still" in report and "start through the VAE" in report
     assert 0.0 < world["next_chunk"]["detail_kept_vae_round_trip"] < 10.0
     for name in world["plots"].values():
         assert name in report
@@ -61,9 +69,10 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     with Image.open(out / world["plots"]["contact_sheet"]) as sheet:  # rows: GT, GT through the VAE, model
         assert sheet.height == style.header_height + 3 * (tile + style.gap)
     config = EvalConfig(worlds=("camera",), cases=1, context_frames=5, rollout_frames=ROLLOUT_FRAMES, seed=4,
-                        report_frames=(8, ROLLOUT_FRAMES))
+                        report_frames=(8, ROLLOUT_FRAMES), hold_still_frames=HOLD_STILL_FRAMES)
     again = evaluate(config, tmp_path / "again", loaded=loaded)["worlds"][0]
     assert again["next_chunk"] == world["next_chunk"]
+    assert again["hold_still"] == world["hold_still"]
     long = again["long_rollout"]  # the report frames within 16 frames: SSIM and detail kept there
     assert set(long["ssim_at"]) == set(long["detail_kept_at"]) == {"8", "16"}
     assert all(-1.0 < v < 1.0 for v in long["ssim_at"].values()) and min(long["detail_kept_at"].values()) > 0
@@ -96,7 +105,7 @@ def test_the_report_counts_collapsed_cases_the_truth_through_the_vae_shares():
     "flags, message",
     [(["--worlds", "moon"], "unknown world"), (["--context-frames", "4"], "4k \\+ 1"), (["--cases", "0"], "--cases"),
      (["--device", "foo"], "--device 'foo' is not a torch device"),  # was a torch RuntimeError traceback
-     (["--seed", "-1"], "--seed must be >= 0")],
+     (["--seed", "-1"], "--seed must be >= 0"), (["--hold-still-frames", "-1"], "--hold-still-frames must be >= 0")],
 )
 def test_bad_options_fail_with_one_clear_line(tiny_checkpoint, tmp_path, capsys, flags, message):
     code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), *flags])
@@ -228,3 +237,18 @@ def test_rollout_psnr_pools_squared_errors_over_the_cases():
     assert long["psnr_copy_last_at"]["32"] == pytest.approx(10 * np.log10(1 / 5e-3))
     assert long["psnr_frame_mean_at"]["32"] == pytest.approx((10 * np.log10(1 / 4e-3) + 30.0) / 2)
     assert len(long["psnr_per_frame"]) == 32
+
+
+def test_hold_still_psnr_pools_squared_errors_over_the_cases_and_is_absent_when_not_measured():
+    """One case keeps the start frame exactly, the other is 4e-3 off it: pooled 2e-3 (27.0 dB); results without the
+    still frames (before session 35, or --hold-still-frames 0) have no hold_still entry."""
+    config = EvalConfig(rollout_frames=8, hold_still_frames=16)
+    kept, drifted = _case_of(8, {"blank": None, "frozen": None}), _case_of(8, {"blank": None, "frozen": None})
+    kept.update(hold_still_mse_curve=np.zeros(16), hold_still_mse_vae=1e-3)
+    drifted.update(hold_still_mse_curve=np.full(16, 4e-3), hold_still_mse_vae=1e-3)
+    held = summarise_world("camera", [kept, drifted], [], config, chunk=4)["hold_still"]
+    assert held["frames"] == 16 and set(held["psnr_at"]) == {"16"}
+    assert held["psnr_at"]["16"] == pytest.approx(10 * np.log10(1 / 2e-3))
+    assert held["psnr_start_via_vae"] == pytest.approx(30.0)
+    plain = _case_of(8, {"blank": None, "frozen": None})
+    assert "hold_still" not in summarise_world("camera", [plain], [], config, chunk=4)
