@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         chunk, following = world["next_chunk"], world["action_following"]
         score = "-" if following["score"] is None else f"{following['score']:.2f}"
         held = world.get("hold_still", {}).get("psnr_at", {})
-        still = f", hold still t={max(held, key=int)} {held[max(held, key=int)]:.2f} dB" if held else ""
+        last = max(held, key=int, default=None)
+        still = "" if last is None else f", hold still t={last} {held[last]:.2f} dB"
         print(
             f"{world['world']:>7}: PSNR {chunk['psnr']:.2f} dB (copy-last {chunk['psnr_copy_last']:.2f}), "
             f"action following {score} (n={following['n']}){still}, bars {world['bars']}"

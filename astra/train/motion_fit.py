@@ -54,20 +54,21 @@ def still_inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def hold_still(model: torch.nn.Module, still: dict[str, torch.Tensor]) -> None:
+def zero_still_motion(model: torch.nn.Module, still: dict[str, torch.Tensor]) -> None:
     """Set each step's bias so that the still action gives no motion: b = -W s."""
     for name, layer in model.motion_prior.steps.items():
         layer.bias.copy_(-(layer.weight @ still[name]))
 
 
 @torch.no_grad()
-def least_squares_start(model: torch.nn.Module, actions: ActionInput, shifts: torch.Tensor) -> None:
+def least_squares_start(
+    model: torch.nn.Module, actions: ActionInput, shifts: torch.Tensor, still: dict[str, torch.Tensor]
+) -> None:
     """Set each modality's per-frame shift step to the ridge regression of the best whole-pixel shifts' steps on
     its normalised actions' offsets from the still action, with no intercept (convex: no wrong basin; no input,
     no motion); zoom starts at 0. Null (dropped) frames do not take part."""
     steps = torch.diff(shifts, dim=1, prepend=torch.zeros_like(shifts[:, :1]))
     model.motion_prior.reset_parameters()  # a modality absent from the batches stays at zero
-    still = still_inputs(model)
     for name, rows, values in standardised_by_modality(actions, model.action_projectors.normalizers):
         layer = model.motion_prior.steps[name]
         kept = torch.ones(values.shape[:2], dtype=torch.bool, device=values.device)
@@ -78,7 +79,7 @@ def least_squares_start(model: torch.nn.Module, actions: ActionInput, shifts: to
         ridge = RIDGE * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
         solution = torch.linalg.solve(gram + ridge, inputs.T @ steps[rows][kept].double())  # [width, 2]
         layer.weight[:2] = solution.T.to(layer.weight)
-    hold_still(model, still)
+    zero_still_motion(model, still)
 
 
 def _anchor_errors(anchor: torch.Tensor, target: torch.Tensor, modality: tuple[str, ...]) -> dict[str, float]:
@@ -121,8 +122,8 @@ def fit_motion_prior(
     newest, target, actions = torch.cat(newest), torch.cat(target), concat_actions(actions)
 
     before = _anchor_errors(newest, target, actions.modality)
-    least_squares_start(model, actions, best_pixel_shifts(newest, target, radius))
     still = still_inputs(model)
+    least_squares_start(model, actions, best_pixel_shifts(newest, target, radius), still)
     parameters = list(model.motion_prior.parameters())
     optimizer = torch.optim.Adam(parameters, lr=MOTION_FIT_LR)
     normalizers = model.action_projectors.normalizers
@@ -133,7 +134,7 @@ def fit_motion_prior(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        hold_still(model, still)
+        zero_still_motion(model, still)
     for parameter in parameters:
         parameter.grad = None
     with torch.no_grad():
