@@ -1,8 +1,8 @@
 """Held-out evaluation cases with exact counterfactual ground truth.
 
 A case is one held-out episode start: a context of `context_frames` video frames under the world's policy, then
-the TRUE future (the policy continues) and an ALTERNATIVE future of one chunk (the true controls mirrored, see
-`alternative_controls`). Ground truth of both futures comes from replay: reset with the same seed and apply the
+the TRUE future (the policy continues), an ALTERNATIVE future of one chunk (the true controls mirrored, see
+`alternative_controls`) and, when asked for, a STILL future (the player lets go: `World.still_control`). Ground truth of both futures comes from replay: reset with the same seed and apply the
 recorded controls again (ViZDoom's save/load is not exact, replay from the seed is; shared/spec/feasibility.md).
 Each replay asserts that the context, and for the true future every frame, matches the recording bit for bit.
 """
@@ -38,6 +38,8 @@ class Case:
     true_rows: np.ndarray  # [L, width]
     alternative_frames: np.ndarray  # [F, H, W, 3] the mirrored future
     alternative_rows: np.ndarray  # [F, width]
+    still_frames: np.ndarray  # [S, H, W, 3] the future with nothing pressed (S = 0 when not asked for)
+    still_rows: np.ndarray  # [S, width]
     meta: dict[str, Any]  # world.episode_meta() of the episode (scales for the action rows)
 
 
@@ -93,12 +95,15 @@ def make_policy(world: str, seed: int) -> Policy:
     return importlib.import_module(module_name).make_policy(seed)
 
 
-def replay(world: World, seed: int, controls: np.ndarray, split: str = HELDOUT) -> tuple[np.ndarray, np.ndarray]:
-    """reset(seed, split) then the controls in order -> (frames [1 + N, H, W, 3], rows [N, width])."""
+def replay(
+    world: World, seed: int, controls: np.ndarray, split: str = HELDOUT, still_steps: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """reset(seed, split), the controls in order, then `still_steps` of the world's still control (taken from the
+    state each step reaches) -> (frames [1 + N + S, H, W, 3], rows [N + S, width])."""
     frames = [world.reset(seed, split)]
     rows = []
-    for control in controls:
-        frames.append(world.step(control))
+    for control in [*controls, *([None] * still_steps)]:
+        frames.append(world.step(world.still_control() if control is None else control))
         rows.append(world.action_row())
     return np.stack(frames), np.stack(rows).astype(np.float32)
 
@@ -124,16 +129,22 @@ def _check_same(what: str, expected: np.ndarray, replayed: np.ndarray, world: st
 
 
 def build_case(
-    world: World, seed: int, context_frames: int, future_frames: int, alternative_frames: int, split: str = HELDOUT
+    world: World,
+    seed: int,
+    context_frames: int,
+    future_frames: int,
+    alternative_frames: int,
+    split: str = HELDOUT,
+    still_frames: int = 0,
 ) -> Case:
     """Record one case (see the module docstring). Raises EpisodeEnded when the simulator ends the episode early.
 
     `split` is "heldout" for every reported number; "train" exists to tune sampling settings without touching
     the held-out episodes."""
-    if context_frames < 1 or future_frames < alternative_frames or alternative_frames < 1:
+    if context_frames < 1 or future_frames < alternative_frames or alternative_frames < 1 or still_frames < 0:
         raise ValueError(
-            f"need context_frames >= 1 and future_frames >= alternative_frames >= 1, "
-            f"got {context_frames}, {future_frames}, {alternative_frames}"
+            f"need context_frames >= 1, future_frames >= alternative_frames >= 1 and still_frames >= 0, "
+            f"got {context_frames}, {future_frames}, {alternative_frames}, {still_frames}"
         )
     policy = make_policy(world.name, seed)
     recorded, controls = record_policy(world, policy, seed, context_frames - 1 + future_frames, split)
@@ -147,6 +158,11 @@ def build_case(
     alternative, alternative_rows = replay(world, seed, np.concatenate([context_controls, mirrored]), split)
     _check_same("a context", recorded[:context_frames], alternative[:context_frames], world.name, seed)
 
+    still, still_rows = recorded[:0], rows[:0]
+    if still_frames:
+        still, still_rows = replay(world, seed, context_controls, split, still_steps=still_frames)
+        _check_same("a context", recorded[:context_frames], still[:context_frames], world.name, seed)
+
     return Case(
         world=world.name,
         seed=seed,
@@ -155,6 +171,8 @@ def build_case(
         true_rows=rows[context_frames - 1 :],
         alternative_frames=alternative[context_frames:],
         alternative_rows=alternative_rows[context_frames - 1 :],
+        still_frames=still[context_frames:],
+        still_rows=still_rows[context_frames - 1 :],
         meta=meta,
     )
 

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rollout-frames", type=int, default=defaults.rollout_frames, help="long-rollout length")
     parser.add_argument(
         "--hold-still-frames", type=int, default=defaults.hold_still_frames,
-        help="frames per case generated with nothing pressed, scored against the start frame (0 = skip)",
+        help="frames per case generated with nothing pressed, scored against the simulator's (0 = skip)",
     )
     parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help="4k+1 policy frames first")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="first held-out seed (case i uses seed+i)")
@@ -74,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
     for world in results["worlds"]:
         chunk, following = world["next_chunk"], world["action_following"]
         score = "-" if following["score"] is None else f"{following['score']:.2f}"
-        held = world.get("hold_still", {}).get("psnr_at", {})
-        last = max(held, key=int, default=None)
-        still = "" if last is None else f", hold still t={last} {held[last]:.2f} dB"
+        held = world.get("hold_still", {})
+        last = max(held.get("psnr_at", {}), key=int, default=None)
+        still = "" if last is None else (
+            f", hold still t={last} {held['psnr_at'][last]:.2f} dB (start held {held['psnr_at_start_held'][last]:.2f})"
+        )
         print(
             f"{world['world']:>7}: PSNR {chunk['psnr']:.2f} dB (copy-last {chunk['psnr_copy_last']:.2f}), "
             f"action following {score} (n={following['n']}){still}, bars {world['bars']}"

@@ -45,6 +45,11 @@ class World(ABC):
     def action_row(self) -> np.ndarray:
         """The modality's action row (float32 [width]) for the last step()."""
 
+    @abstractmethod
+    def still_control(self) -> np.ndarray:
+        """The native control of a player who lets go from the current state (no key, no motion, the gripper kept
+        as it is): the ground truth of "nothing pressed" in evaluation comes from stepping with it."""
+
     def pose(self) -> np.ndarray | None:
         """Camera-to-world 4x4 (OpenCV camera axes: x right, y down, z forward) of the current frame, if known."""
         return None

@@ -99,6 +99,9 @@ class CameraWorld(BulletWorld):
         self.last_row = pose_to_vector7(motion, self.translation_scale).astype(np.float32)
         return self._render()
 
+    def still_control(self) -> np.ndarray:
+        return pose_to_vector7(np.eye(4), self.translation_scale).astype(np.float32)  # the identity motion
+
 
 def layout_positions(layout: str, rng: np.random.Generator) -> list[tuple[float, float]]:
     """Ground positions of the scene's objects, clear of the camera's start near the origin."""

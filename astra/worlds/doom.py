@@ -296,6 +296,9 @@ class DoomWorld(World):
     def action_row(self) -> np.ndarray:
         return np.concatenate([self._last_control, [0.0]]).astype(np.float32)
 
+    def still_control(self) -> np.ndarray:
+        return np.zeros(self.control_width, np.float32)  # no button, no mouse
+
     def pose(self) -> np.ndarray:
         return doom_pose(*self._camera)
 

@@ -136,6 +136,9 @@ class DriveWorld(BulletWorld):
         self.last_row = pose_to_vector7(relative_pose(previous, self.c2w), self.translation_scale).astype(np.float32)
         return self._render()
 
+    def still_control(self) -> np.ndarray:
+        return np.zeros(self.control_width, np.float32)  # wheels straight, target wheel speed 0: the car brakes to rest
+
     def _simulate(self, steer: float, throttle: float) -> None:
         client = self.client
         for joint in WHEEL_JOINTS:

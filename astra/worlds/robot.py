@@ -129,6 +129,10 @@ class RobotWorld(BulletWorld):
         self._drive_robot()
         return self._render()
 
+    def still_control(self) -> np.ndarray:
+        """No end-effector motion, the gripper kept where it is (an absolute command: 0 would open it)."""
+        return np.array([0.0] * 6 + [self.gripper], np.float32)
+
     def _drive_robot(self) -> None:
         """Inverse kinematics to the target, position control of arm and fingers, one frame of physics."""
         client = self.client

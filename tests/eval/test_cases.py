@@ -26,6 +26,18 @@ def test_case_replay_is_exact_and_alternative_differs(camera):
     np.testing.assert_allclose(case.alternative_rows[:, :3], -case.true_rows[:4, :3], atol=1e-4)
     assert all(not np.array_equal(alt, true) for alt, true in zip(case.alternative_frames, case.true_frames))
     assert case.meta["split"] == "heldout" and case.meta["seed"] == 4
+    assert case.still_frames.shape == (0, 32, 32, 3) and case.still_rows.shape == (0, 7)  # not asked for
+
+
+def test_still_future_is_the_simulator_left_alone(camera):
+    """A camera let go renders its start frame again, bit for bit, and reports the identity motion."""
+    case = build_case(camera, seed=4, context_frames=5, future_frames=4, alternative_frames=4, still_frames=8)
+    assert case.still_frames.shape == (8, 32, 32, 3) and case.still_rows.shape == (8, 7)
+    np.testing.assert_array_equal(case.still_frames, np.broadcast_to(case.context_frames[-1], (8, 32, 32, 3)))
+    np.testing.assert_allclose(case.still_rows, np.tile([0, 0, 0, 0, 0, 0, 1.0], (8, 1)), atol=1e-6)
+    assert not np.array_equal(case.true_frames[0], case.context_frames[-1])  # the policy's future does move
+    with pytest.raises(ValueError, match="still_frames"):
+        build_case(camera, seed=4, context_frames=5, future_frames=4, alternative_frames=4, still_frames=-1)
 
 
 def test_replay_mismatch_is_detected(camera):

@@ -23,7 +23,7 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
              "--hold-still-frames", str(HOLD_STILL_FRAMES)]
     code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--rollout-frames", str(ROLLOUT_FRAMES), *flags])
     assert code == 0
-    assert re.search(r"camera: PSNR .* hold still t=16 [0-9.]+ dB", capsys.readouterr().out)
+    assert re.search(r"camera: PSNR .* hold still t=16 [0-9.]+ dB \(start held [0-9.]+\)", capsys.readouterr().out)
     results = json.loads((out / "results.json").read_text())
     (world,) = results["worlds"]
     assert world["world"] == "camera" and world["seeds"] == [4]
@@ -51,11 +51,12 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert "truth via VAE: blank / frozen / saturated" in report
     assert "blank cases (whole rollout)" in report  # the bar counts only the first 256 frames; these all of them
     assert len(world["long_rollout"]["model_stats"]["detail"]) == ROLLOUT_FRAMES
-    # nothing pressed: scored against the start frame, with the start through the VAE as the ceiling
+    # nothing pressed: scored against the simulator's frames; a still camera renders exactly the start frame again
     held = world["hold_still"]
-    assert held["frames"] == HOLD_STILL_FRAMES and set(held["psnr_at"]) == {"16"}
-    assert 5.0 < held["psnr_at"]["16"] < 60.0 and 0.0 < held["psnr_start_via_vae"] < 40.0
-    assert "## Hold still" in report and "start through the VAE" in report
+    assert held["frames"] == HOLD_STILL_FRAMES and set(held["psnr_at"]) == set(held["psnr_at_start_held"]) == {"16"}
+    assert 5.0 < held["psnr_at"]["16"] < 60.0 and held["psnr_at_start_held"]["16"] == 60.0  # the cap: exact
+    assert 0.0 < held["psnr_vae_round_trip"] < 40.0
+    assert "## Hold still" in report and "truth through the VAE" in report
     assert 0.0 < world["next_chunk"]["detail_kept_vae_round_trip"] < 10.0
     for name in world["plots"].values():
         assert name in report
@@ -240,15 +241,18 @@ def test_rollout_psnr_pools_squared_errors_over_the_cases():
 
 
 def test_hold_still_psnr_pools_squared_errors_over_the_cases_and_is_absent_when_not_measured():
-    """One case keeps the start frame exactly, the other is 4e-3 off it: pooled 2e-3 (27.0 dB); results without the
-    still frames (before session 35, or --hold-still-frames 0) have no hold_still entry."""
+    """One case matches the simulator's still frames exactly, the other is 4e-3 off them: pooled 2e-3 (27.0 dB);
+    results without the still frames (before session 36, or --hold-still-frames 0) have no hold_still entry."""
     config = EvalConfig(rollout_frames=8, hold_still_frames=16)
     kept, drifted = _case_of(8, {"blank": None, "frozen": None}), _case_of(8, {"blank": None, "frozen": None})
-    kept.update(hold_still_mse_curve=np.zeros(16), hold_still_mse_vae=1e-3)
-    drifted.update(hold_still_mse_curve=np.full(16, 4e-3), hold_still_mse_vae=1e-3)
+    kept.update(hold_still_mse_curve=np.zeros(16), hold_still_mse_curve_start=np.full(16, 1e-2), hold_still_mse_vae=1e-3)
+    drifted.update(hold_still_mse_curve=np.full(16, 4e-3), hold_still_mse_curve_start=np.zeros(16),
+                   hold_still_mse_vae=1e-3)
     held = summarise_world("camera", [kept, drifted], [], config, chunk=4)["hold_still"]
     assert held["frames"] == 16 and set(held["psnr_at"]) == {"16"}
     assert held["psnr_at"]["16"] == pytest.approx(10 * np.log10(1 / 2e-3))
-    assert held["psnr_start_via_vae"] == pytest.approx(30.0)
+    assert held["psnr_at_start_held"]["16"] == pytest.approx(10 * np.log10(1 / 5e-3))
+    assert held["psnr_vae_round_trip"] == pytest.approx(30.0)
     plain = _case_of(8, {"blank": None, "frozen": None})
+    plain.update(hold_still_mse_curve=np.zeros(16), hold_still_mse_vae=1e-3)  # session 35: against the start frame
     assert "hold_still" not in summarise_world("camera", [plain], [], config, chunk=4)

@@ -53,6 +53,13 @@ def test_throttle_moves_forward_and_reverse_moves_back(world):
     assert backward[-1, 2] < -0.3
 
 
+def test_still_control_brakes_the_car_to_rest(world):
+    world.reset(0)
+    drive(world, [0.0, 1.0], 8)
+    rows = drive(world, world.still_control(), 24)
+    assert rows[0, 2] > 0.1 and abs(rows[-1, 2]) < 1e-3  # still rolling when let go, at rest 24 frames later
+
+
 def test_steer_left_turns_left(world):
     world.reset(0)
     start = world.pose()

@@ -87,6 +87,9 @@ class EndingWorld(World):
     def action_row(self):
         return self.row
 
+    def still_control(self):
+        return np.zeros(self.control_width, np.float32)
+
 
 def test_episode_ended_early_is_cut_to_4k_plus_1():
     episode = record_episode(EndingWorld(), make_policy(0), seed=0, split="train", frames=33)

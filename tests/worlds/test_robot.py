@@ -94,3 +94,15 @@ def test_bad_control_raises(world):
         world.step(np.zeros(3))
     with pytest.raises(ValueError, match="non-finite"):
         world.step(np.array([np.inf, 0, 0, 0, 0, 0, 0]))
+
+
+def test_still_control_keeps_the_gripper_and_the_target(world):
+    """Letting go must not open a closed gripper: the gripper command is absolute, so still keeps its value."""
+    world.reset(2)
+    world.step(np.array([1.0, 0, 0, 0, 0, 0, 1.0], np.float32))  # move and close
+    target = world.target_position.copy()
+    still = world.still_control()
+    np.testing.assert_array_equal(still, [0, 0, 0, 0, 0, 0, 1.0])
+    world.step(still)
+    np.testing.assert_array_equal(world.target_position, target)
+    np.testing.assert_allclose(world.action_row(), [0, 0, 0, 0, 0, 0, 1.0], atol=1e-7)
