@@ -131,6 +131,7 @@ class RobotWorld(BulletWorld):
 
     def still_control(self) -> np.ndarray:
         """No end-effector motion, the gripper kept where it is (an absolute command: 0 would open it)."""
+        self._check_reset()
         return np.array([0.0] * 6 + [self.gripper], np.float32)
 
     def _drive_robot(self) -> None:
