@@ -95,6 +95,16 @@ def _last_rollout_scores(world: dict, pooled: bool) -> tuple[str, float | None, 
     return frame, at[frame], long.get("ssim_at", {}).get(frame)
 
 
+def _hold_still_cell(world: dict) -> str:
+    """'model / start held (frame)' PSNR at the latest hold-still frame; '-' for results before session 36 (none, or
+    scored against the start frame rather than the simulator's)."""
+    held = world.get("hold_still", {})
+    if "psnr_at_start_held" not in held or not held["psnr_at"]:
+        return "-"
+    frame = max(held["psnr_at"], key=int)
+    return f"{_fmt(held['psnr_at'][frame])} / {_fmt(held['psnr_at_start_held'][frame])} ({frame})"
+
+
 def _signed(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:+.{digits}f}"
 
@@ -107,7 +117,8 @@ def compare_table(runs: dict[str, dict]) -> str:
     use_pooled, rollout_pooled = all_pooled(runs), all_pooled(runs, "long_rollout")
     reference = {w["world"]: w for w in runs[names[0]]["worlds"]}
     header = ["world", "run", "next-chunk PSNR", "vs copy-last", f"vs {names[0]}", "following (hits/n)",
-              f"following vs {names[0]}", "rollout PSNR / SSIM (frame)", "blank / frozen / saturated cases"]  # fmt: skip
+              f"following vs {names[0]}", "rollout PSNR / SSIM (frame)", "blank / frozen / saturated cases",
+              "hold still PSNR / start held (frame)"]  # fmt: skip
     rows = []
     worlds = list(dict.fromkeys(w["world"] for run in runs.values() for w in run["worlds"]))
     for world_name in worlds:
@@ -131,6 +142,7 @@ def compare_table(runs: dict[str, dict]) -> str:
                 _signed(psnr_delta), f"{_fmt(score)} ({following['hits']}/{following['n']})",
                 _signed(follow_delta), f"{_fmt(rollout)} / {_fmt(rollout_ssim, 3)} ({frame})",
                 " / ".join("-" if count is None else str(count) for count in counts) + f" of {world['cases']}",
+                _hold_still_cell(world),
             ]  # fmt: skip
             rows.append(cells)
     # pooled over the worlds every run evaluated, so that a run of fewer worlds is not ranked on other cases
@@ -150,7 +162,7 @@ def compare_table(runs: dict[str, dict]) -> str:
         score = hits / trials if trials else None
         cells = [label, name, _fmt(run_psnr), _signed(gain),
                  _signed(None if name == names[0] else run_psnr - reference_psnr),
-                 f"{_fmt(score)} ({hits}/{trials})", "", "", ""]  # fmt: skip
+                 f"{_fmt(score)} ({hits}/{trials})", "", "", "", ""]  # fmt: skip
         rows.append(cells)
     return "\n".join(_table(header, rows))
 

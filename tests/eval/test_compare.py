@@ -7,7 +7,7 @@ from astra.errors import AstraError
 from astra.eval.compare import compare, compare_table, load_results, setup_differences
 
 
-def _world(name, psnr, copy, hits, n, rollout=12.0, saturated=1, blank=0, ssim=None):
+def _world(name, psnr, copy, hits, n, rollout=12.0, saturated=1, blank=0, ssim=None, still=None):
     world = {
         "world": name, "cases": 4,
         "next_chunk": {"psnr": psnr, "psnr_copy_last": copy},
@@ -17,6 +17,8 @@ def _world(name, psnr, copy, hits, n, rollout=12.0, saturated=1, blank=0, ssim=N
     }  # fmt: skip
     if ssim is not None:  # results since session 26
         world["long_rollout"]["ssim_at"] = {"32": 0.5, "256": ssim}
+    if still is not None:  # results since session 36: (model, start held) at frames 16 and 64
+        world["hold_still"] = {"psnr_at": {"16": 22.0, "64": still[0]}, "psnr_at_start_held": {"16": 30.0, "64": still[1]}}
     return world
 
 
@@ -34,15 +36,17 @@ def _write(folder, results):
 def test_table_rows_deltas_and_pooled_over_common_worlds():
     runs = {
         "shipped": _results([_world("doom", 20.0, 21.0, 6, 8), _world("camera", 21.0, 28.0, 7, 8)]),
-        "candidate": _results([_world("doom", 20.5, 21.0, 4, 8, rollout=13.25, saturated=3, blank=2, ssim=0.125)]),
+        "candidate": _results([_world("doom", 20.5, 21.0, 4, 8, rollout=13.25, saturated=3, blank=2, ssim=0.125,
+                                      still=(19.5, 21.25))]),
     }
     lines = compare_table(runs).splitlines()
     row = next(line for line in lines if line.startswith("| doom | candidate"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     expected = ["doom", "candidate", "20.50", "-0.50", "+0.50", "0.50 (4/8)", "-0.25", "13.25 / 0.125 (256)",
-                "2 / - / 3 of 4"]
+                "2 / - / 3 of 4", "19.50 / 21.25 (64)"]
     assert cells == expected
-    assert "| 12.00 / - (256) |" in next(line for line in lines if line.startswith("| doom | shipped"))  # no SSIM
+    shipped = next(line for line in lines if line.startswith("| doom | shipped"))
+    assert shipped.endswith("| 12.00 / - (256) | 0 / - / 1 of 4 | - |")  # no SSIM, no hold still in older results
     assert any(line.startswith("| camera | candidate | not evaluated") for line in lines)
     pooled = [line for line in lines if line.startswith("| pooled")]
     # camera is missing from the candidate, so the pooled rows cover doom only
