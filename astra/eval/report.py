@@ -541,8 +541,9 @@ def render_markdown(results: dict) -> str:
         lines += ["## Hold still (PSNR dB of frame t, nothing pressed: model / start frame held)", "",
                   "From the same start the player lets go (no key, no motion, the gripper kept) and the simulator "
                   "renders the truth; the model generates from the rows the simulator reports meanwhile. Beside "
-                  "the model, the start frame held still, scored against the same truth. The last column is the "
-                  "truth through the VAE: the ceiling.", ""]
+                  "the model, the start frame held still, scored against the same truth "
+                  f"({PSNR_CAP_DB:g} dB is the cap: the world did not move). The last column is the truth through "
+                  "the VAE: the ceiling.", ""]
         rows = [[w["world"], *(f"{_fmt(w['hold_still']['psnr_at'].get(t))} / "
                                f"{_fmt(w['hold_still']['psnr_at_start_held'].get(t))}" for t in still_frames),
                  _fmt(w["hold_still"]["psnr_vae_round_trip"])] for w in held]  # fmt: skip
