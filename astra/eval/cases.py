@@ -2,8 +2,9 @@
 
 A case is one held-out episode start: a context of `context_frames` video frames under the world's policy, then
 the TRUE future (the policy continues), an ALTERNATIVE future of one chunk (the true controls mirrored, see
-`alternative_controls`) and, when asked for, a STILL future (the player lets go: `World.still_control`). Ground truth of both futures comes from replay: reset with the same seed and apply the
-recorded controls again (ViZDoom's save/load is not exact, replay from the seed is; shared/spec/feasibility.md).
+`alternative_controls`) and, when asked for, a STILL future (the player lets go: `World.still_control`). Ground
+truth of every future comes from replay: reset with the same seed and apply the recorded controls again (ViZDoom's
+save/load is not exact, replay from the seed is; shared/spec/feasibility.md).
 Each replay asserts that the context, and for the true future every frame, matches the recording bit for bit.
 """
 
@@ -100,11 +101,16 @@ def replay(
 ) -> tuple[np.ndarray, np.ndarray]:
     """reset(seed, split), the controls in order, then `still_steps` of the world's still control (taken from the
     state each step reaches) -> (frames [1 + N + S, H, W, 3], rows [N + S, width])."""
-    frames = [world.reset(seed, split)]
-    rows = []
-    for control in [*controls, *([None] * still_steps)]:
-        frames.append(world.step(world.still_control() if control is None else control))
+    frames, rows = [world.reset(seed, split)], []
+
+    def step(control: np.ndarray) -> None:
+        frames.append(world.step(control))
         rows.append(world.action_row())
+
+    for control in controls:
+        step(control)
+    for _ in range(still_steps):
+        step(world.still_control())
     return np.stack(frames), np.stack(rows).astype(np.float32)
 
 

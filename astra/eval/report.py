@@ -212,7 +212,8 @@ def summarise_hold_still(results: list[dict], config: EvalConfig) -> dict:
     """PSNR of the frames generated with nothing pressed against the simulator's, pooled over the cases like the
     rollout's. References: the start frame held (the world seldom stands exactly still: a doom player coasts to
     rest, a car brakes) and the simulator's frames through the VAE (the ceiling)."""
-    curve, start_curve = _mean_curve(results, "hold_still_mse_curve"), _mean_curve(results, "hold_still_mse_curve_start")
+    curve = _mean_curve(results, "hold_still_mse_curve")
+    start_curve = _mean_curve(results, "hold_still_mse_curve_start")
     reported = [t for t in config.hold_still_report_frames if t <= len(curve)]
     return {
         "frames": len(curve),

@@ -18,7 +18,8 @@ def _world(name, psnr, copy, hits, n, rollout=12.0, saturated=1, blank=0, ssim=N
     if ssim is not None:  # results since session 26
         world["long_rollout"]["ssim_at"] = {"32": 0.5, "256": ssim}
     if still is not None:  # results since session 36: (model, start held) at frames 16 and 64
-        world["hold_still"] = {"psnr_at": {"16": 22.0, "64": still[0]}, "psnr_at_start_held": {"16": 30.0, "64": still[1]}}
+        world["hold_still"] = {"psnr_at": {"16": 22.0, "64": still[0]},
+                               "psnr_at_start_held": {"16": 30.0, "64": still[1]}}
     return world
 
 

@@ -245,7 +245,8 @@ def test_hold_still_psnr_pools_squared_errors_over_the_cases_and_is_absent_when_
     results without the still frames (before session 36, or --hold-still-frames 0) have no hold_still entry."""
     config = EvalConfig(rollout_frames=8, hold_still_frames=16)
     kept, drifted = _case_of(8, {"blank": None, "frozen": None}), _case_of(8, {"blank": None, "frozen": None})
-    kept.update(hold_still_mse_curve=np.zeros(16), hold_still_mse_curve_start=np.full(16, 1e-2), hold_still_mse_vae=1e-3)
+    kept.update(hold_still_mse_curve=np.zeros(16), hold_still_mse_curve_start=np.full(16, 1e-2),
+                hold_still_mse_vae=1e-3)
     drifted.update(hold_still_mse_curve=np.full(16, 4e-3), hold_still_mse_curve_start=np.zeros(16),
                    hold_still_mse_vae=1e-3)
     held = summarise_world("camera", [kept, drifted], [], config, chunk=4)["hold_still"]
