@@ -131,6 +131,12 @@ def contact_sheet(
     return sheet
 
 
+def load_png(path: Path) -> Image.Image:
+    """A PNG read into memory (the file is closed at once)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 def save_png(image: Image.Image, path: Path) -> Path:
     """Atomic write (astra.files.atomic_path): a reader finds the old picture or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ from astra.eval.metrics import (
     psnr_of_mse,
     ssim_per_frame,
 )
-from astra.eval.plots import contact_sheet, line_plot, save_png, stack_vertically
+from astra.eval.plots import contact_sheet, line_plot, load_png, save_png, stack_vertically
 from astra.files import staged_files
 from astra.rollout.session import (
     MODALITY_OF_WORLD,
@@ -53,6 +53,7 @@ from astra.worlds.base import make_world
 
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "N/A"
 # the per-frame statistics averaged over cases, plotted and written to results.json (astra/eval/metrics.py)
+OVERVIEW_FILE = "overview.png"  # each world's first case: truth above the model (the report's first picture)
 PSNR_POOLING = "mse"  # PSNR of the pooled squared error (results before it: the mean of per-frame PSNRs)
 STAT_CURVES = {"mean": "mean intensity", "std": "spatial std (per channel)",
                "detail": "detail (mean |neighbour difference|)", "motion": "mean |frame_t - frame_t-1|"}  # fmt: skip
@@ -92,6 +93,8 @@ class EvalConfig:
     hold_still_report_frames: tuple[int, ...] = (16, 32, 64)
     sheet_cases: int = 3
     sheet_frames: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    # the overview (every world's first case, truth above the model, in one picture) shows fewer frames
+    overview_frames: tuple[int, ...] = (1, 4, 16, 32, 64, 128, 256)
     collapse: CollapseConfig = CollapseConfig()
     bars: Bars = Bars()
 
@@ -323,6 +326,12 @@ def _write_world_plots(summary: dict, results: list[dict], out: Path, config: Ev
     sheet = contact_sheet(rows, [f"t={t}" for t in shown])
     chunk = summary["next_chunk"]["frames"]
     first = results[0]["frames"]
+    overview = [t for t in config.overview_frames if t <= long["frames"]]
+    strip = contact_sheet(
+        [(f"{world} truth", first["truth"][[t - 1 for t in overview]]),
+         (f"{world} model", first["model"][[t - 1 for t in overview]])],
+        [f"t={t}" for t in overview],
+    )  # fmt: skip
     alternative = contact_sheet(
         [("true GT", first["truth"][:chunk]), ("true model", first["model"][:chunk]),
          ("alt GT", first["alternative_truth"]), ("alt model", first["alternative_model"])],
@@ -333,11 +342,13 @@ def _write_world_plots(summary: dict, results: list[dict], out: Path, config: Ev
         "stats": f"{world}_stats.png",
         "contact_sheet": f"{world}_contact.png",
         "action_sheet": f"{world}_actions.png",
+        "strip": f"{world}_strip.png",
     }
     save_png(psnr, out / names["psnr"])
     save_png(stack_vertically(panels), out / names["stats"])
     save_png(sheet, out / names["contact_sheet"])
     save_png(alternative, out / names["action_sheet"])
+    save_png(strip, out / names["strip"])
     return names
 
 
@@ -449,9 +460,10 @@ def render_markdown(results: dict) -> str:
         f"{setup['seed']}+; context {setup['context_frames']} frames (the model starts from the last one); "
         f"sampler {results['sampler']}. How to read this: docs/eval.md.",
         "",
-        "## Bars",
-        "",
     ]
+    if results.get("overview"):  # results.json written before it had none
+        lines += [f"![each world's first case, the simulator's frames above the model's]({results['overview']})", ""]
+    lines += ["## Bars", ""]
     lines += _table(
         ["world", f"action following >= {bars['action_following']:.2f}",
          f"one-chunk PSNR >= copy-last + {bars['psnr_gain_db']:g} dB",
@@ -556,6 +568,7 @@ def render_markdown(results: dict) -> str:
         lines.append(
             f"- {w['world']}: [PSNR over time]({plots['psnr']}), [frame statistics]({plots['stats']}), "
             f"[contact sheet]({plots['contact_sheet']}), [true vs alternative actions]({plots['action_sheet']})"
+            + (f", [first case, truth above the model]({plots['strip']})" if "strip" in plots else "")
         )
         lines.append(f"  ![{w['world']} contact sheet]({plots['contact_sheet']})")
     ended = {w["world"]: w["seeds_skipped_episode_ended"] for w in worlds if w["seeds_skipped_episode_ended"]}
@@ -604,9 +617,11 @@ def evaluate(
     torch.manual_seed(config.seed)  # the sessions seed their own noise; this covers anything else that draws
     with staged_files(Path(out), last=("results.json", "report.md")) as staging:  # a failed run changes nothing
         worlds = [evaluate_world(name, loaded, config, staging, device) for name in config.worlds]
+        save_png(stack_vertically([load_png(staging / w["plots"]["strip"]) for w in worlds]), staging / OVERVIEW_FILE)
         rollout_config: RolloutConfig = loaded[3]
         results = {
             "checkpoint": source,
+            "overview": OVERVIEW_FILE,
             "sampler": describe_sampler(rollout_config),
             "sampling": rollout_config.sampling(),  # for `astra eval --compare`
             "config": asdict(config),

@@ -69,6 +69,15 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     tile = -(-style.min_tile // height) * height
     with Image.open(out / world["plots"]["contact_sheet"]) as sheet:  # rows: GT, GT through the VAE, model
         assert sheet.height == style.header_height + 3 * (tile + style.gap)
+    # the report opens with the overview: per world the first case's truth above the model, at the overview frames
+    # that the rollout reaches (1, 4 and 16 of 16)
+    assert f"]({results['overview']})" in report
+    with Image.open(out / results["overview"]) as overview:
+        assert overview.height == style.header_height + 2 * (tile + style.gap)
+        assert overview.width == style.label_width + 3 * (tile + style.gap)
+        truth_tile = np.asarray(overview.convert("RGB"))[style.header_height : style.header_height + tile,
+                                                         style.label_width : style.label_width + tile]  # fmt: skip
+    assert truth_tile.std() > 0  # a frame, not the empty background
     config = EvalConfig(worlds=("camera",), cases=1, context_frames=5, rollout_frames=ROLLOUT_FRAMES, seed=4,
                         report_frames=(8, ROLLOUT_FRAMES), hold_still_frames=HOLD_STILL_FRAMES)
     again = evaluate(config, tmp_path / "again", loaded=loaded)["worlds"][0]
@@ -106,7 +115,7 @@ def test_the_report_counts_collapsed_cases_the_truth_through_the_vae_shares():
     "flags, message",
     [(["--worlds", "moon"], "unknown world"), (["--context-frames", "4"], "4k \\+ 1"), (["--cases", "0"], "--cases"),
      (["--device", "foo"], "--device 'foo' is not a torch device"),  # was a torch RuntimeError traceback
-     (["--seed", "-1"], "--seed must be >= 0"), (["--hold-still-frames", "-1"], "--hold-still-frames must be >= 0")],
+     (["--seed", "-1"], "argument --seed: -1 is outside 0"), (["--hold-still-frames", "-1"], "--hold-still-frames must be >= 0")],
 )
 def test_bad_options_fail_with_one_clear_line(tiny_checkpoint, tmp_path, capsys, flags, message):
     code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), *flags])
