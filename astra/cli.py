@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from pathlib import Path
 
+from astra.config_fields import MAX_SEED
 from astra.errors import AstraError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,6 +34,44 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def seed_argument(text: str) -> int:
+    """argparse type of every --seed: a whole number in [0, 2**32 - 1] (numpy's error named no option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 .. {MAX_SEED:,}")
+    return value
+
+
+def empty_values(arguments: list[str]) -> list[str]:
+    """The options (or "a positional argument") given an empty or blank value, as `--out ""` or `--out=`."""
+    found = []
+    for index, value in enumerate(arguments):
+        option, equals, attached = value.partition("=") if value.startswith("--") else (value, "", "")
+        if equals and not attached.strip():
+            found.append(option)
+        elif not value.strip():
+            previous = arguments[index - 1] if index else ""
+            found.append(previous if previous.startswith("-") else "a positional argument")
+    return found
+
+
+def describe_error(error: BaseException) -> str:
+    """The message a user reads: the file-system errors that name a path say what is wrong with it in words."""
+    path = getattr(error, "filename", None)
+    if isinstance(error, FileExistsError) and path and Path(path).is_file():
+        return f"{path} is a file, where a folder is needed"
+    if isinstance(error, NotADirectoryError) and path:
+        return f"{path}: part of this path is a file, where a folder is needed"
+    if isinstance(error, PermissionError) and path:
+        return f"permission denied: {path}"
+    if isinstance(error, MemoryError):
+        return "out of memory: ask for fewer frames, a smaller size or a smaller scale"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -49,17 +90,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"astra {name}", description=COMMANDS[name][1])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    try:
+        empty = empty_values(rest)
+        if empty:  # an unset shell variable: `--out $OUT` would have written into the current folder
+            parser.error(f"empty value for {empty[0]}")
+        args = parser.parse_args(rest)
+    except SystemExit as stop:  # argparse's errors (2) and --help (0), returned like every other outcome
+        return int(stop.code or 0)
+    plain_format = warnings.formatwarning
+    if not args.debug:  # one line a user can read, not the file and line deep in torch that a stacklevel lands on
+        warnings.formatwarning = lambda message, *_, **__: f"astra {name}: warning: {message}\n"
     try:
         return int(module.run(args) or 0)
-    except (AstraError, OSError, ValueError) as error:  # OSError: a path that exists, is a file, is not writable
+    except (AstraError, OSError, ValueError, MemoryError) as error:  # OSError: a path that exists, is a file, ...
         if args.debug:
             raise
-        print(f"astra {name}: error: {error}", file=sys.stderr)
+        print(f"astra {name}: error: {describe_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"astra {name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = plain_format
 
 
 if __name__ == "__main__":

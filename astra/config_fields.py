@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from astra.errors import AstraError, ConfigError
 
 T = TypeVar("T")
+MAX_SEED = 2**32 - 1  # the largest seed numpy's and the simulators' generators take
 
 
 def read_json_object(

@@ -158,6 +158,23 @@ def replace_folder(staged: Path, final: Path, overwrite: bool = True, attempts: 
     raise AstraError(f"{final} kept changing under another writer; {attempts} attempts to write it failed")
 
 
+def check_output_file(path: Path, option: str) -> None:
+    """Fail now, naming `option`, when `path` cannot become a file: a folder stands there, or a file stands where
+    one of its folders should be (found before a long job, not when it writes its result)."""
+    if path.is_dir():
+        raise AstraError(f"{option} {path} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise AstraError(f"{option} {path}: {parent} is a file, where a folder is needed")
+            try:  # a probe, not os.access: root passes that on read-only file systems such as /sys
+                with tempfile.TemporaryFile(dir=parent):
+                    pass
+            except OSError:
+                raise AstraError(f"{option} {path}: the folder {parent} is not writable") from None
+            return
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)

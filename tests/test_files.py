@@ -137,3 +137,22 @@ def test_the_lock_excludes_another_holder_until_released(tmp_path):
             with pytest.raises(BlockingIOError):
                 fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on leaving the block
+
+
+def test_an_output_file_that_cannot_be_written_is_named_up_front(tmp_path, monkeypatch):
+    from astra.errors import AstraError
+    from astra.files import check_output_file
+
+    check_output_file(tmp_path / "new" / "deeper" / "video.mp4", "--out")  # missing folders are made later: fine
+    (tmp_path / "a_file").write_text("keep")
+    with pytest.raises(AstraError, match=r"--out .*a_file is a file, where a folder is needed"):
+        check_output_file(tmp_path / "a_file" / "video.mp4", "--out")
+    with pytest.raises(AstraError, match="is a folder; give a file name"):
+        check_output_file(tmp_path, "--out")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("astra.files.tempfile.TemporaryFile", refuse)
+    with pytest.raises(AstraError, match=r"--out .*: the folder .* is not writable"):
+        check_output_file(tmp_path / "video.mp4", "--out")

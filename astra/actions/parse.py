@@ -21,11 +21,10 @@ import numpy as np
 
 from astra.actions.align import FRAMES_PER_LATENT, identity_action, latent_actions
 from astra.actions.modalities import KEYBOARD_KEYS, get_modality
-from astra.actions.presets import PRESETS, get_preset, render_motion
+from astra.actions.presets import MAX_ACTION_FRAMES, PRESETS, get_preset, render_motion
 from astra.errors import AstraError
 
 DEFAULT_PRESET_LATENT_FRAMES = 24  # the paper's demos: 3 chunks of 8 latent frames
-MAX_ACTION_FRAMES = 100_000  # video frames one action string may ask for (~2.8 h at 10 fps): a typo fails, not memory
 KEY_LETTERS = dict(zip("wsadqe", KEYBOARD_KEYS))
 KEY_WORDS = {"left": "turn_left", "right": "turn_right"}
 POSE_WORDS = {
@@ -106,6 +105,8 @@ def parse_frame_rows(text: str, modality: str) -> np.ndarray:
     position = 0
     while position < len(text):
         match = TOKEN.match(text, position)
+        if match is None:  # a "(" with no ")" before the end
+            raise ActionParseError(f"action string position {position} ({text[position:]!r}): unclosed '('")
         chord, count_text = match.group("chord"), match.group("count")
         where = f"action string position {position} ({text[position:match.end()].strip(', ')!r})"
         if not chord:
@@ -162,6 +163,8 @@ def load_action_file(path: str | Path, modality: str) -> np.ndarray:
         content = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ActionParseError(f"{path}: not valid JSON ({error})") from None
+    except UnicodeDecodeError:
+        raise ActionParseError(f"{path}: not a text file (expected JSON)") from None
     if isinstance(content, dict):
         if content.get("modality", modality) != modality:
             raise ActionParseError(f"{path}: actions are for modality {content['modality']!r}, expected {modality!r}")
@@ -172,6 +175,8 @@ def load_action_file(path: str | Path, modality: str) -> np.ndarray:
         rows = np.asarray(content, dtype=np.float32)
     except (TypeError, ValueError):
         raise ActionParseError(f"{path}: 'frames' must be a list of equal-length lists of numbers") from None
+    if len(rows) > MAX_ACTION_FRAMES:
+        raise ActionParseError(f"{path}: {len(rows):,} rows, more than MAX_ACTION_FRAMES = {MAX_ACTION_FRAMES:,}")
     return frame_rows_to_latent(rows, modality, str(path))
 
 
@@ -181,6 +186,6 @@ def parse_actions(spec: str, modality: str, num_latent_frames: int | None = None
     if spec in PRESETS[get_modality(modality).name]:
         frames = DEFAULT_PRESET_LATENT_FRAMES if num_latent_frames is None else num_latent_frames
         return get_preset(spec, modality, frames)
-    if spec.endswith(".json"):
+    if spec.lower().endswith(".json"):
         return load_action_file(spec, modality)
     return frame_rows_to_latent(parse_frame_rows(spec, modality), modality, f"action string {spec!r}")

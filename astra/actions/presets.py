@@ -12,9 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from astra.actions import geometry
-from astra.actions.align import POSE_MODALITIES, pose_to_action
+from astra.actions.align import FRAMES_PER_LATENT, POSE_MODALITIES, pose_to_action
 from astra.actions.modalities import KEYBOARD_KEYS, get_modality
 
+# video frames one action sequence (string, file or preset) may ask for (~2.8 h at 10 fps): a typo fails, not memory
+MAX_ACTION_FRAMES = 100_000
+MAX_PRESET_LATENT_FRAMES = MAX_ACTION_FRAMES // FRAMES_PER_LATENT
 YAW_STEP = 0.03  # rad per latent frame (the authors' demo trajectories)
 PITCH_STEP = 0.03  # rad per latent frame
 FORWARD_STEP = 1.0  # translation per latent frame, in translation_scale units
@@ -119,8 +122,8 @@ def get_preset(name: str, modality: str, num_latent_frames: int) -> np.ndarray:
     presets = PRESETS[get_modality(modality).name]
     if name not in presets:
         raise ValueError(f"no {modality} preset {name!r}; known: {', '.join(sorted(presets))}")
-    if num_latent_frames < 1:
-        raise ValueError(f"a preset needs at least 1 latent frame, got {num_latent_frames}")
+    if not 1 <= num_latent_frames <= MAX_PRESET_LATENT_FRAMES:
+        raise ValueError(f"a preset's length must lie in 1 .. {MAX_PRESET_LATENT_FRAMES:,} latent frames, got {num_latent_frames}")
     segments = presets[name]
     # segment boundaries by cumulative share, so the lengths always add up to num_latent_frames
     bounds = np.round(np.cumsum([share for _, share in segments]) / sum(s for _, s in segments) * num_latent_frames)

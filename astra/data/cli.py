@@ -81,6 +81,8 @@ def _convert(args: argparse.Namespace) -> int:
     options = {key: value for key, value in options.items() if value is not None}
     report = convert_dataset(args.dataset, args.source, args.out, overwrite=args.overwrite, **options)
     print(report.summary())
+    if report.skipped and not report.converted:
+        raise DataError(f"every item was skipped, nothing converted into {args.out} (reasons above)")
     return 0
 
 
@@ -102,4 +104,6 @@ def run(args: argparse.Namespace) -> int:
         world_size=args.world_size, max_latent_frames=args.max_latent_frames, device=device,
     )
     print(report.summary())
+    if report.skipped and not report.encoded and not report.already_done:
+        raise DataError(f"every episode was skipped, nothing encoded into {args.out} (reasons above)")
     return 0

@@ -336,7 +336,8 @@ def list_episodes(root: str | os.PathLike, split: str | None = None) -> list[Pat
     """Complete episode folders under `root` (searched recursively, hidden/temp folders skipped), sorted."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"episode folder {root} does not exist")
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"episode folder {root} {problem}")
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     found = []

@@ -21,6 +21,23 @@ from astra.data.encode import INDEX_FILE, LATENT_FORMAT_VERSION
 from astra.errors import DataError
 
 
+# what every index entry holds, and of which kind (json types: bool is not an int here)
+INDEX_ENTRY_FIELDS = {"episode": str, "key": str, "shard": str, "modality": str, "source": str, "split": str,
+                      "latent_frames": int}  # fmt: skip
+
+
+def check_index_entry(entry: object, where: str) -> None:
+    """Raise DataError naming the entry and field when an index entry is not what `astra data encode` writes."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{where} is not an object")
+    for field, kind in INDEX_ENTRY_FIELDS.items():
+        value = entry.get(field)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise DataError(f"{where}: {field!r} must be a {kind.__name__}, got {value!r}; encode again")
+    if entry["latent_frames"] < 1:
+        raise DataError(f"{where}: 'latent_frames' must be at least 1, got {entry['latent_frames']}")
+
+
 class LatentDataset:
     """The clips listed in `<root>/index.json`, loaded lazily from their safetensors shards."""
 
@@ -40,6 +57,8 @@ class LatentDataset:
             raise DataError(f"{index_path}: needs 'vae' and a list of 'entries'")
         self.vae: str | None = index["vae"]
         self.entries: list[dict] = index["entries"]
+        for number, entry in enumerate(self.entries):
+            check_index_entry(entry, f"{index_path}: entries[{number}]")
 
     def __len__(self) -> int:
         return len(self.entries)

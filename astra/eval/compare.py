@@ -30,14 +30,21 @@ def load_results(folder: str | Path) -> dict:
         raise AstraError(f"{path}: no such file (expected the results.json that `astra eval --out` writes)")
     try:
         results = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AstraError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(results, dict) or not isinstance(results.get("worlds"), list) or "config" not in results:
         raise AstraError(f"{path}: not an `astra eval` results.json (no 'worlds' list or 'config')")
     for index, world in enumerate(results["worlds"]):
+        if not isinstance(world, dict):
+            raise AstraError(f"{path}: worlds[{index}] is not an object")
         missing = [key for key in ("world", "next_chunk", "action_following", "long_rollout") if key not in world]
         if missing:
             raise AstraError(f"{path}: worlds[{index}] lacks {', '.join(missing)}")
+    try:  # a value of the wrong kind (a hand-edited file) is found here, naming the file, not amid the comparison
+        setup_differences({path.name: results})
+        compare_table({path.name: results})
+    except (TypeError, KeyError, AttributeError, ValueError) as error:
+        raise AstraError(f"{path}: a value of the wrong kind in results.json ({type(error).__name__}: {error})") from None
     return results
 
 

@@ -132,6 +132,15 @@ class AstraConfig:
         return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
     def validate(self) -> None:
+        sizes = ("in_channels", "out_channels", "dim", "ffn_dim", "num_heads", "num_layers", "freq_dim",
+                 "rope_max_positions", "action_space_dim", "num_experts")  # fmt: skip
+        for name in sizes:  # a zero or negative size built a model with no blocks or failed deep inside torch
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.expert_hidden_dim < 0:  # 0: each expert is one Linear (the authors' layout)
+            raise ValueError(f"expert_hidden_dim must be >= 0, got {self.expert_hidden_dim}")
+        if min(self.patch_size) < 1:
+            raise ValueError(f"patch_size must be positive, got {self.patch_size}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.head_dim % 2 or min(self.rope_split) <= 0 or any(s % 2 for s in self.rope_split):

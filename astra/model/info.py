@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from astra.errors import AstraError
+from astra.model.checkpoints import ASTRA_CONFIG, ASTRA_FORMAT
 from astra.model.config import PRESETS, AstraConfig
 from astra.model.freeze import BACKBONE_GROUPS, apply_freeze_policy, count_parameters
 from astra.model.transformer import AstraTransformer
@@ -24,14 +25,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(name_or_path: str) -> AstraConfig:
+    """A preset, an AstraConfig JSON file, or a checkpoint (its folder or its config.json, which holds the model's
+    config under "config" beside the format and metadata)."""
     if name_or_path in PRESETS:
         return AstraConfig.from_preset(name_or_path)
     path = Path(name_or_path)
+    if path.is_dir():
+        path = path / ASTRA_CONFIG
     if not path.is_file():
-        raise AstraError(f"--config {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+        raise AstraError(
+            f"--config {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a file nor a checkpoint folder"
+        )
     try:
-        return AstraConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and data.get("format") == ASTRA_FORMAT:
+            data = data.get("config")
+        return AstraConfig.from_dict(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as error:
         raise AstraError(f"{path}: not a valid AstraConfig JSON: {error}") from None
 
 

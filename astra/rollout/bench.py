@@ -135,8 +135,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise AstraError(f"--chunks must be >= 1, got {args.chunks}")
     if args.threads is not None and args.threads < 1:
         raise AstraError(f"--threads must be >= 1, got {args.threads}")
-    if min(args.history) < 0:
-        raise AstraError(f"--history lengths must be >= 0, got {' '.join(map(str, args.history))}")
+    if min(args.history) < 0 or args.history[0] > args.history[1]:
+        raise AstraError(f"--history SHORT LONG must be 0 <= SHORT <= LONG chunks, got {' '.join(map(str, args.history))}")
     if args.long_frames < 0:
         raise AstraError(f"--long-frames must be >= 0, got {args.long_frames}")
 

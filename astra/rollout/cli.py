@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from astra.cli import seed_argument
 from astra.errors import AstraError
-from astra.files import atomic_path
+from astra.files import atomic_path, check_output_file
 from astra.rollout.options import add_sampling_arguments, sampling_settings
 
+MAX_SCALE = 16  # upscale factor of the written video: 64 px frames become at most 1024 px
 HELP = "generate a video from an image or a world and an action sequence"
 
 
@@ -30,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latent-frames", type=int, default=None, help="length for presets, in latent frames (4 video frames each)")
     parser.add_argument("--list-presets", action="store_true", help="list the presets of the modality and exit")
     add_sampling_arguments(parser)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument("--out", default="out/generated.mp4", help="output .mp4 (a .gif is also written with --gif)")
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF next to the MP4")
     parser.add_argument("--no-overlay", action="store_true", help="do not draw the actions on the frames")
@@ -77,12 +79,16 @@ def run(args: argparse.Namespace) -> int:
     if args.list_presets:
         print("\n".join(list_presets(modality)))
         return 0
-    if args.scale < 1:
-        raise AstraError(f"--scale must be >= 1, got {args.scale}")
+    if not 1 <= args.scale <= MAX_SCALE:
+        raise AstraError(f"--scale must lie in 1 .. {MAX_SCALE}, got {args.scale}")
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise AstraError(f"--out must name an .mp4 file (add --gif for a GIF beside it), got {args.out}")
-    latent_actions = parse_actions(args.actions or DEFAULT_PRESET[modality], modality, args.latent_frames)
+    check_output_file(out, "--out")  # before the minutes of generation, not after
+    actions = args.actions or DEFAULT_PRESET[modality]
+    if args.latent_frames is not None and actions.strip() not in list_presets(modality):
+        raise AstraError("--latent-frames sets the length of a preset; an action string or file gives its own")
+    latent_actions = parse_actions(actions, modality, args.latent_frames)
     start = read_image(args.image) if args.image else None  # a bad file fails before the model loads
     model, vae, metadata, config = load_rollout(
         args.checkpoint, **sampling_settings(args), seed=args.seed

@@ -25,6 +25,7 @@ from astra.diffusion.flow import add_noise
 from astra.diffusion.guidance import guidance_passes
 from astra.diffusion.sampler import SamplerConfig, sample_chunk
 from astra.errors import AstraError, UnusualActionWarning
+from astra.images import to_rgb
 from astra.model.action_experts import ActionInput, unusual_actions
 from astra.rollout.anchor import MATCHES, anchor_stats
 
@@ -123,11 +124,12 @@ class RolloutConfig:
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """An image file as RGB; an unreadable file is an AstraError naming it."""
+    """An image file as RGB; an unreadable file, or one whose header claims more pixels than PIL's
+    decompression-bomb limit, is an AstraError naming it."""
     try:
         with Image.open(path) as opened:
-            return opened.convert("RGB")
-    except (OSError, ValueError) as error:
+            return to_rgb(opened)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise AstraError(f"cannot read image {path}: {error}") from None
 
 
@@ -140,7 +142,7 @@ def prepare_image(image: np.ndarray | Image.Image | str | Path, size: tuple[int,
             raise AstraError(f"start image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
         image = Image.fromarray(image[..., :3])
     elif image.mode != "RGB":  # grey, palette or alpha: [H, W] or 4 channels would reach the VAE
-        image = image.convert("RGB")
+        image = to_rgb(image)
     height, width = size
     if image.size != (width, height):
         # The crop is taken in the source's pixels and only it is resampled: scaling the whole picture first would

@@ -35,6 +35,7 @@ from PIL import Image
 from astra.actions.controls import ControlState, controls_for
 from astra.actions.modalities import MAX_ACTION_MAGNITUDE
 from astra.errors import AstraError
+from astra.images import to_rgb
 from astra.rollout.session import prepare_image
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -59,8 +60,8 @@ class ServerConfig:
     target_fps: float = 20.0  # pace generation to what the page shows; 0 = as fast as possible
 
     def validate(self) -> None:
-        if not 0 <= self.port <= MAX_PORT:
-            raise AstraError(f"--port must lie in [0, {MAX_PORT}], got {self.port}")
+        if not 1 <= self.port <= MAX_PORT:  # 0 (any free port) would print an address nobody could open
+            raise AstraError(f"--port must lie in [1, {MAX_PORT}], got {self.port}")
         if self.max_sessions < 1:
             raise AstraError(f"--max-sessions must be >= 1, got {self.max_sessions}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -89,7 +90,7 @@ def decode_image_data_url(data: str) -> np.ndarray:
             if width * height > MAX_UPLOAD_PIXELS:
                 limit = f"{MAX_UPLOAD_PIXELS:,}"
                 raise ProtocolError(f"image of {width}x{height} pixels exceeds the limit of {limit} pixels")
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(to_rgb(image))
     except ProtocolError:
         raise
     except Exception as error:  # PIL raises many types for bad files

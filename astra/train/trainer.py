@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import subprocess
+import sys
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -721,8 +722,8 @@ class Trainer:
 
         Returns the logged metric rows of this call. Saves a checkpoint every `save_every` steps and at the end.
         """
-        if resume:
-            self.resume()
+        if resume and not self.resume() and self.info.is_main:  # the build script resumes its first launch too
+            print(f"--resume: no checkpoint in {self.out_dir} yet; starting a new run there", file=sys.stderr)
         existing = latest_checkpoint(self.out_dir)
         if self.step == 0 and existing is not None:  # starting over would overwrite that run's checkpoints and metrics
             raise AstraError(

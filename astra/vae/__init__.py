@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from astra.config_fields import read_json_object
-from astra.errors import AstraError, CheckpointError
+from astra.errors import CheckpointError
 from astra.weights import resolve_weights, weights_root
 from astra.vae.common import TEMPORAL_STRIDE
 from astra.vae.small import (
@@ -28,10 +28,8 @@ def _is_small_vae_folder(path: Path) -> bool:
     config = path / CONFIG_FILE
     if not (path.is_dir() and config.is_file()):
         return False
-    try:
-        return read_json_object(config).get("type") == VAE_TYPE
-    except AstraError:
-        return False
+    # an unreadable config.json is an error that names it: no VAE layout (ours or diffusers') loads without one
+    return read_json_object(config, f"VAE config {config}", error=CheckpointError).get("type") == VAE_TYPE
 
 
 def load_vae(name_or_path: str | Path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from astra.cli import seed_argument
+from astra.errors import AstraError
 from astra.vae.train import VAETrainConfig
 
 HELP = "train or evaluate the small VAE"
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight of the L1 between frame-to-frame changes of reconstruction and video",
     )
     train.add_argument("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every)
-    train.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    train.add_argument("--seed", type=seed_argument, default=_DEFAULTS.seed)
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     train.add_argument("--init-from", default=None, help="start from this trained VAE (fresh optimizer)")
     train.add_argument(
@@ -84,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         params = sum(p.numel() for p in vae.parameters())
         print(f"saved {args.out} ({params:,} parameters; worlds: {', '.join(pool.worlds)})")
         return 0
+    if args.max_frames < 1 or (args.max_frames - 1) % 4:
+        raise AstraError(f"--max-frames must be 4k + 1 (1, 5, 9, ...), got {args.max_frames}")
     vae = load_vae(args.vae)
     reference = load_vae(args.latents_vs) if args.latents_vs else None
     pool = load_clip_pool(args.episodes, split=args.split)

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from astra.cli import seed_argument
 from astra.worlds.base import SPLITS, WORLDS
 
 HELP = "record action-labelled episodes from simulators; preview them"
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     record.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
     record.add_argument("--out", type=Path, required=True)
     record.add_argument("--split", choices=SPLITS, default="train")
-    record.add_argument("--seed", type=int, default=0, help="seed of the first episode (then seed + 1, ...)")
+    record.add_argument("--seed", type=seed_argument, default=0, help="seed of the first episode (then seed + 1, ...)")
     record.add_argument("--workers", type=int, default=1, help="parallel recording processes")
     record.add_argument("--maps", nargs="+", help="doom only: restrict to these maps (e.g. MAP01 MAP02)")
 

@@ -32,6 +32,9 @@ LABEL_HEIGHT = 12  # pixels of the episode-name strip above each contact-sheet r
 ON, OFF, ARROW, TICK, OUTLINE = (255, 220, 0), (90, 90, 90), (0, 255, 255), (255, 60, 60), (0, 0, 0)
 
 
+MAX_COLUMNS, MAX_SCALE = 64, 16  # frames per episode on a contact sheet; upscaling of each frame
+
+
 @dataclass(frozen=True)
 class PreviewConfig:
     episodes: int = 4  # how many episodes (the first ones, sorted by name)
@@ -41,6 +44,8 @@ class PreviewConfig:
     def __post_init__(self) -> None:
         if min(self.episodes, self.columns, self.scale) < 1:
             raise ValueError(f"episodes, columns and scale must be >= 1, got {self}")
+        if self.columns > MAX_COLUMNS or self.scale > MAX_SCALE:  # the sheet is allocated whole
+            raise ValueError(f"--columns must be <= {MAX_COLUMNS} and --scale <= {MAX_SCALE}, got {self}")
 
 
 def _arrow(draw: ImageDraw.ImageDraw, start: np.ndarray, end: np.ndarray, color, width: int) -> None:

@@ -22,11 +22,13 @@ from tqdm import tqdm
 
 from astra.actions.align import identity_action
 from astra.actions.modalities import KEYBOARD_KEYS, get_modality
+from astra.config_fields import MAX_SEED
 from astra.data.format import META_FILE, Episode, read_meta, write_episode
 from astra.errors import DataError
 from astra.worlds import EpisodeEnded
 from astra.worlds.base import SPLITS, WORLDS, World, make_world
 
+MAX_EPISODE_BYTES = 2 * 2**30  # frames x size x size x 3 of one episode, kept in memory until it is written
 MIN_EPISODE_FRAMES = 5  # an episode cut short by the simulator is kept only if it has this many frames
 
 
@@ -49,6 +51,14 @@ class RecordConfig:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.episodes < 1 or self.frames < 1 or self.workers < 1 or self.size < 1:
             raise ValueError("episodes, frames, size and workers must all be >= 1")
+        episode_bytes = self.frames * self.size * self.size * 3  # an episode is held in memory until written
+        if episode_bytes > MAX_EPISODE_BYTES:
+            raise ValueError(
+                f"--frames {self.frames:,} at --size {self.size} makes {episode_bytes / 2**30:.1f} GiB per episode, "
+                f"over the {MAX_EPISODE_BYTES / 2**30:g} GiB an episode may hold in memory: record more, shorter ones"
+            )
+        if self.seed + self.episodes - 1 > MAX_SEED:
+            raise ValueError(f"--seed {self.seed} + {self.episodes} episodes passes the largest seed {MAX_SEED:,}")
 
 
 def episode_name(world: str, split: str, seed: int) -> str:

@@ -200,3 +200,19 @@ def test_the_module_imports_where_fcntl_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
     assert module.merge_index.__doc__ == encode.merge_index.__doc__
+
+
+def test_cli_fails_when_every_episode_is_skipped(tmp_path, capsys):
+    """It printed "encoded 0 episodes ... 1 skipped" and exited 0, leaving an empty dataset for training to find."""
+    from astra.cli import main
+    from astra.vae.small import SMALL_VAE_PRESETS, SmallVAE, save_small_vae
+
+    broken = write_episode(tmp_path / "episodes", "ep0", keyboard_episode(9, seed=0))
+    meta = json.loads((broken / "meta.json").read_text())
+    del meta["num_frames"]
+    (broken / "meta.json").write_text(json.dumps(meta))
+    vae = save_small_vae(SmallVAE(SMALL_VAE_PRESETS["astra-tiny-vae"]), tmp_path / "vae")
+    args = ["data", "encode", "--episodes", str(tmp_path / "episodes"), "--vae", str(vae), "--out", str(tmp_path / "out")]
+    assert main(args + ["--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert "skipped ep0" in captured.out and "every episode was skipped, nothing encoded" in captured.err

@@ -73,3 +73,19 @@ def test_errors(dataset):
     b = Segment(torch.zeros(3, 2, 2, 2), torch.zeros(3, 2, 2, 2), torch.zeros(4, 8), "keyboard_mouse", "doom")
     with pytest.raises(ValueError, match="one shape"):
         collate([a, b])
+
+
+def test_index_entries_of_the_wrong_kind_are_named(dataset, tmp_path):
+    import json
+    import shutil
+
+    from astra.errors import DataError
+
+    for field, value in (("latent_frames", "three"), ("latent_frames", 0), ("shard", None), ("episode", 5)):
+        root = tmp_path / f"{field}-{value}"
+        shutil.copytree(dataset.root, root)
+        index = json.loads((root / "index.json").read_text())
+        index["entries"][1][field] = value
+        (root / "index.json").write_text(json.dumps(index))
+        with pytest.raises(DataError, match=rf"entries\[1\]: '{field}' must"):
+            LatentDataset(root)

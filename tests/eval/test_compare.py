@@ -99,6 +99,21 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(AstraError, match=r"worlds\[0\] lacks next_chunk"):
         load_results(tmp_path / "other")
     assert main(["eval", "--compare", str(tmp_path / "missing"), str(tmp_path / "other")]) != 0
+    # values of the wrong kind (a hand-edited file) name the file instead of failing amid the table
+    good = _results([_world("doom", 20.0, 18.0, 6, 8)])
+    for label, edit in (("config", lambda r: r.update(config=5)),
+                        ("sampling", lambda r: r.update(sampling=None)),
+                        ("world", lambda r: r["worlds"].append(None)),
+                        ("psnr", lambda r: r["worlds"][0]["next_chunk"].update(psnr="high"))):  # fmt: skip
+        bad = json.loads(json.dumps(good))
+        edit(bad)
+        folder = _write(tmp_path / f"bad-{label}", bad)
+        with pytest.raises(AstraError, match=f"bad-{label}/results.json: "):
+            load_results(folder)
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / "results.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(AstraError, match="not valid JSON"):
+        load_results(tmp_path / "binary")
 
 
 def test_a_run_from_before_the_pooled_psnr_is_compared_on_per_frame_means():

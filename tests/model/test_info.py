@@ -5,7 +5,9 @@ import re
 import pytest
 
 from astra.cli import main
+from astra.model.checkpoints import save_astra
 from astra.model.config import AstraConfig
+from astra.model.transformer import AstraTransformer
 
 
 def numbers(text, label):
@@ -31,6 +33,16 @@ def test_small_preset_and_json_config(tmp_path, capsys):
     assert main(["info", "--config", str(path)]) == 0
     json_total = numbers(capsys.readouterr().out, "total")
     assert 0 < json_total[0] < small_total[0]
+
+
+def test_a_checkpoint_folder_or_its_config_json(tmp_path, capsys):
+    """A checkpoint's config.json holds the model's config under "config", beside its format and metadata."""
+    checkpoint = save_astra(AstraTransformer(AstraConfig.from_preset("astra-tiny")), tmp_path / "model", {})
+    assert main(["info", "--config", "astra-tiny"]) == 0
+    preset_total = numbers(capsys.readouterr().out, "total")
+    for given in (checkpoint, checkpoint / "config.json"):
+        assert main(["info", "--config", str(given)]) == 0
+        assert numbers(capsys.readouterr().out, "total") == preset_total
 
 
 @pytest.mark.parametrize("content, message", [(None, "neither a preset"), ('{"dim": 7, "bogus": 1}', "bogus")])

@@ -27,6 +27,7 @@ def test_bench_prints_the_table(capsys):
         (["--steps", "0"], "--steps must be >= 1, got 0"),  # was silently 4 steps
         (["--steps", "2", "0"], "--steps must be >= 1, got 0"),
         (["--chunks", "0"], "--chunks must be >= 1, got 0"),  # was a table of nan
+        (["--history", "5", "1"], "--history SHORT LONG must be 0 <= SHORT <= LONG chunks, got 5 1"),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, arguments, message):

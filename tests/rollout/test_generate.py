@@ -52,8 +52,12 @@ def test_generate_from_an_image_with_a_key_string(checkpoint, tmp_path):
         (["--image", "/no/such.png", "--modality", "foo"], "unknown action modality 'foo'"),
         (["--guidance", "nan"], "must be a finite number"),
         (["--guidance-interval", "0.7", "0.2"], "guidance interval must be two flow times"),
-        (["--scale", "0"], "--scale must be >= 1"),
-        (["--latent-frames", "0"], "at least 1 latent frame"),
+        (["--scale", "0"], "--scale must lie in 1 .. 16"),
+        (["--scale", "1000"], "--scale must lie in 1 .. 16"),  # the frames were upscaled until memory ran out
+        (["--latent-frames", "0"], "a preset's length must lie in 1 .. 25,000"),
+        (["--latent-frames", "10000000000"], "a preset's length must lie in 1 .. 25,000"),  # a MemoryError
+        (["--actions", "w*4", "--latent-frames", "50"], "--latent-frames sets the length of a preset"),  # was ignored
+        (["--actions", "m(1*4"], "unclosed '('"),  # an AttributeError
     ],
 )
 def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, arguments, message):
@@ -62,11 +66,23 @@ def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, arguments, me
     assert message in capsys.readouterr().err
 
 
+def test_a_negative_seed_or_an_empty_value_names_the_option(capsys):
+    assert main(["generate", "--seed", "-1"]) == 2  # argparse's own error: numpy's named no option
+    assert "argument --seed: -1 is outside 0 .. 4,294,967,295" in capsys.readouterr().err
+    for option in ("--image", "--actions", "--out"):  # an unset shell variable: the default ran instead
+        for arguments in ([option, ""], [f"{option}="]):
+            assert main(["generate", *arguments]) == 2
+            assert f"empty value for {option}" in capsys.readouterr().err
+
+
 def test_output_name_is_checked_before_generating(checkpoint, tmp_path, capsys):
     out = tmp_path / "clip.webm"
     assert main(["generate", "--checkpoint", checkpoint, "--world", "camera", "--out", str(out)]) == 2
     assert "--out must name an .mp4 file" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [tmp_path / "weights"]  # nothing written, no temp file left
+    (tmp_path / "a_file").write_text("keep")  # a file where the folder should be: found before generating
+    assert main(["generate", "--checkpoint", checkpoint, "--out", str(tmp_path / "a_file" / "x.mp4")]) == 2
+    assert "a_file is a file, where a folder is needed" in capsys.readouterr().err
 
 
 def test_default_actions_fit_every_world(checkpoint, tmp_path):

@@ -120,6 +120,9 @@ def test_strict_load_names_bad_keys(vae, tmp_path):
         load_small_vae(folder)
     with pytest.raises(CheckpointError, match="no VAE named"):
         load_vae(tmp_path / "nothing-here")
+    (folder / "config.json").write_text("{not json")  # was "holds neither a diffusers VAE ... nor Wan2.1_VAE.pth"
+    with pytest.raises(CheckpointError, match=r"cannot read VAE config .*config.json"):
+        load_vae(folder)
 
 
 def test_a_save_replaces_the_whole_checkpoint_or_nothing(vae, tmp_path, monkeypatch):

@@ -110,6 +110,9 @@ def test_cli_train_and_eval(episodes, tmp_path, capsys):
     assert main(["vae", "eval", "--vae", str(out), "--episodes", str(episodes), "--max-frames", "9"]) == 0
     printed = capsys.readouterr().out
     assert all(world in printed for world in WORLDS) and "ms/frame" in printed
+    for frames in ("4", "0"):  # 4 printed a meaningless timing; 0 a message about T=6
+        assert main(["vae", "eval", "--vae", str(out), "--episodes", str(episodes), "--max-frames", frames]) == 2
+        assert f"--max-frames must be 4k + 1 (1, 5, 9, ...), got {frames}" in capsys.readouterr().err
     assert main(args + ["--steps", "2", "--clip-frames", "8"]) == 2
     assert "4k+1" in capsys.readouterr().err
     assert main(args + ["--steps", "2", "--lr", "-1"]) == 2

@@ -105,3 +105,11 @@ def test_cli_preview_errors(tmp_path, capsys):
     assert main(["worlds", "preview", str(tmp_path)]) == 2
     assert "no complete episodes" in capsys.readouterr().err
     assert main(["worlds", "preview", str(tmp_path), "--out", str(tmp_path / "x.jpg")]) == 2
+    # the sheet is allocated whole: 100,000 columns or a scale of 100,000 used up the machine's memory
+    for option in ("--columns", "--scale"):
+        assert main(["worlds", "preview", str(tmp_path), option, "100000"]) == 2
+        assert "--columns must be <= 64 and --scale <= 16" in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main(["worlds", "preview", str(a_file)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -59,6 +59,11 @@ def test_cli_record_and_bad_arguments(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["doom-heldout-000000"]
     with pytest.raises(ValueError, match="split"):
         RecordConfig("doom", tmp_path, episodes=1, split="val")
+    # an episode is held in memory until written: 10^8 frames grew until the kernel killed the process
+    with pytest.raises(ValueError, match=r"1144.4 GiB per episode, over the 2 GiB"):
+        RecordConfig("doom", tmp_path, episodes=1, frames=10**8)
+    with pytest.raises(ValueError, match="passes the largest seed"):
+        RecordConfig("doom", tmp_path, episodes=2, seed=2**32 - 1)
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep me")
     assert main(["worlds", "record", "--world", "doom", "--episodes", "1", "--frames", "5", "--size", "32",

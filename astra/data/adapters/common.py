@@ -26,6 +26,7 @@ from astra.actions.geometry import pose_to_vector7, pose_to_vector12, relative_p
 from astra.data.format import Episode
 from astra.errors import DataError
 from astra.files import atomic_write_text
+from astra.images import to_rgb
 
 logger = logging.getLogger("astra.data.adapters")
 
@@ -236,7 +237,7 @@ def read_images(paths: list[Path], size: tuple[int, int] | None = None) -> tuple
     for path in paths:
         try:
             with Image.open(require_file(path, "image")) as image:
-                image = image.convert("RGB")
+                image = to_rgb(image)
                 if source_size is None:
                     source_size = (image.height, image.width)
                 if (image.height, image.width) != source_size:
