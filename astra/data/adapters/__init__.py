@@ -55,6 +55,8 @@ def convert_dataset(
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
     if size is not None and min(size) < 1:
         raise ValueError(f"size must be a positive (height, width), got {tuple(size)}")
+    if not 0.0 <= options.get("heldout_fraction", 0.0) <= 1.0:  # else every item was refused and skipped alone
+        raise ValueError(f"heldout_fraction must be in [0, 1], got {options['heldout_fraction']}")
     if not Path(source_dir).is_dir():
         raise DataError(f"{source_dir}: no such folder (the {name} dataset in its published layout)")
     out_dir = Path(out_dir)

@@ -78,7 +78,10 @@ def test_a_missing_or_empty_source_is_an_error_not_zero_episodes(tmp_path, name)
         convert_dataset(name, tmp_path / "nowhere", tmp_path / "out", progress=False)
 
 
-@pytest.mark.parametrize("options", [{"max_frames": -3}, {"max_frames": 0}, {"size": (0, 0)}, {"size": (-4, 8)}])
+@pytest.mark.parametrize(
+    "options",
+    [{"max_frames": -3}, {"max_frames": 0}, {"size": (0, 0)}, {"size": (-4, 8)}, {"heldout_fraction": 2.0}],
+)
 def test_convert_refuses_bad_size_and_max_frames_before_writing(tmp_path, options):
     write_multicam(tmp_path / "source", num_frames=5)
     with pytest.raises(ValueError, match="must be"):
