@@ -123,7 +123,9 @@ def get_preset(name: str, modality: str, num_latent_frames: int) -> np.ndarray:
     if name not in presets:
         raise ValueError(f"no {modality} preset {name!r}; known: {', '.join(sorted(presets))}")
     if not 1 <= num_latent_frames <= MAX_PRESET_LATENT_FRAMES:
-        raise ValueError(f"a preset's length must lie in 1 .. {MAX_PRESET_LATENT_FRAMES:,} latent frames, got {num_latent_frames}")
+        raise ValueError(
+            f"a preset's length must lie in 1 .. {MAX_PRESET_LATENT_FRAMES:,} latent frames, got {num_latent_frames}"
+        )
     segments = presets[name]
     # segment boundaries by cumulative share, so the lengths always add up to num_latent_frames
     bounds = np.round(np.cumsum([share for _, share in segments]) / sum(s for _, s in segments) * num_latent_frames)

@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="frames per case generated with nothing pressed, scored against the simulator's (0 = skip)",
     )
     parser.add_argument("--context-frames", type=int, default=defaults.context_frames, help="4k+1 policy frames first")
-    parser.add_argument("--seed", type=seed_argument, default=defaults.seed, help="first held-out seed (case i uses seed+i)")
+    parser.add_argument(
+        "--seed", type=seed_argument, default=defaults.seed, help="first held-out seed (case i uses seed+i)"
+    )
     parser.add_argument(
         "--split", choices=("heldout", "train"), default=defaults.split,
         help="held-out episodes (default; all reported numbers) or train episodes (only to tune sampling settings)",

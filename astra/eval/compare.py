@@ -44,7 +44,8 @@ def load_results(folder: str | Path) -> dict:
         setup_differences({path.name: results})
         compare_table({path.name: results})
     except (TypeError, KeyError, AttributeError, ValueError) as error:
-        raise AstraError(f"{path}: a value of the wrong kind in results.json ({type(error).__name__}: {error})") from None
+        kind = type(error).__name__
+        raise AstraError(f"{path}: a value of the wrong kind in results.json ({kind}: {error})") from None
     return results
 
 

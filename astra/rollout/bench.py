@@ -136,7 +136,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.threads is not None and args.threads < 1:
         raise AstraError(f"--threads must be >= 1, got {args.threads}")
     if min(args.history) < 0 or args.history[0] > args.history[1]:
-        raise AstraError(f"--history SHORT LONG must be 0 <= SHORT <= LONG chunks, got {' '.join(map(str, args.history))}")
+        given = " ".join(map(str, args.history))
+        raise AstraError(f"--history SHORT LONG must be 0 <= SHORT <= LONG chunks, got {given}")
     if args.long_frames < 0:
         raise AstraError(f"--long-frames must be >= 0, got {args.long_frames}")
 

@@ -212,7 +212,8 @@ def test_cli_fails_when_every_episode_is_skipped(tmp_path, capsys):
     del meta["num_frames"]
     (broken / "meta.json").write_text(json.dumps(meta))
     vae = save_small_vae(SmallVAE(SMALL_VAE_PRESETS["astra-tiny-vae"]), tmp_path / "vae")
-    args = ["data", "encode", "--episodes", str(tmp_path / "episodes"), "--vae", str(vae), "--out", str(tmp_path / "out")]
-    assert main(args + ["--device", "cpu"]) == 2
+    args = ["data", "encode", "--episodes", str(tmp_path / "episodes"), "--vae", str(vae), "--out",
+            str(tmp_path / "out"), "--device", "cpu"]  # fmt: skip
+    assert main(args) == 2
     captured = capsys.readouterr()
     assert "skipped ep0" in captured.out and "every episode was skipped, nothing encoded" in captured.err

@@ -115,7 +115,8 @@ def test_the_report_counts_collapsed_cases_the_truth_through_the_vae_shares():
     "flags, message",
     [(["--worlds", "moon"], "unknown world"), (["--context-frames", "4"], "4k \\+ 1"), (["--cases", "0"], "--cases"),
      (["--device", "foo"], "--device 'foo' is not a torch device"),  # was a torch RuntimeError traceback
-     (["--seed", "-1"], "argument --seed: -1 is outside 0"), (["--hold-still-frames", "-1"], "--hold-still-frames must be >= 0")],
+     (["--seed", "-1"], "argument --seed: -1 is outside 0"),
+     (["--hold-still-frames", "-1"], "--hold-still-frames must be >= 0")],
 )
 def test_bad_options_fail_with_one_clear_line(tiny_checkpoint, tmp_path, capsys, flags, message):
     code = main(["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), *flags])

@@ -195,7 +195,8 @@ def test_session_cap(factory):
 
 
 def test_bad_server_settings_and_a_taken_port_are_clear_errors():
-    for settings, message in [({"port": 70000}, "--port"), ({"port": 0}, r"--port must lie in \[1, "), ({"max_sessions": 0}, "--max-sessions"),
+    for settings, message in [({"port": 70000}, "--port"), ({"port": 0}, r"--port must lie in \[1, "),
+                              ({"max_sessions": 0}, "--max-sessions"),
                               ({"target_fps": float("nan")}, "--fps")]:
         with pytest.raises(AstraError, match=message):
             ServerConfig(**settings).validate()
