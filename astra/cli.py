@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 from astra.config_fields import MAX_SEED
 from astra.errors import AstraError
@@ -58,6 +61,19 @@ def empty_values(arguments: list[str]) -> list[str]:
     return found
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_terminate() -> Any:
+    """Make SIGTERM (`kill`, `timeout`, a job scheduler) unwind like Ctrl+C, so every `finally` runs: simulators
+    are closed (a killed recorder left its ViZDoom process running), temporary files removed. Returns the handler
+    it replaced; does nothing outside the main thread, where signals cannot be handled."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
 def describe_error(error: BaseException) -> str:
     """The message a user reads: the file-system errors that name a path say what is wrong with it in words."""
     path = getattr(error, "filename", None)
@@ -97,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(rest)
     except SystemExit as stop:  # argparse's errors (2) and --help (0), returned like every other outcome
         return int(stop.code or 0)
-    plain_format = warnings.formatwarning
+    plain_format, plain_terminate = warnings.formatwarning, interrupt_on_terminate()
     if not args.debug:  # one line a user can read, not the file and line deep in torch that a stacklevel lands on
         warnings.formatwarning = lambda message, *_, **__: f"astra {name}: warning: {message}\n"
     try:
@@ -112,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning = plain_format
+        if plain_terminate is not None:
+            signal.signal(signal.SIGTERM, plain_terminate)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ for a latent action) is the identity action. Episodes are named `<world>-<split>
 from __future__ import annotations
 
 import importlib
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from astra.actions.align import identity_action
 from astra.actions.modalities import KEYBOARD_KEYS, get_modality
+from astra.cli import interrupt_on_terminate
 from astra.config_fields import MAX_SEED
 from astra.data.format import META_FILE, Episode, read_meta, write_episode
 from astra.errors import DataError
@@ -187,12 +189,17 @@ def record(config: RecordConfig) -> dict[str, Any]:
             written = _record_seeds(config, todo, progress)
         else:
             chunks = [todo[i :: config.workers] for i in range(config.workers) if todo[i :: config.workers]]
-            with ProcessPoolExecutor(len(chunks)) as pool:
+            with ProcessPoolExecutor(len(chunks), initializer=interrupt_on_terminate) as pool:
                 futures = [pool.submit(_record_seeds, config, chunk) for chunk in chunks]
-                for future in as_completed(futures):
-                    result = future.result()
-                    written += result
-                    progress.update(sum(frames for _, _, frames in result))
+                try:
+                    for future in as_completed(futures):
+                        result = future.result()
+                        written += result
+                        progress.update(sum(frames for _, _, frames in result))
+                except BaseException:  # stopped: each worker closes its simulator now, not after its whole share
+                    for worker in multiprocessing.active_children():
+                        worker.terminate()
+                    raise
     seconds = time.perf_counter() - start
     frames = sum(count for _, _, count in written)
     stats = {}

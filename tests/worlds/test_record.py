@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -119,3 +121,38 @@ def test_action_statistics():
     stats = action_statistics(rows, "keyboard_mouse")
     assert stats["frac_forward"] == 0.5 and stats["frac_no_key"] == 0.5 and stats["mean_abs_mouse_dx"] == 0.75
     assert action_statistics(np.ones((3, 7)), "robot7")["mean_abs_gripper"] == 1.0
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the simulator's process through /proc")
+def test_a_terminated_recorder_closes_its_simulator(tmp_path):
+    """SIGTERM (`timeout`, `kill`) left ViZDoom running after the recorder died; it now unwinds like Ctrl+C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "astra.cli", "worlds", "record", "--world", "doom", "--episodes", "1",
+               "--frames", "100001", "--size", "32", "--out", str(tmp_path / "out")]  # fmt: skip
+    recorder = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    children: set[str] = set()
+    deadline = time.monotonic() + 60
+    while not children and time.monotonic() < deadline and recorder.poll() is None:
+        time.sleep(0.2)
+        for task in Path(f"/proc/{recorder.pid}/task").glob("*/children"):
+            children |= set(task.read_text().split())
+    assert children, "the recorder never started its simulator"
+    recorder.send_signal(signal.SIGTERM)
+    _, error = recorder.communicate(timeout=30)
+    assert recorder.returncode == 130 and "interrupted" in error
+    time.sleep(0.5)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and _is_running(pid)]
+
+
+def _is_running(pid: str) -> bool:
+    """Alive and not a zombie waiting to be reaped (a closed simulator's process is reaped by its parent)."""
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" not in status.read_text()
+    except OSError:
+        return False
