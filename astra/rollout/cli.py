@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--actions",
         default=None,
         help="a preset name (see --list-presets), a compact string such as 'w*16,a*8,wd*8', or a JSON file "
-        "(default: a preset showing the modality's main motions, e.g. 'explore' for keyboard_mouse)",
+        "(default: a preset showing the modality's main motions, e.g. 'explore' for keyboard_mouse; a string "
+        "that starts with '-', the no-op key, is written --actions=-*4)",
     )
     parser.add_argument("--latent-frames", type=int, default=None, help="length for presets, in latent frames (4 video frames each)")
     parser.add_argument("--list-presets", action="store_true", help="list the presets of the modality and exit")
