@@ -20,7 +20,7 @@ from astra.errors import AstraError
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("astra.model.info", "build a model (on the meta device) and print its parameter counts"),
     "worlds": ("astra.worlds.cli", "record action-labelled episodes from simulators; preview them"),
-    "data": ("astra.data.cli", "encode episodes to latents; inspect datasets"),
+    "data": ("astra.data.cli", "encode episodes to latents; pack them small; inspect datasets"),
     "vae": ("astra.vae.cli", "train or evaluate the small VAE"),
     "train": ("astra.train.cli", "train an Astra model (flow matching, noisy memory, action dropout)"),
     "eval": ("astra.eval.cli", "evaluate a model on held-out simulator episodes"),

@@ -1,6 +1,11 @@
+import json
+
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from astra.data.encode import INDEX_FILE, LATENT_FORMAT_VERSION
 from astra.model.config import AstraConfig
 from astra.model.transformer import AstraTransformer
 from astra.rollout.session import RolloutConfig, RolloutSession
@@ -36,3 +41,31 @@ def tiny_session():
         return RolloutSession(model, vae, modality, config)
 
     return build
+
+
+def write_latents(root, specs, channels=4, size=8, frames=9, seed=0):
+    """A latent folder in `astra data encode`'s format: float16 [C, F, h, w] latents, float32 actions, one shard per
+    two clips, index entries as encode writes them. `specs`: (source, modality, width, split) per episode."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    entries, shards = [], {}
+    for number, (source, modality, width, split) in enumerate(specs):
+        shard = f"shard-r0-{number // 2:05d}.safetensors"
+        key = str(number % 2)
+        scale = 0.5 + 0.5 * np.arange(channels)[:, None, None, None]  # channels of different spread
+        latents = (rng.standard_normal((channels, frames, size, size)) * scale + 0.3).astype(np.float16)
+        shards.setdefault(shard, {})[f"{key}.latents"] = torch.from_numpy(latents)
+        shards[shard][f"{key}.actions"] = torch.from_numpy(rng.standard_normal((frames, width)).astype(np.float32))
+        entries.append({"episode": f"{source}-{split}-{number:06d}", "key": key, "frame_range": [0, 4 * frames - 3],
+                        "latent_frames": frames, "modality": modality, "source": source, "split": split,
+                        "caption": "", "scales": {"translation_scale": 0.1}, "shard": shard})  # fmt: skip
+    for shard, tensors in shards.items():
+        save_file(tensors, str(root / shard))
+    (root / INDEX_FILE).write_text(json.dumps({"format_version": LATENT_FORMAT_VERSION, "vae": "v", "entries": entries}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def latent_folder():
+    """Function writing a latent folder in `astra data encode`'s format (see write_latents)."""
+    return write_latents

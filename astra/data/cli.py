@@ -9,7 +9,7 @@ from pathlib import Path
 from astra.data.format import list_episodes, read_meta
 from astra.errors import DataError
 
-HELP = "encode episodes to latents; inspect datasets"
+HELP = "encode episodes to latents; pack them small; inspect datasets"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +31,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("--max-frames", type=int, default=None, help="cut episodes to at most this many frames")
     convert.add_argument("--heldout-fraction", type=float, default=None, help="share of episodes held out")
     convert.add_argument("--overwrite", action="store_true", help="rewrite episodes already converted")
+    pack = commands.add_parser(
+        "pack", help="quantise and compress encoded latents into one small file (for a machine that takes few MB)"
+    )
+    pack.add_argument("latents", help="an encoded latents folder (with index.json)")
+    pack.add_argument("--out", required=True, help="the pack file to write")
+    pack.add_argument("--split", default="train", help="clips of this split only; 'all' for every split (default: train)")
+    pack.add_argument("--episodes", nargs="+", default=[], metavar="SOURCE=N",
+                      help="at most N episodes of SOURCE, spread over its episodes (0 leaves it out); others whole")
+    pack.add_argument("--bits", type=int, default=6, help="bits per latent value, 1-8 (default: 6)")
+    pack.add_argument("--clip-std", type=float, default=4.0, help="codes span each channel's mean +- this many std")
+    pack.add_argument("--parts", type=int, default=1,
+                      help="split into this many files (NAME-1ofN...), each an even sample of the clips")
+    unpack = commands.add_parser("unpack", help="write a pack's clips as an encoded latents folder that training reads")
+    unpack.add_argument("packs", nargs="+", help="files written by `astra data pack` (e.g. all parts of one)")
+    unpack.add_argument("--out", required=True, help="an empty (or new) folder for shards + index.json")
     info = commands.add_parser("info", help="counts per modality / split / source of episodes or latents")
     info.add_argument("dir", help="an episodes folder or an encoded latents folder (with index.json)")
 
@@ -86,11 +101,44 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_episode_counts(items: list[str]) -> dict[str, int]:
+    """`SOURCE=N` strings -> {source: N}; a malformed item is named."""
+    counts: dict[str, int] = {}
+    for item in items:
+        source, equals, number = item.partition("=")
+        if not equals or not source or not number.strip().isdigit():
+            raise DataError(f"--episodes {item!r}: expected SOURCE=N with N a whole number, e.g. doom=200")
+        counts[source] = int(number)
+    return counts
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from astra.data.pack import pack_latents
+
+    split = None if args.split == "all" else args.split
+    report = pack_latents(
+        args.latents, args.out, split=split, per_source=parse_episode_counts(args.episodes), bits=args.bits,
+        clip_std=args.clip_std, parts=args.parts,
+    )
+    from astra.data.pack import part_paths
+
+    print(f"{', '.join(map(str, part_paths(args.out, args.parts)))}: {report.summary()}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "info":
         return _info(Path(args.dir))
     if args.data_command == "convert":
         return _convert(args)
+    if args.data_command == "pack":
+        return _pack(args)
+    if args.data_command == "unpack":
+        from astra.data.pack import unpack_latents
+
+        clips = unpack_latents(args.packs, args.out)
+        print(f"{clips} clips unpacked into {args.out}")
+        return 0
     import torch
 
     from astra.data.encode import encode_episodes

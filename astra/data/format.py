@@ -24,7 +24,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
 from astra.actions.modalities import MODALITIES
@@ -72,7 +71,16 @@ class Episode:
         return int(self.frames.shape[0])
 
 
+def _pyav():
+    """PyAV, imported only where a video is read or written: training from latents needs no video library, and a
+    GPU machine without network may not have one (scripts/gpu_continue.sh)."""
+    import av
+
+    return av
+
+
 def _codec_available(name: str) -> bool:
+    av = _pyav()
     try:
         av.codec.Codec(name, "w")
     except (av.FFmpegError, ValueError):
@@ -128,6 +136,7 @@ def _check_rows(values: np.ndarray, shape: tuple[int, ...], what: str, where: st
 
 def write_video(path: Path, frames: np.ndarray, fps: float, codec: VideoCodec) -> None:
     """uint8 [T, H, W, 3] frames -> a video file with `codec` (not atomic: callers write to a temp name)."""
+    av = _pyav()
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec.name, rate=rate, options=dict(codec.options))
@@ -272,6 +281,7 @@ def read_frames(path: str | os.PathLike, start: int = 0, stop: int | None = None
     frames = np.empty((stop - start, meta["height"], meta["width"], 3), np.uint8)
     if stop == start:
         return frames
+    av = _pyav()
     rate = Fraction(meta["fps"]).limit_denominator(1001)
     filled = 0
     try:

@@ -38,11 +38,19 @@ def check_index_entry(entry: object, where: str) -> None:
         raise DataError(f"{where}: 'latent_frames' must be at least 1, got {entry['latent_frames']}")
 
 
-class LatentDataset:
-    """The clips listed in `<root>/index.json`, loaded lazily from their safetensors shards."""
+DEFAULT_CACHE_BYTES = 2 * 1024**3  # clips kept in memory once read (as stored, float16): the shipped data is 0.3 GB
 
-    def __init__(self, root: str | Path):
+
+class LatentDataset:
+    """The clips listed in `<root>/index.json`, loaded lazily from their safetensors shards and kept in memory,
+    as stored, until `cache_bytes` are held (0 = read every time): a GPU step takes a batch of hundreds of clips,
+    and reopening a shard per clip starved it."""
+
+    def __init__(self, root: str | Path, cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.root = Path(root)
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cached_bytes = 0
         index_path = self.root / INDEX_FILE
         try:
             index = json.loads(index_path.read_text())
@@ -65,16 +73,28 @@ class LatentDataset:
 
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(latents float32 [C, F, h, w], actions float32 [F, width]) of clip i."""
+        latents, actions = self.load_stored(i)
+        return latents.float(), actions.float()
+
+    def load_stored(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip i as stored (latents float16 from `astra data encode`); callers slice before converting, which
+        costs less than converting whole clips. Do not modify the tensors: they may be the cache's."""
+        if i in self._cache:
+            return self._cache[i]
         entry = self.entries[i]
         shard = self.root / entry["shard"]
         try:
             with safe_open(str(shard), framework="pt") as handle:
-                latents = handle.get_tensor(f"{entry['key']}.latents").float()
-                actions = handle.get_tensor(f"{entry['key']}.actions").float()
+                latents = handle.get_tensor(f"{entry['key']}.latents")
+                actions = handle.get_tensor(f"{entry['key']}.actions")
         except (OSError, SafetensorError) as error:
             raise DataError(f"{shard}: cannot read clip {entry['key']} of {entry['episode']} ({error})") from None
-        if latents.shape[1] != entry["latent_frames"] or actions.shape[0] != entry["latent_frames"]:
+        if latents.ndim != 4 or latents.shape[1] != entry["latent_frames"] or actions.shape[0] != entry["latent_frames"]:
             raise DataError(f"{shard}: clip {entry['key']} does not have {entry['latent_frames']} latent frames")
+        size = latents.nbytes + actions.nbytes
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[i] = (latents, actions)
+            self._cached_bytes += size
         return latents, actions
 
 
@@ -153,6 +173,7 @@ class SegmentSampler:
         longest = max(latent_dataset.entries[i]["latent_frames"] for i in self.clips)
         self.history_range = (low, min(high, longest - target_frames))
         self.rng = np.random.default_rng(seed)
+        self._draws: dict[int, tuple[list[int], np.ndarray]] = {}  # total frames -> (eligible clips, probabilities)
 
     def _clip_probabilities(self, clips: list[int]) -> np.ndarray:
         sources = [self.dataset.entries[i]["source"] for i in clips]
@@ -171,18 +192,21 @@ class SegmentSampler:
         rng = rng or self.rng
         history_frames = self.sample_history_length(rng) if history_frames is None else history_frames
         total = history_frames + self.target_frames
-        eligible = [i for i in self.clips if self.dataset.entries[i]["latent_frames"] >= total]
-        if not eligible:
-            raise ValueError(f"no clip has {total} latent frames (history {history_frames} + target {self.target_frames})")
-        clip = eligible[rng.choice(len(eligible), p=self._clip_probabilities(eligible))]
-        latents, actions = self.dataset.load(clip)
+        if total not in self._draws:
+            eligible = [i for i in self.clips if self.dataset.entries[i]["latent_frames"] >= total]
+            if not eligible:
+                raise ValueError(f"no clip has {total} latent frames (history {history_frames} + target {self.target_frames})")
+            self._draws[total] = (eligible, self._clip_probabilities(eligible))
+        eligible, probabilities = self._draws[total]
+        clip = eligible[rng.choice(len(eligible), p=probabilities)]
+        latents, actions = self.dataset.load_stored(clip)
         entry = self.dataset.entries[clip]
         if entry["modality"] not in MODALITIES:
             raise DataError(f"{self.dataset.root}: clip of {entry['episode']} has unknown modality {entry['modality']!r}")
-        return Segment(
-            history_latents=latents[:, :history_frames],
-            target_latents=latents[:, history_frames:total],
-            actions=actions[:total],
+        return Segment(  # float32 copies: the stored tensors stay untouched
+            history_latents=latents[:, :history_frames].float(),
+            target_latents=latents[:, history_frames:total].float(),
+            actions=actions[:total].float(),
             modality=entry["modality"],
             source=entry["source"],
         )

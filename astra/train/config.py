@@ -95,6 +95,10 @@ class TrainConfig:
     keep_checkpoints: int = 3
     val_every: int = 0  # held-out validation loss every this many steps, at the start and at the end (0 = never)
     val_batches: int = 16  # fixed held-out batches per validation (astra/train/validation.py)
+    # Stop (saving a checkpoint, then exporting as at the end) once this call has trained this many minutes, 0 = no
+    # limit: a lent machine is taken back at a fixed time. The schedule still runs to `steps`; size `steps` to the
+    # time (scripts/gpu_continue.sh measures the rate first) so the learning rate has decayed by then
+    max_minutes: float = 0.0
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -188,6 +192,8 @@ class TrainConfig:
         for name in ("log_every", "save_every"):  # cadences in steps (the loop takes step % it)
             if getattr(self, name) < 1:
                 raise AstraError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.max_minutes >= 0:
+            raise AstraError(f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
         if self.keep_checkpoints < 0:
             raise AstraError(f"keep_checkpoints must be >= 0 (0 = keep all), got {self.keep_checkpoints}")
         if self.copy_prior_sigma <= 0:

@@ -718,7 +718,8 @@ class Trainer:
         return f"{validation['val_loss']:.4f}"
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> list[dict[str, float]]:
-        """Train to `config.steps` (or stop after step `stop_after`: an interrupted run, for tests).
+        """Train to `config.steps` (or stop after step `stop_after`: an interrupted run, for tests; or once
+        `config.max_minutes` have passed).
 
         Returns the logged metric rows of this call. Saves a checkpoint every `save_every` steps and at the end.
         """
@@ -740,6 +741,7 @@ class Trainer:
         samples_per_step = self.config.batch_size * self.info.world_size
         validation_due = lambda: self.config.val_every and (self.step % self.config.val_every == 0 or self.step == last)  # noqa: E731
         shown: dict[str, str] = {}  # the progress bar's postfix: loss, samples/s and the newest validation loss
+        started = time.monotonic()
         try:
             if self.step == 0 and validation_due():  # the starting point of the validation curve
                 shown["val_loss"] = self._validate_and_log(logger)
@@ -755,12 +757,33 @@ class Trainer:
                 shown.update(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.1f}")
                 bar.update(1)
                 bar.set_postfix(shown)
-                if self.step % self.config.save_every == 0 or self.step == last:
+                time_is_up = self.step < last and self._time_is_up(started)
+                if time_is_up and self.config.val_every and not validation_due():  # the curve's last point
+                    shown["val_loss"] = self._validate_and_log(logger)
+                if self.step % self.config.save_every == 0 or self.step == last or time_is_up:
                     self.save()
+                if time_is_up:
+                    if self.info.is_main:
+                        print(f"max_minutes ({self.config.max_minutes:g}) reached: stopped at step {self.step} of "
+                              f"{self.config.steps}", file=sys.stderr)
+                    break
         finally:
             bar.close()
             logger.close()
         return rows
+
+    def _time_is_up(self, started: float) -> bool:
+        """Whether `max_minutes` have passed since `started`; rank 0's clock decides for all ranks, so that every
+        rank stops after the same step (a collective would hang otherwise)."""
+        if not self.config.max_minutes:
+            return False
+        up = torch.tensor(float(time.monotonic() - started >= 60 * self.config.max_minutes))
+        if self.info.distributed:
+            import torch.distributed as dist
+
+            up = up.to(self.info.device)
+            dist.broadcast(up, src=0)
+        return bool(up.item())
 
     # --- export -------------------------------------------------------------------------------------------
     def _data_index(self) -> dict:

@@ -84,9 +84,14 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
         gathered = [torch.empty_like(flat) for _ in range(WORLD_SIZE)]
         dist.all_gather(gathered, flat)
         torch.save(trainer.validate(), os.path.join(out_dir, f"validation{rank}.pt"))
+        # the clock stops both ranks after the same step (rank 0's decides), and saving then is collective-safe
+        timed = Trainer(CONFIG.replace(parallel="ddp", steps=5, max_minutes=1e-9), os.path.join(out_dir, "timed"),
+                        info=info, progress=False)  # fmt: skip
+        timed.fit()
+        torch.save(timed.step, os.path.join(out_dir, f"timed{rank}.pt"))
         if rank == 0:
             torch.save({"ranks": gathered, "before": before}, os.path.join(out_dir, "params.pt"))
-        del trainer  # before leaving the group (astra.train.distributed.cleanup)
+        del trainer, timed  # before leaving the group (astra.train.distributed.cleanup)
 
 
 def test_two_process_ddp_keeps_ranks_identical(tmp_path):
@@ -99,6 +104,8 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     validation = [torch.load(run_dir / f"validation{rank}.pt") for rank in range(WORLD_SIZE)]
     assert validation[0] == validation[1] and validation[0]["val_samples"] == 4 * CONFIG.batch_size
     assert [row["step"] for row in read_metrics(run_dir, VALIDATION_CSV_NAME)] == [0, 1, 2]
+    assert [torch.load(run_dir / f"timed{rank}.pt") for rank in range(WORLD_SIZE)] == [1, 1]
+    assert (run_dir / "timed" / "checkpoints" / "step-00000001.pt").exists()
 
 
 def _full_trainable_weights(trainer: Trainer) -> dict[str, torch.Tensor]:

@@ -729,3 +729,16 @@ def test_fitting_a_motion_prior_needs_a_model_that_has_one(tmp_path):
         Trainer(TINY.replace(copy_prior=True, motion_fit_batches=2), tmp_path, progress=False)
     with pytest.raises(AstraError, match="copy_prior"):
         TINY.replace(motion_fit_batches=2).validate()
+
+
+def test_max_minutes_stops_saves_and_resumes_where_the_clock_stopped_it(tmp_path, capsys):
+    config = TINY.replace(steps=6, save_every=100, max_minutes=1e-9, val_every=100, val_batches=1)
+    Trainer(config, tmp_path, progress=False).fit()
+    assert "max_minutes (1e-09) reached: stopped at step 1 of 6" in capsys.readouterr().err
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["step-00000001.pt"]
+    assert [row["step"] for row in read_metrics(tmp_path, "validation.csv")] == [0, 1]  # the curve ends at the stop
+    resumed = Trainer(config.replace(max_minutes=0.0), tmp_path, progress=False)
+    resumed.fit(resume=True)
+    assert resumed.step == 6
+    with pytest.raises(AstraError, match="max_minutes must be >= 0"):
+        TINY.replace(max_minutes=-1.0).validate()
