@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Continue training astra-small on a lent GPU machine: no network, a copy of the working tree plus at most 64 MiB
-# carried, 10 minutes a command (the `device` tool's limits; docs/gpu.md). It unpacks the carried latent pack, times
-# a short probe run to size the real one to MINUTES of training (so the cosine schedule ends when time does),
-# trains from the shipped weights, and copies the export (EMA weights + config.json) and the logs into $OUT.
+# Train astra-small on a lent GPU machine: no network, a copy of the working tree plus at most 64 MiB carried, 10
+# minutes a command (the `device` tool's limits; docs/gpu.md). It unpacks the carried latent pack, times a short probe
+# run to size the real one to MINUTES of training (so the cosine schedule ends when time does), trains, and copies
+# the export (EMA weights + config.json) and the logs into $OUT. RECIPE=continue (default) goes on from the shipped
+# weights (INIT); RECIPE=scratch runs scripts/build_small_model.sh's two stages from nothing: flow matching with the
+# motion prior at zero, then PRIOR_SHARE of the minutes with the prior fitted before its first step and frozen.
 # Only python3 with torch, numpy, safetensors, einops and tqdm is needed; astra is run from the tree, not installed.
 #
 #   here, once:  astra data pack /work/data/latents --out gpu/latents.pack --split all --parts 2   (6 bits, 2 x 23 MB)
@@ -12,27 +14,36 @@
 #                                                                        (carry: gpu/latents-2of2.pack; timeout_s 600)
 #   then here:   astra eval --checkpoint <fetched folder> --split train --cases 16 --rollout-frames 32 ...
 #
-# Every setting below can be given in the environment; EXTRA adds `--set NAME=VALUE` words to both runs.
+# Every setting below can be given in the environment; EXTRA adds `--set NAME=VALUE` words to every run.
 set -euo pipefail
+RECIPE=${RECIPE:-continue}
 PACK=${PACK:-gpu/latents.pack}
 PRESET=${PRESET:-astra-small}
-INIT=${INIT-weights/astra-small}        # set empty: from scratch (then the preset fits the motion prior first)
+INIT=${INIT:-weights/astra-small}       # RECIPE=continue: the weights to go on from
 MINUTES=${MINUTES:-6}                   # training wall time; the probe, setup and export come on top (~1 min)
+PRIOR_SHARE=${PRIOR_SHARE:-0.15}        # RECIPE=scratch: the share of MINUTES for the motion-prior stage
 BATCH=${BATCH:-256}
 LR=${LR:-3e-4}
 WARMUP=${WARMUP:-100}
 SEED=${SEED:-40}
 PROBE_STEPS=${PROBE_STEPS:-30}
-VALIDATIONS=${VALIDATIONS:-4}           # held-out validation losses over the run (0 = none)
+VALIDATIONS=${VALIDATIONS:-4}           # held-out validation losses over each run (0 = none)
+MOTION_FIT_BATCHES=${MOTION_FIT_BATCHES:-8}  # RECIPE=scratch: batches of BATCH clips the prior is fitted on
 EXTRA=${EXTRA:-}
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-/tmp/astra-gpu}
 RESULTS=${OUT:-out/gpu}                 # the device tool's $OUT comes back to the session
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+case "$RECIPE" in
+  continue | scratch) ;;
+  *) echo "error: RECIPE must be continue or scratch, got $RECIPE" >&2; exit 2 ;;
+esac
 
 astra() { "$PYTHON" -m astra "$@"; }
+calc() { "$PYTHON" -c "print($1)"; }
 mkdir -p "$RESULTS" "$WORK"
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+
 # PACK: one file or several (the parts of one, each an even sample); a part that did not arrive is left out
 if [ ! -f "$WORK/latents/index.json" ]; then
   found=()
@@ -45,14 +56,16 @@ fi
 
 settings=(--preset "$PRESET" --set data="$WORK/latents" --set batch_size="$BATCH" --set lr="$LR" --set seed="$SEED"
           --set warmup_steps="$WARMUP" --no-progress)
-if [ -n "$INIT" ]; then settings+=(--set init_from="$INIT" --set motion_fit_batches=0); fi
 for word in $EXTRA; do settings+=(--set "$word"); done
+first=(--set motion_fit_batches=0)  # the first (or only) stage keeps the prior as loaded, or at zero from scratch
+if [ "$RECIPE" = continue ]; then first+=(--set init_from="$INIT"); fi
 
-# 1) the rate: a short run (its first steps pay for start-up and are not counted)
+# 1) the rate: a short run of the first stage (its first steps pay for start-up and are not counted)
 rm -rf "$WORK/probe"
-astra train "${settings[@]}" --out "$WORK/probe" --set steps="$PROBE_STEPS" --set log_every=1 \
+astra train "${settings[@]}" "${first[@]}" --out "$WORK/probe" --set steps="$PROBE_STEPS" --set log_every=1 \
   --set save_every="$PROBE_STEPS" --set val_every=0
-steps=$("$PYTHON" - "$WORK/probe" "$BATCH" "$MINUTES" <<'EOF'
+steps_in() {  # minutes -> steps at the probe's rate
+  "$PYTHON" - "$WORK/probe" "$BATCH" "$1" <<'EOF'
 import sys
 from statistics import median
 
@@ -65,15 +78,30 @@ print(max(1, int(rate * minutes * 60 / batch)))
 print(f"probe: {rate:.0f} samples/s -> {int(rate * minutes * 60 / batch)} steps of {batch} in {minutes:g} min",
       file=sys.stderr)
 EOF
-)
+}
 
-# 2) the run, stopped by the clock at the latest (max_minutes), validated VALIDATIONS times on held-out clips
-val_every=0
-if [ "$VALIDATIONS" -gt 0 ]; then val_every=$(( (steps + VALIDATIONS - 1) / VALIDATIONS )); fi
-rm -rf "$WORK/run"
-astra train "${settings[@]}" --out "$WORK/run" --set steps="$steps" --set val_every="$val_every" \
-  --set save_every="$steps" --set log_every=10 --set max_minutes="$("$PYTHON" -c "print($MINUTES * 1.2)")"
+# 2) the runs, each stopped by the clock at the latest (max_minutes), validated VALIDATIONS times on held-out clips
+train_for() {  # OUT_DIR MINUTES [--set ...]: a run sized to the minutes, exported to OUT_DIR/export
+  local out=$1 minutes=$2 steps val_every=0
+  shift 2
+  steps=$(steps_in "$minutes")
+  if [ "$VALIDATIONS" -gt 0 ]; then val_every=$(( (steps + VALIDATIONS - 1) / VALIDATIONS )); fi
+  rm -rf "$out"
+  astra train "${settings[@]}" "$@" --out "$out" --set steps="$steps" --set val_every="$val_every" \
+    --set save_every="$steps" --set log_every=10 --set max_minutes="$(calc "$minutes * 1.2")"
+}
+if [ "$RECIPE" = continue ]; then
+  train_for "$WORK/run" "$MINUTES" "${first[@]}"
+else
+  train_for "$WORK/flow" "$(calc "$MINUTES * (1 - $PRIOR_SHARE)")" "${first[@]}"
+  mkdir -p "$RESULTS/flow"
+  cp "$WORK/flow/metrics.csv" "$RESULTS/flow/"
+  [ -f "$WORK/flow/validation.csv" ] && cp "$WORK/flow/validation.csv" "$RESULTS/flow/"
+  train_for "$WORK/run" "$(calc "$MINUTES * $PRIOR_SHARE")" --set init_from="$WORK/flow/export" \
+    --set motion_fit_batches="$MOTION_FIT_BATCHES" --set warmup_steps=50
+fi
 cp "$WORK/run/export/model.safetensors" "$WORK/run/export/config.json" "$WORK/run/metrics.csv" \
   "$WORK/run/train_config.json" "$RESULTS"/
 [ -f "$WORK/run/validation.csv" ] && cp "$WORK/run/validation.csv" "$RESULTS"/
-echo "done: $steps steps; the export is in $RESULTS"
+step=$("$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))['metadata']['step'])" "$WORK/run/export/config.json")
+echo "done: RECIPE=$RECIPE, $step steps in the last run; the export is in $RESULTS"

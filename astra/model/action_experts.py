@@ -208,7 +208,7 @@ class ActionProjectors(nn.Module):
         actions = actions.to(weight.device)
         projected = weight.new_zeros(batch_size, num_frames, weight.shape[0])
         for name, rows, values in standardised_by_modality(actions, self.normalizers):
-            projected[rows] = self.projectors[name](values.to(weight.dtype))
+            projected[rows] = self.projectors[name](values.to(weight.dtype)).to(projected.dtype)  # bf16 under autocast
         if actions.null is not None:
             projected = torch.where(actions.null[..., None], self.null_action.expand_as(projected), projected)
         history_bit = is_history.to(projected.dtype)[None, :, None].expand(batch_size, num_frames, 1)

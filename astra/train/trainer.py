@@ -749,7 +749,8 @@ class Trainer:
                 start = time.perf_counter()
                 metrics = self.train_step()
                 metrics["samples_per_s"] = samples_per_step / (time.perf_counter() - start)
-                if self.step % self.config.log_every == 0 or self.step == last:
+                time_is_up = self.step < last and self._time_is_up(started)
+                if self.step % self.config.log_every == 0 or self.step == last or time_is_up:
                     logger.log(self.step, metrics)
                     rows.append({"step": self.step, **metrics})
                 if validation_due():
@@ -757,7 +758,6 @@ class Trainer:
                 shown.update(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.1f}")
                 bar.update(1)
                 bar.set_postfix(shown)
-                time_is_up = self.step < last and self._time_is_up(started)
                 if time_is_up and self.config.val_every and not validation_due():  # the curve's last point
                     shown["val_loss"] = self._validate_and_log(logger)
                 if self.step % self.config.save_every == 0 or self.step == last or time_is_up:

@@ -732,13 +732,31 @@ def test_fitting_a_motion_prior_needs_a_model_that_has_one(tmp_path):
 
 
 def test_max_minutes_stops_saves_and_resumes_where_the_clock_stopped_it(tmp_path, capsys):
-    config = TINY.replace(steps=6, save_every=100, max_minutes=1e-9, val_every=100, val_batches=1)
+    config = TINY.replace(steps=6, save_every=100, log_every=100, max_minutes=1e-9, val_every=100, val_batches=1)
     Trainer(config, tmp_path, progress=False).fit()
     assert "max_minutes (1e-09) reached: stopped at step 1 of 6" in capsys.readouterr().err
     assert [path.name for path in list_checkpoints(tmp_path)] == ["step-00000001.pt"]
     assert [row["step"] for row in read_metrics(tmp_path, "validation.csv")] == [0, 1]  # the curve ends at the stop
+    assert [row["step"] for row in read_metrics(tmp_path)] == [1]  # so does the training log
     resumed = Trainer(config.replace(max_minutes=0.0), tmp_path, progress=False)
     resumed.fit(resume=True)
     assert resumed.step == 6
     with pytest.raises(AstraError, match="max_minutes must be >= 0"):
         TINY.replace(max_minutes=-1.0).validate()
+
+
+def test_bf16_autocast_training_runs_validates_and_exports(tmp_path):
+    """What a CUDA machine runs by default (mixed_precision auto -> bf16 autocast), here on the CPU: an action
+    projector's bf16 output written into its float32 buffer crashed the first step."""
+    from astra.model.checkpoints import load_astra
+
+    overrides = {"text_dim": 0, "text_len": 0, "normalize_actions": True, "motion_prior": True}
+    config = TINY.replace(model_overrides=overrides, copy_prior=True, mixed_precision="bf16", steps=3, val_every=3,
+                          val_batches=1)  # fmt: skip
+    trainer = Trainer(config, tmp_path, progress=False)
+    assert trainer.autocast_dtype == torch.bfloat16
+    rows = trainer.fit()
+    assert all(math.isfinite(row["loss"]) for row in rows)
+    assert all(math.isfinite(row["val_loss"]) for row in read_metrics(tmp_path, "validation.csv"))
+    model, _ = load_astra(trainer.export())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
