@@ -73,7 +73,7 @@ class Episode:
 
 def _pyav():
     """PyAV, imported only where a video is read or written: training from latents needs no video library, and a
-    GPU machine without network may not have one (scripts/gpu_continue.sh)."""
+    GPU machine without network may not have one (scripts/gpu_train.sh)."""
     import av
 
     return av

@@ -97,7 +97,7 @@ class TrainConfig:
     val_batches: int = 16  # fixed held-out batches per validation (astra/train/validation.py)
     # Stop (saving a checkpoint, then exporting as at the end) once this call has trained this many minutes, 0 = no
     # limit: a lent machine is taken back at a fixed time. The schedule still runs to `steps`; size `steps` to the
-    # time (scripts/gpu_continue.sh measures the rate first) so the learning rate has decayed by then
+    # time (scripts/gpu_train.sh measures the rate first) so the learning rate has decayed by then
     max_minutes: float = 0.0
 
     def replace(self, **changes: Any) -> "TrainConfig":

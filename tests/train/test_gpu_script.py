@@ -1,4 +1,4 @@
-"""scripts/gpu_continue.sh runs once, on a lent GPU machine that has no network and no astra install, within a fixed
+"""scripts/gpu_train.sh runs once, on a lent GPU machine that has no network and no astra install, within a fixed
 lease: run it here end to end at toy size (the tiny preset on CPU), as the machine would, with the packages that
 machine lacks made unimportable."""
 
@@ -14,7 +14,7 @@ from astra.train.logging import read_metrics
 from astra.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "gpu_continue.sh"
+SCRIPT = ROOT / "scripts" / "gpu_train.sh"
 ABSENT_THERE = ("av", "pybullet", "vizdoom", "fastapi", "uvicorn", "websockets")  # not in the GPU image
 
 BLOCKER = f"""
@@ -40,8 +40,8 @@ def test_the_gpu_script_unpacks_sizes_trains_and_exports_without_an_install(tmp_
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
-           "PACK": " ".join(map(str, packs)), "PRESET": "astra-tiny", "INIT": str(start), "MINUTES": "0.05",
-           "BATCH": "2", "PROBE_STEPS": "4", "VALIDATIONS": "1", "WORK": str(tmp_path / "work"),
+           "PACK": " ".join(map(str, packs)), "PRESET": "astra-tiny", "RECIPE": "continue", "INIT": str(start),
+           "MINUTES": "0.05", "BATCH": "2", "PROBE_STEPS": "4", "VALIDATIONS": "1", "WORK": str(tmp_path / "work"),
            "OUT": str(tmp_path / "out"), "EXTRA": "model_overrides.text_dim=0 model_overrides.text_len=0"}  # fmt: skip
     done = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -59,13 +59,13 @@ def test_the_gpu_script_unpacks_sizes_trains_and_exports_without_an_install(tmp_
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
-def test_the_gpu_scripts_scratch_recipe_trains_the_flow_stage_then_fits_the_prior(tmp_path, latent_folder):
+def test_the_gpu_scripts_default_recipe_trains_from_scratch_then_fits_the_prior(tmp_path, latent_folder):
     specs = [("doom", "keyboard_mouse", 8, "train")] * 3 + [("doom", "keyboard_mouse", 8, "heldout")]
     pack_latents(latent_folder(tmp_path / "latents", specs, channels=4, size=8, frames=7), tmp_path / "p.pack",
                  split=None, progress=False)  # fmt: skip
     overrides = "model_overrides.text_dim=0 model_overrides.text_len=0 model_overrides.motion_prior=true copy_prior=true"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PACK": str(tmp_path / "p.pack"),
-           "PRESET": "astra-tiny", "RECIPE": "scratch", "MINUTES": "0.05", "BATCH": "2", "PROBE_STEPS": "4",
+           "PRESET": "astra-tiny", "MINUTES": "0.05", "BATCH": "2", "PROBE_STEPS": "4",
            "VALIDATIONS": "0", "MOTION_FIT_BATCHES": "2", "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"),
            "EXTRA": overrides}  # fmt: skip
     done = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -2,28 +2,29 @@
 # Train astra-small on a lent GPU machine: no network, a copy of the working tree plus at most 64 MiB carried, 10
 # minutes a command (the `device` tool's limits; docs/gpu.md). It unpacks the carried latent pack, times a short probe
 # run to size the real one to MINUTES of training (so the cosine schedule ends when time does), trains, and copies
-# the export (EMA weights + config.json) and the logs into $OUT. RECIPE=continue (default) goes on from the shipped
-# weights (INIT); RECIPE=scratch runs scripts/build_small_model.sh's two stages from nothing: flow matching with the
-# motion prior at zero, then PRIOR_SHARE of the minutes with the prior fitted before its first step and frozen.
+# the export (EMA weights + config.json) and the logs into $OUT. RECIPE=scratch (default) runs
+# scripts/build_small_model.sh's two stages from nothing: flow matching with the motion prior at zero, then
+# PRIOR_SHARE of the minutes with the prior fitted before its first step and frozen; RECIPE=continue goes on from the
+# shipped weights (INIT), which more CPU steps made follow worse (docs/gpu.md, "Which recipe").
 # Only python3 with torch, numpy, safetensors, einops and tqdm is needed; astra is run from the tree, not installed.
 #
 #   here, once:  astra data pack /work/data/latents --out gpu/latents.pack --split all --parts 2   (6 bits, 2 x 23 MB)
 #                echo /gpu/ >> .git/info/exclude
 #   device:      1) cp gpu/latents-1of2.pack /tmp/                       (carry: gpu/latents-1of2.pack)
-#                2) PACK="/tmp/latents-1of2.pack gpu/latents-2of2.pack" bash scripts/gpu_continue.sh
+#                2) PACK="/tmp/latents-1of2.pack gpu/latents-2of2.pack" bash scripts/gpu_train.sh
 #                                                                        (carry: gpu/latents-2of2.pack; timeout_s 600)
 #   then here:   astra eval --checkpoint <fetched folder> --split train --cases 16 --rollout-frames 32 ...
 #
 # Every setting below can be given in the environment; EXTRA adds `--set NAME=VALUE` words to every run.
 set -euo pipefail
-RECIPE=${RECIPE:-continue}
+RECIPE=${RECIPE:-scratch}
 PACK=${PACK:-gpu/latents.pack}
 PRESET=${PRESET:-astra-small}
 INIT=${INIT:-weights/astra-small}       # RECIPE=continue: the weights to go on from
 MINUTES=${MINUTES:-6}                   # training wall time; the probe, setup and export come on top (~1 min)
 PRIOR_SHARE=${PRIOR_SHARE:-0.15}        # RECIPE=scratch: the share of MINUTES for the motion-prior stage
 BATCH=${BATCH:-256}
-LR=${LR:-3e-4}
+LR=${LR:-$([ "$RECIPE" = scratch ] && echo 5e-4 || echo 3e-4)}  # the preset's from scratch; lower to go on
 WARMUP=${WARMUP:-100}
 SEED=${SEED:-40}
 PROBE_STEPS=${PROBE_STEPS:-30}
