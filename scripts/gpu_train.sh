@@ -8,7 +8,7 @@
 # shipped weights (INIT), which more CPU steps made follow worse (docs/gpu.md, "Which recipe").
 # Only python3 with torch, numpy, safetensors, einops and tqdm is needed; astra is run from the tree, not installed.
 #
-#   here, once:  astra data pack /work/data/latents --out gpu/latents.pack --split all --parts 2   (6 bits, 2 x 23 MB)
+#   here, once:  astra data pack data/latents --out gpu/latents.pack --split all --parts 2   (6 bits, 2 x 23 MB)
 #                echo /gpu/ >> .git/info/exclude
 #   device:      1) cp gpu/latents-1of2.pack /tmp/                       (carry: gpu/latents-1of2.pack)
 #                2) PACK="/tmp/latents-1of2.pack gpu/latents-2of2.pack" bash scripts/gpu_train.sh

@@ -10,9 +10,9 @@ reads it as it reads `astra data encode`'s output. A pack can be split into part
 moving data, keep the encoded folder as the original.
 
 File layout: `PACK_MAGIC`, then one xz stream holding a safetensors blob: per clip `<i>.latents` (uint8 codes
-[F, h, w, C]: channels last compress 8-16 % better than the latents' own [C, F, h, w]) and `<i>.actions` (float32 [F, width]), and `offset` / `step` (float32 [C]: value = offset + code *
-step); its metadata's "pack" entry is JSON: format version, bits, the VAE, [part, parts] and the index entries
-of the clips.
+[F, h, w, C]: channels last compress 8-16 % better than the latents' own [C, F, h, w]) and `<i>.actions` (float32
+[F, width]), and `offset` / `step` (float32 [C]: value = offset + code * step); its metadata's "pack" entry is JSON:
+format version, bits, the VAE, [part, parts] and the index entries of the clips.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def select_entries(dataset: LatentDataset, split: str | None, per_source: dict[s
     for source, count in (per_source or {}).items():
         if count < 0:
             raise DataError(f"episodes of {source!r}: the count must be 0 or more, got {count}")
-        episodes = list(dict.fromkeys(dataset.entries[i]["episode"] for i in chosen if dataset.entries[i]["source"] == source))
+        of_source = (dataset.entries[i] for i in chosen if dataset.entries[i]["source"] == source)
+        episodes = list(dict.fromkeys(entry["episode"] for entry in of_source))
         picks = np.linspace(0, len(episodes), num=min(count, len(episodes)), endpoint=False).astype(int)
         keep[source] = {episodes[p] for p in picks}
     sources_and_episodes = ((i, dataset.entries[i]["source"], dataset.entries[i]["episode"]) for i in chosen)
