@@ -54,6 +54,12 @@ if [ ! -f "$WORK/latents/index.json" ]; then
   [ ${#found[@]} -gt 0 ] || { echo "error: none of the packs ($PACK) is here" >&2; exit 1; }
   astra data unpack "${found[@]}" --out "$WORK/latents"
 fi
+heldout=$("$PYTHON" -c "import json, sys; print(sum(e['split'] == 'heldout' for e in json.load(open(sys.argv[1]))['entries']))" \
+  "$WORK/latents/index.json")
+if [ "$VALIDATIONS" -gt 0 ] && [ "$heldout" -eq 0 ]; then
+  echo "warning: the pack has no held-out clips (pack with --split all); training without validation" >&2
+  VALIDATIONS=0
+fi
 
 settings=(--preset "$PRESET" --set data="$WORK/latents" --set batch_size="$BATCH" --set lr="$LR" --set seed="$SEED"
           --set warmup_steps="$WARMUP" --no-progress)

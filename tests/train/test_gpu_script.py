@@ -62,15 +62,16 @@ def test_the_gpu_script_unpacks_sizes_trains_and_exports_without_an_install(tmp_
 def test_the_gpu_scripts_default_recipe_trains_from_scratch_then_fits_the_prior(tmp_path, latent_folder):
     specs = [("doom", "keyboard_mouse", 8, "train")] * 3 + [("doom", "keyboard_mouse", 8, "heldout")]
     pack_latents(latent_folder(tmp_path / "latents", specs, channels=4, size=8, frames=7), tmp_path / "p.pack",
-                 split=None, progress=False)  # fmt: skip
+                 split="train", progress=False)  # fmt: skip
     overrides = "model_overrides.text_dim=0 model_overrides.text_len=0 model_overrides.motion_prior=true copy_prior=true"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PACK": str(tmp_path / "p.pack"),
            "PRESET": "astra-tiny", "MINUTES": "0.05", "BATCH": "2", "PROBE_STEPS": "4",
-           "VALIDATIONS": "0", "MOTION_FIT_BATCHES": "2", "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"),
+           "VALIDATIONS": "2", "MOTION_FIT_BATCHES": "2", "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"),
            "EXTRA": overrides}  # fmt: skip
     done = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "motion prior fitted" in done.stdout and "RECIPE=scratch" in done.stdout
+    assert "no held-out clips (pack with --split all); training without validation" in done.stderr
     _, metadata = load_astra(tmp_path / "out")
     assert metadata["train_config"]["init_from"] == str(tmp_path / "work" / "flow" / "export")
     assert (tmp_path / "out" / "flow" / "metrics.csv").exists()
