@@ -113,15 +113,13 @@ def parse_episode_counts(items: list[str]) -> dict[str, int]:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from astra.data.pack import pack_latents
+    from astra.data.pack import pack_latents, part_paths
 
     split = None if args.split == "all" else args.split
     report = pack_latents(
         args.latents, args.out, split=split, per_source=parse_episode_counts(args.episodes), bits=args.bits,
         clip_std=args.clip_std, parts=args.parts,
     )
-    from astra.data.pack import part_paths
-
     print(f"{', '.join(map(str, part_paths(args.out, args.parts)))}: {report.summary()}")
     return 0
 
