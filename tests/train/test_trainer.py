@@ -760,3 +760,46 @@ def test_bf16_autocast_training_runs_validates_and_exports(tmp_path):
     assert all(math.isfinite(row["val_loss"]) for row in read_metrics(tmp_path, "validation.csv"))
     model, _ = load_astra(trainer.export())
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
+
+
+def test_an_anchor_flow_added_to_a_checkpoint_starts_still_and_learns_where_the_action_moves_the_picture(tmp_path):
+    """Synthetic latents roll one pixel along width whenever 'forward' is held. A checkpoint without the anchor flow
+    carries over exactly (the flow starts at zero); 60 steps of the flow loss teach the flow to displace the anchor
+    under 'forward' and much less without it."""
+    from astra.model.action_experts import ActionInput
+    from astra.model.checkpoints import save_astra
+
+    save_astra(Trainer(TINY, tmp_path / "plain", progress=False).model, tmp_path / "plain-ckpt")
+    config = TINY.replace(
+        model_overrides={**TINY.model_overrides, "anchor_flow": True, "anchor_flow_from_actions": True},
+        init_from=str(tmp_path / "plain-ckpt"),
+        copy_prior=True, noisy_memory_prob=0.0, action_dropout=0.0, batch_size=8, latent_size=(8, 8),
+    )
+    trainer = Trainer(config, tmp_path / "flow", progress=False)
+    model, plain = trainer.model, Trainer(TINY.replace(init_from=str(tmp_path / "plain-ckpt")), tmp_path / "p").model
+    batch = trainer.batches.batch(0, 0)
+    actions = ActionInput(batch.action_values, batch.modality)
+    inputs = (torch.randn_like(batch.target_latents), torch.full((8,), 0.9))
+    with torch.no_grad():
+        out = model(*inputs, history_latents=batch.history_latents, actions=actions)
+        assert out.anchor_flow.abs().max() == 0
+        torch.testing.assert_close(
+            out.velocity, plain(*inputs, history_latents=batch.history_latents, actions=actions).velocity
+        )
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for step in range(60):
+        loss = training_loss(model, trainer.batches.batch(step, 0), config, step_generator(0, 0, step, 1)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    held = trainer.batches.batch(1000, 0)
+    with torch.no_grad():
+        noisy = torch.randn_like(held.target_latents)
+        flow = model(noisy, torch.full((8,), 0.9), history_latents=held.history_latents,
+                     actions=ActionInput(held.action_values, held.modality)).anchor_flow
+    first = held.history_latents.shape[2]  # the first target frame's action row
+    forward = held.action_values[:, first, 0].bool()
+    shift_x = flow[:, 0, 0].mean(dim=(-2, -1))  # content rolls right: the anchor samples from the left (x < 0)
+    assert forward.any() and (~forward).any()
+    assert float(shift_x[forward].mean()) < float(shift_x[~forward].mean()) - 0.2, (shift_x, forward)
