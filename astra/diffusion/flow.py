@@ -163,21 +163,3 @@ def warp_latents(anchor: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
     source = anchor[:, :, 0].float().repeat_interleave(frames, dim=0)
     warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return warped.view(batch, frames, channels, height, width).transpose(1, 2).to(anchor.dtype)
-
-
-def flow_warp(anchor: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """The anchor `[B, C, Ft, H, W]` resampled per latent pixel: pixel p takes the anchor's value at p + flow(p),
-    `flow` `[B, 2, Ft, H, W]` in latent pixels (x, y). Bilinear, border padding; zero flow returns the anchor (to
-    float rounding).
-    Used by models with `anchor_flow`, after the motion prior's global move."""
-    if flow.shape[0] != anchor.shape[0] or flow.shape[1] != 2 or flow.shape[2:] != anchor.shape[2:]:
-        raise ValueError(f"flow {tuple(flow.shape)} does not fit anchor {tuple(anchor.shape)}: need [B, 2, Ft, H, W]")
-    batch, channels, frames, height, width = anchor.shape
-    ys = (torch.arange(height, device=anchor.device, dtype=torch.float32) * 2 + 1) / height - 1
-    xs = (torch.arange(width, device=anchor.device, dtype=torch.float32) * 2 + 1) / width - 1
-    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # [H, W, 2] pixel centres as (x, y)
-    offset = flow.float().permute(0, 2, 3, 4, 1) * torch.tensor([2.0 / width, 2.0 / height], device=anchor.device)
-    grid = (base + offset).flatten(0, 1)  # [B * Ft, H, W, 2]
-    source = anchor.float().transpose(1, 2).flatten(0, 1)  # [B * Ft, C, H, W]
-    warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return warped.view(batch, frames, channels, height, width).transpose(1, 2).to(anchor.dtype)

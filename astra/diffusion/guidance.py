@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from astra.diffusion.flow import copy_anchor, copy_prior_velocity, flow_warp
+from astra.diffusion.flow import copy_anchor, copy_prior_velocity
 
 
 def null_target_actions(actions: Any, target_frames: int) -> Any:
@@ -147,19 +147,12 @@ def guided_velocity(
             if history_latents is None:
                 raise ValueError("the copy prior needs an anchor: pass history_latents or anchor")
             anchor = history_latents[:, :, -1:]
-        if out.motion is not None or out.anchor_flow is not None:
-            # the conditional pass's moves (a null action does not move the global prior)
-            motion = None if out.motion is None else out.motion.split(batch)[0]
-            flow = None if out.anchor_flow is None else out.anchor_flow.split(batch)[0]
-
-            def moved(scale: float) -> torch.Tensor:
-                result = anchor if motion is None else copy_anchor(anchor, motion * scale)
-                return result if flow is None else flow_warp(result.expand(-1, -1, target_frames, -1, -1), flow * scale)
-
+        if out.motion is not None:
+            motion = out.motion.split(batch)[0]  # the conditional pass's (a null action does not move)
             if guide_anchor:
-                anchor = anchor + combine_scale * (moved(1.0) - anchor)
+                anchor = anchor + combine_scale * (copy_anchor(anchor, motion) - anchor)
             else:  # scaled by the step's scale up to 1 (scale 0 is the action-free velocity); guidance above 1
                 # amplifies only the network's residual
-                anchor = moved(min(max(combine_scale, 0.0), 1.0))
+                anchor = copy_anchor(anchor, motion * min(max(combine_scale, 0.0), 1.0))
         guided = guided + copy_prior_velocity(target_latents, target_timesteps, anchor, copy_prior_sigma)
     return guided

@@ -40,7 +40,6 @@ ASTRA_ADDITION_PREFIXES: tuple[str, ...] = (
     "blocks.*.action_experts",
     "action_projectors",
     "motion_prior",
-    "anchor_flow",
     "history_embedders",
 )
 WAN_HEAD_DIM = 128  # every published Wan2.1 size uses 128-wide heads; the original layout does not store num_heads

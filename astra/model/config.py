@@ -70,11 +70,6 @@ class AstraConfig:
     # 0 = at every t (the shipped model).
     motion_prior_min_t: float = 0.0
     act_adapter: bool = True  # identity-initialised Linear(dim, dim) after each self-attention
-    # The network also outputs a displacement of the copy-prior anchor per latent pixel (model/transformer.py,
-    # `anchor_flow`): local motion that one global move cannot make (a robot arm over a still table).
-    anchor_flow: bool = False
-    # With anchor_flow: each latent pixel also moves by a linear map of the action, the map read from the network.
-    anchor_flow_from_actions: bool = False
 
     # --- Attention and timesteps --------------------------------------------------------------------
     attention: str = "block_causal"  # "block_causal" (native) or "bidirectional" (authors' checkpoint)
@@ -95,7 +90,6 @@ class AstraConfig:
         "blocks.*.action_experts",
         "action_projectors",
         "motion_prior",
-        "anchor_flow",
         "history_embedders",
     )
 
@@ -169,8 +163,6 @@ class AstraConfig:
                         f"fixed_expert_of_modality routes {modality!r} to expert {expert}, outside "
                         f"[0, num_experts={self.num_experts})"
                     )
-        if self.anchor_flow_from_actions and not (self.anchor_flow and self.inject_actions):
-            raise ValueError("anchor_flow_from_actions needs anchor_flow=True and the action module (inject_actions)")
         if self.motion_prior and not self.inject_actions:
             raise ValueError("motion_prior needs the action module (inject_actions=True)")
         if not 0.0 <= self.motion_prior_min_t <= 1.0:

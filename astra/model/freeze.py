@@ -15,7 +15,6 @@ PARAMETER_GROUPS: tuple[tuple[str, str], ...] = (
     ("action_experts", "blocks.*.action_experts.*"),
     ("action_projectors", "action_projectors.*"),
     ("motion_prior", "motion_prior.*"),
-    ("anchor_flow", "anchor_flow.*"),
     ("history_embedders", "history_embedders.*"),
 )
 BACKBONE_GROUPS = ("backbone_other", "self_attention")  # together: the Wan2.1 transformer

@@ -44,7 +44,7 @@ from astra.model.history import (
     pack_frames,
     plan_history,
 )
-from astra.model.motion_prior import AnchorFlow, MotionPrior
+from astra.model.motion_prior import MotionPrior
 
 TIMESTEP_SCALE = 1000.0  # flow time t in [0, 1] -> Wan's timestep in [0, 1000]
 SINUSOID_BASE = 10000.0
@@ -73,7 +73,6 @@ class AstraOutput:
     aux_loss: torch.Tensor  # scalar load-balancing loss of the action experts (0 without actions)
     expert_usage: torch.Tensor  # [num_experts] fraction of routed action frames per expert
     motion: torch.Tensor | None = None  # [B, Ft, 3] copy-prior anchor motion per target frame (motion_prior)
-    anchor_flow: torch.Tensor | None = None  # [B, 2, Ft, H, W] anchor displacement in latent pixels (anchor_flow)
 
 
 class Head(nn.Module):
@@ -85,13 +84,9 @@ class Head(nn.Module):
         self.head = nn.Linear(config.dim, config.out_channels * math.prod(config.patch_size))
         self.modulation = nn.Parameter(torch.randn(1, 2, config.dim) / config.dim**0.5)
 
-    def modulated(self, x: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
-        """The normalised, time-modulated tokens the projection reads (the anchor flow reads them too)."""
-        shift, scale = (self.modulation.unsqueeze(0) + time_embedding.float().unsqueeze(2)).unbind(2)
-        return (fp32_layer_norm(self.norm, x) * (1 + scale) + shift).type_as(x)
-
     def forward(self, x: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
-        return self.head(self.modulated(x, time_embedding))
+        shift, scale = (self.modulation.unsqueeze(0) + time_embedding.float().unsqueeze(2)).unbind(2)
+        return self.head((fp32_layer_norm(self.norm, x) * (1 + scale) + shift).type_as(x))
 
 
 class SlotLayout:
@@ -192,10 +187,6 @@ class AstraTransformer(nn.Module):
         self.head = Head(config)
         self.action_projectors = ActionProjectors(config) if config.inject_actions else None
         self.motion_prior = MotionPrior(config) if config.motion_prior else None
-        # Why a flow and not only the velocity residual: moving an object (a robot's arm) by a residual means
-        # erasing it here and drawing it there, a function a small network learns slowly; a displacement of the
-        # anchor is smooth, low-dimensional, and its gradient points along the image's edges from the first step.
-        self.anchor_flow = AnchorFlow(config) if config.anchor_flow else None
         self.history_embedders = HistoryEmbedders(config)
         self.init_weights()
 
@@ -218,8 +209,6 @@ class AstraTransformer(nn.Module):
                 block.action_experts.reset_last_layers()
         if self.motion_prior is not None:
             self.motion_prior.reset_parameters()
-        if self.anchor_flow is not None:
-            self.anchor_flow.reset_parameters()
         if self.config.zero_init_head:  # the velocity starts at 0 (with the copy prior: the model starts by copying)
             nn.init.zeros_(self.head.head.weight)
             nn.init.zeros_(self.head.head.bias)
@@ -295,17 +284,7 @@ class AstraTransformer(nn.Module):
         )
         target_tokens = slice(hidden.shape[1] - sequence.num_target_tokens, None)
         target_slots = sequence.slot_of_token[target_tokens]
-        features = self.head.modulated(hidden[:, target_tokens], time_embedding[:, target_slots])
-        out = self.head.head(features)
-        anchor_flow = None
-        if self.anchor_flow is not None:
-            target_actions = None if actions is None else actions.frames(actions.num_frames - num_target, actions.num_frames)
-            anchor_flow = self.anchor_flow(
-                features,
-                lambda tokens, channels: self._unpatchify(tokens, num_target, height, width, channels),
-                target_actions,
-                None if self.action_projectors is None else self.action_projectors.normalizers,
-            )
+        out = self.head(hidden[:, target_tokens], time_embedding[:, target_slots])
         motion = None
         if self.motion_prior is not None and actions is not None:
             normalizers = self.action_projectors.normalizers
@@ -313,8 +292,7 @@ class AstraTransformer(nn.Module):
             if self.config.motion_prior_min_t > 0:
                 moves = (target_timesteps >= self.config.motion_prior_min_t).to(motion.dtype)
                 motion = motion * moves.unsqueeze(-1)
-        velocity = self._unpatchify(out, num_target, height, width, self.config.out_channels)
-        return AstraOutput(velocity, aux_loss, usage, motion, anchor_flow)
+        return AstraOutput(self._unpatchify(out, num_target, height, width), aux_loss, usage, motion)
 
     @torch.no_grad()
     def prefill(
@@ -441,10 +419,10 @@ class AstraTransformer(nn.Module):
     def _grid(self, height: int, width: int) -> tuple[int, int]:
         return height // self.config.patch_size[1], width // self.config.patch_size[2]
 
-    def _unpatchify(self, out: torch.Tensor, frames: int, height: int, width: int, channels: int) -> torch.Tensor:
+    def _unpatchify(self, out: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
         pt, ph, pw = self.config.patch_size
         grid_h, grid_w = self._grid(height, width)
-        out = out.reshape(out.shape[0], frames // pt, grid_h, grid_w, pt, ph, pw, channels)
+        out = out.reshape(out.shape[0], frames // pt, grid_h, grid_w, pt, ph, pw, self.config.out_channels)
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(out.shape[0], -1, frames, height, width)
 
     def _check_streaming(self) -> None:

@@ -39,7 +39,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    action_lr_scale: float = 1.0  # lr multiplier for the action experts, projectors and anchor flow (newly initialised, small)
+    action_lr_scale: float = 1.0  # lr multiplier for the action experts and projectors (newly initialised, small)
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # 0 = no EMA
     seed: int = 0

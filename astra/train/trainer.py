@@ -41,7 +41,6 @@ from astra.diffusion.flow import (
     add_noise,
     copy_anchor,
     copy_prior_velocity,
-    flow_warp,
     flow_matching_loss,
     sample_timesteps,
     velocity_target,
@@ -75,14 +74,12 @@ FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 NOISE_STREAM = 1  # generator stream of the per-step noise (stream 0 is the data)
 ACTION_STATISTICS_BATCHES = 64  # batches the action normalisation statistics are taken from
 # Model options a checkpoint trained without them can be carried into, exactly: switch -> the keys it adds
-ADDITIONS = {"normalize_actions": ".normalizers.", "motion_prior": "motion_prior.", "anchor_flow": "anchor_flow."}
-# Settings that come with an addition (their values in a checkpoint without it)
-ADDITION_SETTINGS = {"anchor_flow": {"anchor_flow_from_actions": False}}
+ADDITIONS = {"normalize_actions": ".normalizers.", "motion_prior": "motion_prior."}
 # Model settings without weights of their own: a checkpoint continues under the training config's values.
 WEIGHT_FREE = ("motion_prior_min_t", "trainable")  # e.g. a fine-tune of the action modules alone
 # Model state taken from the training data, not trained (the action statistics, the fitted and frozen motion prior):
 # saved with the trainable weights, so a resume continues with it even if the data changed in between.
-DATA_DERIVED = (ADDITIONS["normalize_actions"], ADDITIONS["motion_prior"])
+DATA_DERIVED = tuple(ADDITIONS.values())
 DERIVED_WHAT = "data-derived state (action statistics, motion prior)"
 
 
@@ -154,10 +151,7 @@ def build_model(
         needs_statistics = needs_statistics and not model.config.normalize_actions
         # settings without weights of their own come from the training config, whatever the checkpoint's were
         model.config = model.config.replace(**{name: getattr(model_config, name) for name in WEIGHT_FREE})
-        without = dict(added)
-        for name in added:
-            without.update(ADDITION_SETTINGS.get(name, {}))
-        if added and model.config == model_config.replace(**without):
+        if added and model.config == model_config.replace(**added):
             older = model
             model = AstraTransformer(model_config)
             missing, unexpected = model.load_state_dict(older.state_dict(), strict=False)
@@ -330,8 +324,6 @@ def training_loss(
             # does not see that noised frame, so it could not cancel the noise as it does for the newest history frame.
             anchors = torch.cat((anchors, target[:, :, chunk_frames - 1 : -1 : chunk_frames]), dim=2)
         anchor = chunk_anchors(anchors, out.motion, chunk_frames)
-        if out.anchor_flow is not None:
-            anchor = flow_warp(anchor, out.anchor_flow)
         velocity = velocity + copy_prior_velocity(noisy_target, timesteps, anchor, config.copy_prior_sigma)
     element_weight = None
     if config.change_weight > 0 and batch.history_latents is not None:
@@ -462,7 +454,7 @@ def diffusion_forcing_split(batch: TrainBatch, model_config: AstraConfig, genera
 # ---------------------------------------------------------------------------------------------------------------
 
 
-ACTION_LR_GROUPS = ("action_experts", "action_projectors", "anchor_flow")  # what `action_lr_scale` speeds up
+ACTION_LR_GROUPS = ("action_experts", "action_projectors")  # what `action_lr_scale` speeds up
 
 
 def optimizer_groups(trainable: list[tuple[str, torch.nn.Parameter]], config: TrainConfig) -> list[dict[str, Any]]:

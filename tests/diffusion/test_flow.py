@@ -104,18 +104,3 @@ def test_warp_latents_is_exact_at_zero_motion_and_shifts_by_whole_latent_pixels(
     assert torch.allclose(warped[:, :, 1, 1:, :-1], anchor[:, :, 0, :-1, 1:], atol=1e-5)
     zoomed = warp_latents(anchor, torch.tensor([[[0.0, 0.0, math.log(2.0)]]]).expand(2, 1, 3))
     assert not torch.allclose(zoomed, anchor, atol=1e-3)  # zooming in changes the picture
-
-
-def test_flow_warp_is_exact_at_zero_flow_and_moves_each_pixel_by_its_own_displacement():
-    from astra.diffusion.flow import flow_warp
-
-    anchor = torch.randn(2, 3, 2, 6, 8)
-    flow = torch.zeros(2, 2, 2, 6, 8)
-    torch.testing.assert_close(flow_warp(anchor, flow), anchor, rtol=0, atol=1e-6)
-    flow[:, 0, :, :3] = 1.0  # the top half samples one latent pixel to the right; the bottom half stays
-    flow[:, 1, :, 3:] = -1.0  # the bottom half samples one pixel up
-    warped = flow_warp(anchor, flow)
-    torch.testing.assert_close(warped[..., :3, :-1], anchor[..., :3, 1:])
-    torch.testing.assert_close(warped[..., 4:, :], anchor[..., 3:-1, :])
-    with pytest.raises(ValueError, match="does not fit"):
-        flow_warp(anchor, flow[:, :, :1])

@@ -160,30 +160,3 @@ def test_a_step_outside_the_guidance_interval_runs_the_guided_passes_but_combine
         hook.remove()
     assert calls == [2 * inputs["target"].shape[0]]  # cond + null, as a KV cache prefilled for guidance holds
     torch.testing.assert_close(step, _plain(model, inputs), rtol=1e-5, atol=1e-6)
-
-
-@torch.no_grad()
-def test_the_anchor_flow_of_the_conditional_pass_moves_the_anchor_after_the_global_motion(inputs):
-    from astra.diffusion.flow import copy_prior_velocity, flow_warp, warp_latents
-
-    torch.manual_seed(0)
-    config = CONFIG.replace(motion_prior=True, anchor_flow=True, text_dim=0, text_len=0)
-    model = _perturb_zero_inits(AstraTransformer(config))
-    x, scale, sigma = inputs, 2.0, 0.5
-    kwargs = dict(history_latents=x["history"], copy_prior_sigma=sigma)
-    guided = guided_velocity(model, x["target"], x["timesteps"], actions=x["actions"], action_scale=scale, **kwargs)
-    passes = {}
-    for name, actions in (("cond", x["actions"]), ("null", null_target_actions(x["actions"], CONFIG.chunk_frames))):
-        passes[name] = model(x["target"], x["timesteps"], history_latents=x["history"], actions=actions)
-    cond, null = passes["cond"], passes["null"]
-    assert (cond.anchor_flow - null.anchor_flow).abs().max() > 1e-3  # the null pass's flow must not matter
-    anchor = flow_warp(warp_latents(x["history"][:, :, -1:], cond.motion), cond.anchor_flow)
-    prior = copy_prior_velocity(x["target"], x["timesteps"], anchor, sigma)
-    expected = prior + null.velocity + scale * (cond.velocity - null.velocity)
-    torch.testing.assert_close(guided, expected, rtol=1e-4, atol=1e-4)
-    # at step scale 0 neither the global motion nor the flow moves the anchor
-    action_free = guided_velocity(
-        model, x["target"], x["timesteps"], actions=x["actions"], action_scale=scale, step_action_scale=0.0, **kwargs
-    )
-    still = copy_prior_velocity(x["target"], x["timesteps"], x["history"][:, :, -1:], sigma)
-    torch.testing.assert_close(action_free, still + null.velocity, rtol=1e-4, atol=1e-4)

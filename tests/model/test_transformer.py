@@ -170,29 +170,3 @@ def test_timesteps_given_as_a_list_land_on_the_latents_device():
     """A list or CPU tensor of flow times would meet the latents' device tensors later (meta stands in for a GPU)."""
     timesteps = make_model()._check_timesteps("target_timesteps", [0.5], 1, 2, torch.device("meta"))
     assert timesteps.device.type == "meta" and timesteps.shape == (1, 2) and timesteps.dtype == torch.float32
-
-
-def test_the_anchor_flow_from_actions_is_a_map_of_the_action_and_does_not_move_under_the_null_action():
-    from astra.model.action_experts import ActionInput
-
-    config = CONFIG.replace(anchor_flow=True, anchor_flow_from_actions=True, text_dim=0, text_len=0)
-    model = make_model(config)
-    target, history = torch.randn(2, 4, 2, 4, 6), torch.randn(2, 4, 3, 4, 6)
-    values = torch.zeros(2, 5, 8)
-    values[:, :, 0] = 1.0
-    actions = ActionInput(values, ("keyboard_mouse",) * 2)
-    nulled = torch.zeros(2, 5, dtype=torch.bool)
-    nulled[:, 3:] = True
-    null = ActionInput(values, actions.modality, nulled)
-    times = torch.tensor([0.5, 0.9])
-    assert model(target, times, history_latents=history, actions=actions).anchor_flow.abs().max() == 0  # starts still
-    with torch.no_grad():  # the map's bias: x moves by 1 per unit of column 0, y by 2 (at every latent pixel)
-        bias = model.anchor_flow.maps["keyboard_mouse"].bias.view(-1, 2, 8)  # (pixel in the patch, x/y, column)
-        bias[:, 0, 0], bias[:, 1, 0] = 1.0, 2.0
-    flow = model(target, times, history_latents=history, actions=actions).anchor_flow
-    torch.testing.assert_close(flow[:, 0, 0], torch.full_like(flow[:, 0, 0], 1.0))
-    torch.testing.assert_close(flow[:, 1, 0], torch.full_like(flow[:, 1, 0], 2.0))
-    torch.testing.assert_close(flow[:, :, 1], 2 * flow[:, :, 0])  # the second frame moved by both frames' actions
-    assert model(target, times, history_latents=history, actions=null).anchor_flow.abs().max() == 0
-    with pytest.raises(ValueError, match="needs anchor_flow=True"):
-        CONFIG.replace(anchor_flow_from_actions=True).validate()
