@@ -147,9 +147,13 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
     ceiling_chunk = vae_round_trip(session, np.concatenate([start[None], truth_chunk]))[1:]
     copy_seen_chunk = np.broadcast_to(start_frame, truth_chunk.shape)
     scored = futures_differ(truth_chunk, case.alternative_frames, config.min_future_mse)
-    follows = []
+    follows, follows_vae = [], []
     if scored:
         follows = follows_actions(model_chunk, generated_alternative, truth_chunk, case.alternative_frames)
+        # the same test for the two true futures through the VAE: a model that predicted both futures' latents
+        # exactly scores this, so it is the ceiling of following that this VAE allows
+        alternative_vae = vae_round_trip(session, np.concatenate([start[None], case.alternative_frames]))[1:]
+        follows_vae = follows_actions(ceiling_chunk, alternative_vae, truth_chunk, case.alternative_frames)
     generated_video = np.concatenate([start_frame[None], generated])  # frame 0 = the start, as each side sees it
     truth_video = np.concatenate([start[None], case.true_frames])
     # the collapse flags' reference: how often the truth through the VAE alone is flagged (a blurred wall can lose a
@@ -171,6 +175,7 @@ def evaluate_case(case: Case, session: RolloutSession, config: EvalConfig) -> di
         "action_scored": scored,
         "action_hits": int(sum(follows)),
         "action_trials": len(follows),
+        "action_hits_vae": int(sum(follows_vae)),
         "mse_curve": mse_per_frame(generated, case.true_frames),
         "mse_curve_copy": mse_per_frame(copy_last, case.true_frames),
         "ssim_curve": ssim_per_frame(generated, case.true_frames),  # structure, which PSNR weighs little
@@ -234,6 +239,8 @@ def summarise_world(world: str, results: list[dict], ended: list[int], config: E
     trials = sum(r["action_trials"] for r in results)
     following = {**binomial_summary(hits, trials), "hits": hits}
     following["skipped_cases"] = sum(not r["action_scored"] for r in results)
+    hits_vae = sum(r["action_hits_vae"] for r in results)
+    following["vae_round_trip"] = {**binomial_summary(hits_vae, trials), "hits": hits_vae}
     # the rollout's PSNR at each frame pooled over the cases as the next chunk's is; the capped per-frame mean beside
     mse_curve, copy_mse_curve = _mean_curve(results, "mse_curve"), _mean_curve(results, "mse_curve_copy")
     psnr_curve, copy_curve = (np.array([psnr_of_mse(float(m)) for m in curve]) for curve in (mse_curve, copy_mse_curve))
@@ -417,6 +424,9 @@ def summarise_overall(worlds: list[dict]) -> dict:
         "action_following": {
             **binomial_summary(hits, trials),
             "skipped_cases": sum(w["action_following"]["skipped_cases"] for w in worlds),
+            "vae_round_trip": binomial_summary(
+                sum(w["action_following"]["vae_round_trip"]["hits"] for w in worlds), trials
+            ),
         },
         "all_bars_pass": all(v == PASS for w in worlds for v in w["bars"].values()),
     }
@@ -500,10 +510,13 @@ def render_markdown(results: dict) -> str:
 
     lines += ["## Action following (true vs mirrored actions, 0.5 = chance)", ""]
     following = [(w["world"], w["action_following"]) for w in worlds] + [("**pooled**", overall["action_following"])]
+    lines += ["The last column is the same test for the two true futures through the VAE (encoded and decoded): what "
+              "a model that predicted both futures' latents exactly would score, the ceiling this VAE allows.", ""]
     lines += _table(
-        ["world", "score", "stderr", "generations n", "cases skipped (futures alike)"],
-        [[name, _fmt(a["score"]), _fmt(a["stderr"]), a["n"], a["skipped_cases"]] for name, a in following],
-    )
+        ["world", "score", "stderr", "generations n", "cases skipped (futures alike)", "truth through the VAE"],
+        [[name, _fmt(a["score"]), _fmt(a["stderr"]), a["n"], a["skipped_cases"], _fmt(a.get("vae_round_trip", {}).get("score"))]
+         for name, a in following],
+    )  # fmt: skip
 
     frames = [str(t) for t in setup["report_frames"]]
     lines += ["## Long rollouts (PSNR dB at frame t: model / copy-last-context)", ""]

@@ -157,7 +157,7 @@ def _case_of(frames: int, collapse: dict) -> dict:
             "chunk_still_frames": 0,
             "chunk_psnr": 30.0, "chunk_psnr_copy": 20.0, "chunk_psnr_vae": 35.0, "chunk_detail_vae": 1.0,
             "chunk_psnr_copy_vae": 20.0, "chunk_ssim": 0.9, "chunk_ssim_copy": 0.8, "action_scored": True,
-            "action_hits": 2, "action_trials": 2, "mse_curve": np.full(frames, 1e-3),
+            "action_hits": 2, "action_trials": 2, "action_hits_vae": 1, "mse_curve": np.full(frames, 1e-3),
             "mse_curve_copy": np.full(frames, 1e-2), "ssim_curve": np.ones(frames), "ssim_curve_copy": np.ones(frames),
             "model_stats": stats, "truth_stats": stats, "collapse": {"saturated": None, **collapse},
             "collapse_vae": {"blank": None, "frozen": None, "saturated": None}}  # fmt: skip
@@ -267,3 +267,14 @@ def test_hold_still_psnr_pools_squared_errors_over_the_cases_and_is_absent_when_
     plain = _case_of(8, {"blank": None, "frozen": None})
     plain.update(hold_still_mse_curve=np.zeros(16), hold_still_mse_vae=1e-3)  # session 35: against the start frame
     assert "hold_still" not in summarise_world("camera", [plain], [], config, chunk=4)
+
+
+def test_following_reports_the_ceiling_of_the_truth_through_the_vae_beside_the_models_score():
+    cases = [_case_of(8, {"blank": None, "frozen": None}) for _ in range(3)]
+    cases[0].update(action_hits_vae=2)
+    summary = summarise_world("robot", cases, [], EvalConfig(rollout_frames=8), chunk=4)
+    following = summary["action_following"]
+    assert (following["hits"], following["n"], following["score"]) == (6, 6, 1.0)
+    assert following["vae_round_trip"]["hits"] == 4 and following["vae_round_trip"]["score"] == pytest.approx(4 / 6)
+    overall = report_module.summarise_overall([summary, summary])
+    assert overall["action_following"]["vae_round_trip"]["score"] == pytest.approx(4 / 6)
