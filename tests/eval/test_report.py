@@ -36,6 +36,8 @@ def test_astra_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert 0.0 < world["next_chunk"]["psnr_vae_round_trip"] < 40.0
     assert 0.0 < world["next_chunk"]["psnr_copy_last_via_vae"] < 40.0
     assert world["action_following"]["n"] + 2 * world["action_following"]["skipped_cases"] == 2
+    ceiling = world["action_following"]["vae_round_trip"]  # the same trials for the true futures through the VAE
+    assert ceiling["n"] == world["action_following"]["n"] and 0 <= ceiling["hits"] <= ceiling["n"]
     assert world["bars"]["no_collapse"] == "N/A"  # 16 frames cannot show 256 collapse-free frames
     # the collapse flags' reference, the truth through the VAE, is counted per flag like the model's
     reference = world["long_rollout"]["collapse"]["vae_round_trip"]
@@ -278,3 +280,15 @@ def test_following_reports_the_ceiling_of_the_truth_through_the_vae_beside_the_m
     assert following["vae_round_trip"]["hits"] == 4 and following["vae_round_trip"]["score"] == pytest.approx(4 / 6)
     overall = report_module.summarise_overall([summary, summary])
     assert overall["action_following"]["vae_round_trip"]["score"] == pytest.approx(4 / 6)
+
+
+def test_through_a_lossless_vae_the_true_futures_follow_their_actions_in_every_trial(tiny_checkpoint, tmp_path,
+                                                                                     monkeypatch):
+    """The following ceiling scores the true futures through the VAE: with a VAE that changed nothing, each future
+    is nearer itself than the other (the camera of seed 4 moves, so its mirrored future differs)."""
+    monkeypatch.setattr(report_module, "vae_round_trip", lambda session, frames: frames)
+    config = EvalConfig(worlds=("camera",), cases=1, context_frames=5, rollout_frames=8, seed=4,
+                        report_frames=(8,), hold_still_frames=0)  # fmt: skip
+    (world,) = evaluate(config, tmp_path / "out", loaded=load_rollout(tiny_checkpoint))["worlds"]
+    following = world["action_following"]
+    assert following["n"] == 2 and following["vae_round_trip"]["hits"] == 2
