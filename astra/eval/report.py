@@ -514,9 +514,9 @@ def render_markdown(results: dict) -> str:
               "a model that predicted both futures' latents exactly would score, the ceiling this VAE allows.", ""]
     lines += _table(
         ["world", "score", "stderr", "generations n", "cases skipped (futures alike)", "truth through the VAE"],
-        [[name, _fmt(a["score"]), _fmt(a["stderr"]), a["n"], a["skipped_cases"], _fmt(a.get("vae_round_trip", {}).get("score"))]
+        [[name, _fmt(a["score"]), _fmt(a["stderr"]), a["n"], a["skipped_cases"], _fmt(a["vae_round_trip"]["score"])]
          for name, a in following],
-    )  # fmt: skip
+    )
 
     frames = [str(t) for t in setup["report_frames"]]
     lines += ["## Long rollouts (PSNR dB at frame t: model / copy-last-context)", ""]
