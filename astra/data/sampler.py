@@ -220,3 +220,63 @@ class SegmentSampler:
     def __iter__(self) -> Iterator[Segment]:
         while True:
             yield self.sample()
+
+
+class PairSampler:
+    """Counterfactual pairs (astra/worlds/pairs.py) of one split: episodes `<name>-a` and `<name>-b` whose clips
+    share every latent frame but the last. A draw gives `count` pairs of one history length, as segments with the
+    last latent frame as target; both members carry member a's history (the VAE's latents of the shared frames are
+    the same only up to rounding, and any difference would tell the network which future to draw)."""
+
+    def __init__(self, latent_dataset: LatentDataset, history_range: tuple[int, int], split: str = "train"):
+        self.dataset = latent_dataset
+        members: dict[str, dict[str, int]] = {}
+        for i, entry in enumerate(latent_dataset.entries):
+            name, _, branch = entry["episode"].rpartition("-")
+            if entry["split"] == split and branch in ("a", "b") and name:
+                members.setdefault(name, {})[branch] = i
+        low, high = history_range
+        self.by_history: dict[int, list[tuple[int, int]]] = {}
+        for name, found in sorted(members.items()):
+            if len(found) != 2:
+                continue
+            frames = latent_dataset.entries[found["a"]]["latent_frames"]
+            if latent_dataset.entries[found["b"]]["latent_frames"] != frames:
+                raise DataError(f"{latent_dataset.root}: the two members of pair {name} differ in length")
+            if low <= frames - 1 <= high:
+                self.by_history.setdefault(frames - 1, []).append((found["a"], found["b"]))
+        if not self.by_history:
+            raise DataError(
+                f"{latent_dataset.root}: no complete {split!r} pair (episodes <name>-a and <name>-b) with a history of "
+                f"{low}-{high} latent frames; record them with astra/worlds/pairs.py and encode them"
+            )
+        self.lengths = sorted(self.by_history)
+        self.weights = np.array([len(self.by_history[h]) for h in self.lengths], dtype=float)
+        self.weights /= self.weights.sum()
+
+    def __len__(self) -> int:
+        return sum(len(pairs) for pairs in self.by_history.values())
+
+    def sample_history_length(self, rng: np.random.Generator) -> int:
+        """A history length, as likely as the share of pairs that have it."""
+        return self.lengths[rng.choice(len(self.lengths), p=self.weights)]
+
+    def sample(self, count: int, history_frames: int, rng: np.random.Generator) -> tuple[list[Segment], list[Segment]]:
+        """(the a members, the b members) of `count` pairs with `history_frames` latent frames of history."""
+        pairs = self.by_history[history_frames]
+        chosen = [pairs[k] for k in rng.choice(len(pairs), size=count)]
+        first, second = [], []
+        for a, b in chosen:
+            latents_a, actions_a = self.dataset.load_stored(a)
+            latents_b, actions_b = self.dataset.load_stored(b)
+            entry = self.dataset.entries[a]
+            history = latents_a[:, :history_frames].float()
+            for members, latents, actions in ((first, latents_a, actions_a), (second, latents_b, actions_b)):
+                members.append(Segment(
+                    history_latents=history,
+                    target_latents=latents[:, history_frames:].float(),
+                    actions=actions.float(),
+                    modality=entry["modality"],
+                    source=entry["source"],
+                ))
+        return first, second
