@@ -22,7 +22,6 @@ class TrainBatch:
     modality: tuple[str, ...]  # one modality name per sample
     text: torch.Tensor | None = None  # [B, L, text_dim] or None
     source: tuple[str, ...] | None = None  # one source (world or dataset) per sample, for per-source validation
-    pairs: int = 0  # the last 2 * pairs samples are counterfactual pairs: P first members, then their P partners
 
     @property
     def size(self) -> int:
@@ -32,7 +31,7 @@ class TrainBatch:
         move = lambda x: None if x is None else x.to(device, non_blocking=True)  # noqa: E731
         return TrainBatch(
             move(self.history_latents), move(self.target_latents), move(self.action_values), self.modality,
-            move(self.text), self.source, self.pairs,
+            move(self.text), self.source,
         )
 
 

@@ -82,14 +82,6 @@ class TrainConfig:
     # already gets the static background right; what moves with the action (the arm, the turning scene) is a small
     # share of the elements and so of the plain loss (0 = the plain loss)
     change_weight: float = 0.0
-    # Counterfactual pairs (astra/worlds/pairs.py, encoded by `astra data encode`): each step also draws this many
-    # pairs per process, two futures of one history under the policy's and the mirrored actions, noised alike, and
-    # adds pair_loss_weight x the error of the two predictions' difference relative to the true difference, so that
-    # ignoring the actions costs (docs/results.md, session 42). "" / 0 = none
-    pair_data: str = ""
-    pair_batch_size: int = 0
-    pair_loss_weight: float = 1.0
-    pair_min_t: float = 0.7  # the pairs' flow times are drawn as usual, then mapped into [pair_min_t, 1]
     # Rollout settings the exported model plays with (RolloutConfig fields, e.g. {"guidance_scale": 2.0}); they win
     # over those inherited from init_from, which win over the generic defaults (Trainer.sampling_defaults)
     sampling: dict[str, Any] = field(default_factory=dict)
@@ -150,14 +142,6 @@ class TrainConfig:
         for name in ("noisy_memory_prob", "action_dropout", "self_history_prob", "faded_memory_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise AstraError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.pair_batch_size < 0 or (self.pair_batch_size > 0) != bool(self.pair_data):
-            raise AstraError(f"pair_data and pair_batch_size >= 1 go together, got {self.pair_data!r}, {self.pair_batch_size}")
-        if self.pair_batch_size and (self.diffusion_forcing or self.self_history_prob or self.faded_memory_prob):
-            raise AstraError("pairs (pair_batch_size) do not combine with diffusion_forcing, self_history_prob or faded_memory_prob")
-        if not 0.0 <= self.pair_min_t < 1.0:
-            raise AstraError(f"pair_min_t must lie in [0, 1), got {self.pair_min_t}")
-        if not 0.0 <= self.pair_loss_weight < math.inf:
-            raise AstraError(f"pair_loss_weight must be a finite number >= 0, got {self.pair_loss_weight}")
         if not 0.0 <= self.change_weight < math.inf:
             raise AstraError(f"change_weight must be a finite number >= 0, got {self.change_weight}")
         if self.batch_size < 1 or self.steps < 0 or self.warmup_steps < 0:

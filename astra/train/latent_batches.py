@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from astra.data.sampler import LatentDataset, PairSampler, SegmentSampler, collate
+from astra.data.sampler import LatentDataset, SegmentSampler
 from astra.errors import DataError
 from astra.train.batches import TrainBatch
 from astra.train.config import TrainConfig
@@ -40,20 +40,11 @@ class LatentBatches:
             seed=config.seed,
         )
         self.sources = tuple(sorted({dataset.entries[i]["source"] for i in self.sampler.clips}))
-        self.pairs = None
-        if split == "train" and config.pair_batch_size:
-            self.pairs = PairSampler(LatentDataset(config.pair_data), self.sampler.history_range)
 
     def batch(self, step: int, rank: int) -> TrainBatch:
         rng = np.random.default_rng([self.config.seed, rank, step])
-        if self.pairs is None:
-            segments = self.sampler.batch(self.config.batch_size, rng)
-        else:  # the ordinary samples take the pairs' history length, so that one forward holds all
-            history_frames = self.pairs.sample_history_length(rng)
-            first, second = self.pairs.sample(self.config.pair_batch_size, history_frames, rng)
-            ordinary = [self.sampler.sample(history_frames, rng) for _ in range(self.config.batch_size)]
-            segments = collate(ordinary + first + second)
+        segments = self.sampler.batch(self.config.batch_size, rng)
         return TrainBatch(
             segments.history_latents.float(), segments.target_latents.float(), segments.actions.float(),
-            segments.modality, source=segments.source, pairs=self.config.pair_batch_size if self.pairs else 0,
+            segments.modality, source=segments.source,
         )

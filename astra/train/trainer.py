@@ -249,7 +249,6 @@ class StepOutput:
     sample_flow_loss: torch.Tensor  # [B] each sample's flow loss (their mean is the batch's)
     aux_loss: torch.Tensor
     expert_usage: torch.Tensor
-    pair_loss: torch.Tensor | None = None  # pair_difference_loss of the batch's pairs (0 without pairs)
 
     @property
     def flow_loss(self) -> torch.Tensor:
@@ -283,10 +282,6 @@ def training_loss(
     timesteps = sample_timesteps(batch_size * (target_frames // chunk_frames), config.flow, generator)
     timesteps = timesteps.to(device).view(batch_size, -1).repeat_interleave(chunk_frames, dim=1)
     noise = normal(target.shape)
-    pairs = batch.pairs
-    timesteps, noise = tie_pairs(timesteps, pairs), tie_pairs(noise, pairs)
-    if pairs:  # only where the input tells little of the target is the true difference what a good model predicts
-        timesteps[-2 * pairs :] = config.pair_min_t + (1.0 - config.pair_min_t) * timesteps[-2 * pairs :]
     noisy_target = add_noise(target, noise, timesteps)
 
     history, history_timesteps, history_frames = batch.history_latents, None, 0
@@ -300,8 +295,6 @@ def training_loss(
         low, high = config.noisy_memory_range
         corrupted = draw(batch_size) < config.noisy_memory_prob
         history_level = torch.where(corrupted, low + (high - low) * draw(batch_size), torch.zeros(batch_size, device=device))
-        if pairs:  # clean: the motion prior moves each member's anchor its own way, and noise moved apart is a difference
-            history_level[-2 * pairs :] = 0.0
         history_timesteps = history_level[:, None].repeat(1, history_frames)
         if config.clean_first_memory:
             history_timesteps[:, 0] = 0.0
@@ -309,8 +302,6 @@ def training_loss(
 
     null = torch.zeros(batch_size, history_frames + target_frames, dtype=torch.bool, device=device)
     null[:, history_frames:] = (draw(batch_size) < config.action_dropout)[:, None]
-    if pairs:  # a pair's difference comes from its actions: they are never dropped
-        null[-2 * pairs :] = False
     actions = ActionInput(batch.action_values, batch.modality, null)
 
     out = model(
@@ -337,10 +328,9 @@ def training_loss(
     element_weight = None
     if config.change_weight > 0 and batch.history_latents is not None:
         element_weight = change_weights(target, batch.history_latents[:, :, -1:], config.change_weight)
-    target_velocity = velocity_target(target, noise)
     sample_flow_loss = flow_matching_loss(
         velocity,
-        target_velocity,
+        velocity_target(target, noise),
         timesteps,
         config.flow.loss_weighting,
         per_sample=True,
@@ -348,35 +338,7 @@ def training_loss(
     )
     aux_loss = out.aux_loss.float()
     loss = sample_flow_loss.mean() + config.aux_loss_weight * aux_loss
-    difference_loss = torch.zeros((), device=device)
-    if pairs:
-        difference_loss = pair_difference_loss(velocity[-2 * pairs :], target_velocity[-2 * pairs :], pairs)
-        loss = loss + config.pair_loss_weight * difference_loss
-    return StepOutput(loss, sample_flow_loss, aux_loss, out.expert_usage.detach(), difference_loss.detach())
-
-
-def tie_pairs(values: torch.Tensor, pairs: int) -> torch.Tensor:
-    """The random draws of a batch whose last 2 * `pairs` samples are pairs (first members, then partners): each
-    partner gets its first member's draw, so that the two differ only by their targets and actions."""
-    if not pairs:
-        return values
-    values = values.clone()
-    values[-pairs:] = values[-2 * pairs : -pairs]
-    return values
-
-
-def pair_difference_loss(velocity: torch.Tensor, target_velocity: torch.Tensor, pairs: int) -> torch.Tensor:
-    """Squared error of the predicted velocity difference between each pair's members against the true one,
-    pooled over the pairs and divided by the true difference's energy: 1 for a prediction that does not depend on
-    what differs, 0 for an exact one, whatever the size of the motion.
-
-    With the noise shared, the true difference is minus the difference of the clean targets. A model that predicts
-    each velocity as well as it can (the posterior mean) reaches it only where the noisy input tells it little, near
-    t = 1, where the difference must come from the actions: at t = 0.5 the shipped model's predicted difference is
-    1.5-2.8 times the true one's size (docs/results.md, session 42), so the pairs' flow times lie in [pair_min_t, 1]."""
-    predicted = velocity[:pairs].float() - velocity[pairs:].float()
-    true = target_velocity[:pairs].float() - target_velocity[pairs:].float()
-    return (predicted - true).pow(2).sum() / true.pow(2).sum().clamp_min(torch.finfo(true.dtype).tiny)
+    return StepOutput(loss, sample_flow_loss, aux_loss, out.expert_usage.detach())
 
 
 def chunk_anchors(anchors: torch.Tensor, motion: torch.Tensor | None, chunk_frames: int) -> torch.Tensor:
@@ -733,7 +695,6 @@ class Trainer:
             "loss": all_reduce_mean(out.loss.detach(), self.info).item(),
             "flow_loss": all_reduce_mean(out.flow_loss.detach(), self.info).item(),
             "aux_loss": all_reduce_mean(out.aux_loss.detach(), self.info).item(),
-            **({"pair_loss": all_reduce_mean(out.pair_loss, self.info).item()} if self.config.pair_batch_size else {}),
             "grad_norm": float(_full(grad_norm)),
             "lr": lr,
         }

@@ -5,8 +5,7 @@ import torch.nn.functional as F
 
 from astra.data.encode import encode_episodes
 from astra.data.format import Episode, write_episode
-from astra.data.sampler import LatentDataset, PairSampler, Segment, SegmentSampler, collate
-from astra.errors import DataError
+from astra.data.sampler import LatentDataset, Segment, SegmentSampler, collate
 
 
 class PoolingVAE:
@@ -90,30 +89,3 @@ def test_index_entries_of_the_wrong_kind_are_named(dataset, tmp_path):
         (root / "index.json").write_text(json.dumps(index))
         with pytest.raises(DataError, match=rf"entries\[1\]: '{field}' must"):
             LatentDataset(root)
-
-
-def test_pairs_are_found_by_name_and_share_the_first_members_history(tmp_path):
-    rng = np.random.default_rng(1)
-    for seed, frames in ((1, 9), (2, 9), (3, 13)):  # histories of 2, 2 and 3 latent frames
-        shared = rng.integers(0, 256, (frames, 16, 16, 3), dtype=np.uint8)
-        for branch in "ab":
-            video = shared.copy()
-            video[-4:] = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
-            video[:-4] += np.uint8(branch == "b")  # a VAE's shared latents may differ slightly: b's must not be used
-            actions = np.zeros((frames, 7), np.float32)
-            actions[-5:-1, 0] = 1.0 if branch == "a" else -1.0
-            episode = Episode(frames=video, actions=actions, modality="robot7", fps=10.0, meta={"world": "robot"})
-            write_episode(tmp_path / "episodes", f"robot-pair-{seed:06d}-{branch}", episode)
-    write_episode(tmp_path / "episodes", "robot-pair-000004-a", episode)  # no partner: not a pair
-    encode_episodes(tmp_path / "episodes", PoolingVAE(), tmp_path / "latents", vae_name="pool")
-    dataset = LatentDataset(tmp_path / "latents")
-    pairs = PairSampler(dataset, history_range=(1, 12))
-    assert len(pairs) == 3 and pairs.lengths == [2, 3]
-    first, second = pairs.sample(4, 2, np.random.default_rng(0))
-    for a, b in zip(first, second):
-        assert torch.equal(a.history_latents, b.history_latents) and a.history_latents.shape[1] == 2
-        assert a.target_latents.shape[1] == 1 and not torch.equal(a.target_latents, b.target_latents)
-        assert torch.equal(a.actions[:2], b.actions[:2]) and a.actions[2, 0] == -b.actions[2, 0] != 0
-    assert PairSampler(dataset, history_range=(3, 3)).lengths == [3]
-    with pytest.raises(DataError, match="no complete 'train' pair"):
-        PairSampler(dataset, history_range=(4, 8))

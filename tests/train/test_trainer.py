@@ -1,4 +1,3 @@
-import dataclasses
 import math
 
 import pytest
@@ -9,9 +8,7 @@ from astra.train.batches import SyntheticBatches, step_generator
 from astra.train.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
 from astra.train.config import get_preset
 from astra.train.logging import read_metrics
-from astra.train.trainer import (
-    Trainer, build_model_config, change_weights, faded_history, lr_factor, pair_difference_loss, training_loss,
-)
+from astra.train.trainer import Trainer, build_model_config, change_weights, faded_history, lr_factor, training_loss
 
 TINY = get_preset("astra-tiny").replace(model_overrides={"text_dim": 0, "text_len": 0})
 
@@ -24,7 +21,7 @@ class Spy(torch.nn.Module):
         self.model, self.calls = model, []
 
     def forward(self, *args, **kwargs):
-        self.calls.append({**kwargs, "args": args, "grad": torch.is_grad_enabled()})
+        self.calls.append({**kwargs, "grad": torch.is_grad_enabled()})
         return self.model(*args, **kwargs)
 
 
@@ -763,39 +760,3 @@ def test_bf16_autocast_training_runs_validates_and_exports(tmp_path):
     assert all(math.isfinite(row["val_loss"]) for row in read_metrics(tmp_path, "validation.csv"))
     model, _ = load_astra(trainer.export())
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
-
-
-def test_pairs_share_their_noise_keep_a_clean_memory_and_never_drop_their_actions(tmp_path):
-    config = TINY.replace(history_range=(2, 2), batch_size=6, noisy_memory_prob=1.0, noisy_memory_range=(0.2, 0.8),
-                          action_dropout=1.0)
-    trainer = Trainer(config, tmp_path, progress=False)
-    batch = trainer.batches.batch(0, 0)
-    history = batch.history_latents.clone()
-    history[4:] = history[2:4]  # samples 2, 3 and their partners 4, 5 share a history, as pairs do
-    batch = dataclasses.replace(batch, history_latents=history, pairs=2)
-    spy = Spy(trainer.model)
-    out = training_loss(spy, batch, config, step_generator(0, 0, 0, 1))
-    call = spy.calls[0]
-    t = call["args"][1]
-    assert torch.equal(t[4:], t[2:4]) and not torch.equal(t[0], t[1])  # ordinary samples draw their own
-    assert (t[2:] >= config.pair_min_t).all()
-    assert torch.equal(call["history_latents"][2:], history[2:]) and call["history_timesteps"][2:].eq(0).all()
-    assert call["history_timesteps"][:2].gt(0).all()  # noisy_memory_prob 1 noises the ordinary samples' memory
-    # the same noise: the noisy targets differ only by (1 - t) x the difference of the clean targets
-    target, noisy = batch.target_latents, call["args"][0]
-    scale = (1 - t[2:4]).view(2, 1, -1, 1, 1)
-    assert torch.allclose(noisy[4:] - noisy[2:4], scale * (target[4:] - target[2:4]), atol=1e-5)
-    assert not torch.allclose(noisy[1] - noisy[0], (1 - t[0]).view(1, -1, 1, 1) * (target[1] - target[0]), atol=1e-3)
-    null = call["actions"].null
-    assert null[:2, history.shape[2]:].all() and not null[2:].any()  # action_dropout 1 drops the ordinary ones only
-    assert torch.isfinite(out.pair_loss) and out.pair_loss > 0
-    plain = training_loss(trainer.model, dataclasses.replace(batch, pairs=0), config, step_generator(0, 0, 0, 1))
-    assert plain.pair_loss == 0
-
-
-def test_the_pair_loss_is_one_for_a_prediction_blind_to_the_difference_and_zero_for_the_true_one():
-    target = torch.randn(4, 3, 1, 2, 2)
-    blind = torch.randn(2, 3, 1, 2, 2).repeat(2, 1, 1, 1, 1)  # both members predicted alike
-    assert torch.isclose(pair_difference_loss(blind, target, 2), torch.tensor(1.0))
-    assert pair_difference_loss(target + 0.7, target, 2) < 1e-12
-    assert torch.isclose(pair_difference_loss(2 * target, target, 2), torch.tensor(1.0))  # the difference twice over
