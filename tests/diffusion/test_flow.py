@@ -52,6 +52,23 @@ def test_timestep_sampling_is_seeded_and_in_range(sampling):
         FlowConfig(timestep_sampling="cosine").validate()
 
 
+def test_high_noise_fraction_covers_the_first_sampling_step():
+    plain = FlowConfig()
+    tail = FlowConfig(high_noise_fraction=0.25, high_noise_from=0.9)
+    base = sample_timesteps(8192, plain, torch.Generator().manual_seed(3))
+    mixed = sample_timesteps(8192, tail, torch.Generator().manual_seed(3))
+    assert (base > 0.97).float().mean() < 0.002  # logit-normal alone hardly ever trains near t = 1
+    high = mixed >= 0.9
+    assert abs(high.float().mean().item() - (0.25 + 0.75 * (base >= 0.9).float().mean().item())) < 0.02
+    assert mixed.max() < 1 and abs((mixed > 0.97).float().mean().item() - 0.25 * 0.3) < 0.015  # uniform on [0.9, 1)
+    # no extra draws at fraction 0: runs without the option keep their flow times exactly
+    assert torch.equal(sample_timesteps(64, plain, torch.Generator().manual_seed(5)),
+                       sample_timesteps(64, FlowConfig(high_noise_fraction=0.0), torch.Generator().manual_seed(5)))
+    for bad in ({"high_noise_fraction": 1.5}, {"high_noise_from": 1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FlowConfig(**bad).validate()
+
+
 def test_loss_weighting():
     t = torch.tensor([0.0, 0.5, 1.0])
     assert torch.equal(loss_weight(t, "none"), torch.ones(3))
