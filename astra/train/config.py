@@ -262,7 +262,7 @@ PRESETS: dict[str, TrainConfig] = {
         motion_fit_batches=256,  # 2,048 frames, ~1 min on 2 CPU cores; --resume restores it from the checkpoint
         log_every=20,
         save_every=250,
-        val_every=250,  # 16 held-out batches, ~15 s on 2 CPU cores
+        val_every=250,  # 16 held-out batches scored four ways, ~30 s on 2 CPU cores
     ),
     # Astra on Wan2.1-T2V-1.3B, the paper's recipe: lr 1e-5, backbone frozen except self-attention and the
     # added modules (the model preset's freeze policy), shift 5 and the authors' bell loss weighting, noisy memory

@@ -261,11 +261,13 @@ def training_loss(
     config: TrainConfig,
     generator: torch.Generator,
     model_config: AstraConfig | None = None,
+    flow_time: float | None = None,
 ) -> StepOutput:
     """Flow-matching loss of the target chunk given (noisy) history and (possibly dropped) actions.
 
     All randomness comes from `generator` (CPU), so a step is reproducible from (seed, rank, step).
     With `config.diffusion_forcing` the batch is first re-split by `diffusion_forcing_split` (needs `model_config`).
+    `flow_time` scores every target at that time instead of drawn ones (validation's one-shot error at t = 1).
     """
     if config.diffusion_forcing:
         if model_config is None:
@@ -279,7 +281,10 @@ def training_loss(
 
     # one flow time per sample, or per target chunk with diffusion forcing (each chunk its own noise level)
     chunk_frames = model_config.chunk_frames if config.diffusion_forcing else target_frames
-    timesteps = sample_timesteps(batch_size * (target_frames // chunk_frames), config.flow, generator)
+    if flow_time is None:
+        timesteps = sample_timesteps(batch_size * (target_frames // chunk_frames), config.flow, generator)
+    else:
+        timesteps = torch.full((batch_size * (target_frames // chunk_frames),), float(flow_time))
     timesteps = timesteps.to(device).view(batch_size, -1).repeat_interleave(chunk_frames, dim=1)
     noise = normal(target.shape)
     noisy_target = add_noise(target, noise, timesteps)

@@ -4,8 +4,12 @@ Every evaluation uses the same batches, flow times, history corruption and noise
 one run, or two runs) differ only by their weights: the comparison is paired and much less noisy than the loss's
 spread over samples. Each batch is scored twice, with its true actions and with the null action on the target
 frames (what action-free guidance subtracts); `action_gain` = null loss - loss is how much the prediction uses the
-actions (0 for a model that ignores them, the case the action-following bar catches). A cheap check between
-training and the minutes-long `astra eval`, which samples, decodes and scores pixels.
+actions (0 for a model that ignores them, the case the action-following bar catches). Both are scored again at flow
+time 1 from a clean memory (`one_shot_*`): there the input holds nothing of the target, so the loss is the error of
+the network's one-shot guess of the next frame from history and actions alone, the sampler's first step, and its
+action gain is the plainest measure of whether the actions are read (the usual drawn times reach t near 1 about once
+in 4,000 draws; docs/results.md, session 43). A cheap check between training and the minutes-long `astra eval`,
+which samples, decodes and scores pixels.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from astra.train.config import TrainConfig
 from astra.train.distributed import DistInfo
 
 VALIDATION_STREAM = 2  # generator stream of the validation noise (0: training data, 1: training noise)
+ONE_SHOT_TIME = 1.0  # the flow time of the sampler's first step: pure noise in, the whole next frame to guess
+# (action dropout, flow time) of each scoring pass, in the order of the sums' columns
+PASSES = ((0.0, None), (1.0, None), (0.0, ONE_SHOT_TIME), (1.0, ONE_SHOT_TIME))
 HELDOUT_SEED_OFFSET = 1_000_000  # synthetic data: the held-out batches come from this far-away seed
 
 
@@ -47,15 +54,16 @@ def validation_losses(
     info: DistInfo = DistInfo(),
     autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """`val_loss`, `val_null_loss`, `val_action_gain` pooled over the `config.val_batches` batches (rounded up to
-    a multiple of the number of processes; rank r scores batches r, r + world_size, ...), and the same per source
-    as `val_loss/<source>` etc. All ranks call it (the forward of a sharded model is collective)."""
+    """`val_loss`, `val_null_loss`, `val_action_gain` and their `val_one_shot_*` counterparts at flow time 1,
+    pooled over the `config.val_batches` batches (rounded up to a multiple of the number of processes; rank r scores
+    batches r, r + world_size, ...), and the same per source as `val_loss/<source>` etc. All ranks call it (the
+    forward of a sharded model is collective)."""
     from astra.train.trainer import training_loss
 
     if not batches.sources:
         raise AstraError("validation needs a batch source that names its sources")
     sources = list(batches.sources)
-    sums = torch.zeros(len(sources), 3, dtype=torch.float64)  # per source: loss sum, null loss sum, samples
+    sums = torch.zeros(len(sources), len(PASSES) + 1, dtype=torch.float64)  # per source: each pass's sum, samples
     rounds = -(-config.val_batches // info.world_size)
     was_training = model.training
     model.eval()
@@ -65,18 +73,20 @@ def validation_losses(
             if batch.source is None:
                 raise AstraError("validation batches must name each sample's source")
             losses = []
-            for dropout in (0.0, 1.0):  # true actions, then the null action; the same draws for both
+            for dropout, flow_time in PASSES:  # true then null actions, at drawn times then t = 1; one set of draws
                 generator = step_generator(config.seed, 0, index, stream=VALIDATION_STREAM)
                 with torch.autocast(info.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                    # always the real history and the plain loss, so runs with different recipes compare
+                    # always the real history and the plain loss, so runs with different recipes compare; the
+                    # one-shot guess from a clean memory, so that its action gain is the actions' and not how a
+                    # moved noisy anchor fares (session 43)
                     scored = config.replace(
-                        action_dropout=dropout, self_history_prob=0.0, faded_memory_prob=0.0, change_weight=0.0
+                        action_dropout=dropout, self_history_prob=0.0, faded_memory_prob=0.0, change_weight=0.0,
+                        noisy_memory_prob=config.noisy_memory_prob if flow_time is None else 0.0,
                     )
-                    out = training_loss(model, batch, scored, generator, model_config)
+                    out = training_loss(model, batch, scored, generator, model_config, flow_time)
                 losses.append(out.sample_flow_loss.double().cpu())
-            for source, loss, null_loss in zip(batch.source, *losses):
-                row = sums[sources.index(source)]
-                row += torch.stack((loss, null_loss, torch.ones((), dtype=torch.float64)))
+            for source, *pass_losses in zip(batch.source, *losses):
+                sums[sources.index(source)] += torch.stack((*pass_losses, torch.ones((), dtype=torch.float64)))
     finally:
         model.train(was_training)
     if info.distributed:
@@ -91,17 +101,25 @@ def validation_losses(
 
 
 def _summarise(row: torch.Tensor) -> dict[str, float]:
-    loss, null_loss = (float(row[i] / row[2]) for i in (0, 1))
-    return {"val_loss": loss, "val_null_loss": null_loss, "val_action_gain": null_loss - loss, "val_samples": float(row[2])}
+    loss, null_loss, one_shot, one_shot_null = (float(value) for value in row[:-1] / row[-1])
+    return {
+        "val_loss": loss,
+        "val_null_loss": null_loss,
+        "val_action_gain": null_loss - loss,
+        "val_one_shot_loss": one_shot,
+        "val_one_shot_null_loss": one_shot_null,
+        "val_one_shot_gain": one_shot_null - one_shot,
+        "val_samples": float(row[-1]),
+    }
 
 
 def format_validation(metrics: dict[str, float]) -> str:
     """A plain-text table: one row per source, then all sources pooled."""
     sources = sorted({key.split("/", 1)[1] for key in metrics if "/" in key})
-    lines = [f"{'source':<12} {'loss':>8} {'null loss':>10} {'action gain':>12} {'samples':>8}"]
+    columns = ("loss", "null_loss", "action_gain", "one_shot_loss", "one_shot_null_loss", "one_shot_gain")
+    header = ("loss", "null loss", "action gain", "t=1 loss", "t=1 null", "t=1 gain")
+    lines = [f"{'source':<12} " + " ".join(f"{name:>11}" for name in header) + f" {'samples':>8}"]
     for source, suffix in [(s, f"/{s}") for s in sources] + [("pooled", "")]:
-        lines.append(
-            f"{source:<12} {metrics['val_loss' + suffix]:>8.4f} {metrics['val_null_loss' + suffix]:>10.4f} "
-            f"{metrics['val_action_gain' + suffix]:>12.4f} {int(metrics['val_samples' + suffix]):>8d}"
-        )
+        values = " ".join(f"{metrics[f'val_{column}{suffix}']:>11.4f}" for column in columns)
+        lines.append(f"{source:<12} {values} {int(metrics['val_samples' + suffix]):>8d}")
     return "\n".join(lines)

@@ -37,6 +37,8 @@ def test_validation_is_repeatable_per_source_and_scores_the_ema_weights(tmp_path
     assert first["val_samples"] == 6 and first["val_samples/synthetic"] == 6
     assert first["val_action_gain"] == pytest.approx(first["val_null_loss"] - first["val_loss"])
     assert first["val_action_gain"] != 0  # the null action changes the prediction, so the gain can fail
+    assert first["val_one_shot_gain"] == pytest.approx(first["val_one_shot_null_loss"] - first["val_one_shot_loss"])
+    assert first["val_one_shot_gain"] != 0 and first["val_one_shot_loss"] != first["val_loss"]
     assert trainer.model.training  # put back in training mode
 
     trained = {name: p.detach().clone() for name, p in trainer.trainable}
@@ -47,7 +49,7 @@ def test_validation_is_repeatable_per_source_and_scores_the_ema_weights(tmp_path
     for name, param in trainer.trainable:  # the trained weights are back after validation
         assert torch.equal(param, trained[name]), name
     table = format_validation(shifted)
-    assert "synthetic" in table and "pooled" in table
+    assert "synthetic" in table and "pooled" in table and "t=1 gain" in table
 
 
 def test_training_logs_validation_at_the_start_every_val_every_steps_and_at_the_end(tmp_path):
@@ -107,3 +109,30 @@ def test_cli_validate_prints_the_table_and_refuses_two_jobs(tmp_path, capsys):
         import argparse
 
         run(argparse.Namespace(validate=True, export=True, measure=False))
+
+
+
+def test_one_shot_flow_time_scores_the_guess_from_pure_noise(tmp_path):
+    """With flow_time=1 every target is scored at t = 1, where the model's input is the noise alone: a different
+    clean target changes the regression target, never what the model sees."""
+    from astra.train.trainer import training_loss
+
+    trainer = Trainer(TINY.replace(batch_size=2), tmp_path, progress=False)
+    seen = []
+    real_forward = trainer.model.forward
+
+    def spy(target_latents, target_timesteps, *args, **kwargs):
+        seen.append((target_latents.clone(), target_timesteps.clone()))
+        return real_forward(target_latents, target_timesteps, *args, **kwargs)
+
+    trainer.model.forward = spy
+    batch = trainer.batches.batch(0, 0)
+    other = type(batch)(**{**batch.__dict__, "target_latents": batch.target_latents + 1.0})
+    losses = [
+        training_loss(trainer.model, b, trainer.config, torch.Generator().manual_seed(0), trainer.model_config, 1.0)
+        for b in (batch, other)
+    ]
+    (first_input, first_times), (second_input, _) = seen
+    assert bool((first_times == 1.0).all())
+    assert torch.equal(first_input, second_input)  # the clean target does not reach the input at t = 1
+    assert not torch.equal(losses[0].sample_flow_loss, losses[1].sample_flow_loss)  # it reaches the loss
