@@ -111,10 +111,11 @@ def test_cli_validate_prints_the_table_and_refuses_two_jobs(tmp_path, capsys):
         run(argparse.Namespace(validate=True, export=True, measure=False))
 
 
-
 def test_one_shot_flow_time_scores_the_guess_from_pure_noise(tmp_path):
     """With flow_time=1 every target is scored at t = 1, where the model's input is the noise alone: a different
     clean target changes the regression target, never what the model sees."""
+    from dataclasses import replace
+
     from astra.train.trainer import training_loss
 
     trainer = Trainer(TINY.replace(batch_size=2), tmp_path, progress=False)
@@ -127,7 +128,7 @@ def test_one_shot_flow_time_scores_the_guess_from_pure_noise(tmp_path):
 
     trainer.model.forward = spy
     batch = trainer.batches.batch(0, 0)
-    other = type(batch)(**{**batch.__dict__, "target_latents": batch.target_latents + 1.0})
+    other = replace(batch, target_latents=batch.target_latents + 1.0)
     losses = [
         training_loss(trainer.model, b, trainer.config, torch.Generator().manual_seed(0), trainer.model_config, 1.0)
         for b in (batch, other)
