@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import math
+import os
 from pathlib import Path
 
 CSV_NAME = "metrics.csv"  # training metrics, every log_every steps
@@ -10,8 +12,9 @@ VALIDATION_CSV_NAME = "validation.csv"  # held-out validation, every val_every s
 
 
 class _CsvLog:
-    """Rows appended to one CSV file; columns fixed by the first row. On resume from step k, rows an interrupted
-    run logged after k are dropped first, so the file reads as one uninterrupted run."""
+    """Rows appended to one CSV file. On resume from step k, rows an interrupted run logged after k are dropped
+    first, so the file reads as one uninterrupted run. A row with a column the file lacks (a run resumed by newer
+    code that logs more) widens the file: earlier rows keep their values and leave the new column empty."""
 
     def __init__(self, path: Path, resume_step: int):
         self.path = path
@@ -21,18 +24,29 @@ class _CsvLog:
                 rows = list(csv.DictReader(file))
             if rows:
                 self.columns = list(rows[0].keys())
-                kept = [row for row in rows if int(row["step"]) <= resume_step]
-                with path.open("w", newline="") as file:
-                    writer = csv.DictWriter(file, fieldnames=self.columns)
-                    writer.writeheader()
-                    writer.writerows(kept)
+                self._rewrite([row for row in rows if int(row["step"]) <= resume_step])
+
+    def _rewrite(self, rows: list[dict[str, str]]) -> None:
+        """Replace the file with `rows` under the current columns, atomically (write, then rename)."""
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with temporary.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(temporary, self.path)
 
     def write(self, row: dict[str, float]) -> None:
         new_file = self.columns is None
         if new_file:
             self.columns = list(row.keys())
+        added = [name for name in row if name not in self.columns]
+        if added:
+            with self.path.open(newline="") as file:
+                rows = list(csv.DictReader(file))
+            self.columns += added
+            self._rewrite(rows)
         with self.path.open("a", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.columns, extrasaction="ignore")
+            writer = csv.DictWriter(file, fieldnames=self.columns, restval="")
             if new_file:
                 writer.writeheader()
             writer.writerow(row)
@@ -73,6 +87,10 @@ class TrainLogger:
 
 
 def read_metrics(out_dir: str | Path, name: str = CSV_NAME) -> list[dict[str, float]]:
-    """The rows of a log CSV (metrics.csv or validation.csv) as floats (for tests and quick plots)."""
+    """The rows of a log CSV (metrics.csv or validation.csv) as floats (for tests and quick plots); a column a row
+    did not log (added by a later resume) reads as NaN."""
     with (Path(out_dir) / name).open(newline="") as file:
-        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(file)]
+        return [
+            {key: float(value) if value != "" else math.nan for key, value in row.items()}
+            for row in csv.DictReader(file)
+        ]
