@@ -22,6 +22,7 @@ PACK=${PACK:-gpu/latents.pack}
 PRESET=${PRESET:-astra-small}
 INIT=${INIT:-weights/astra-small}       # RECIPE=continue: the weights to go on from
 MINUTES=${MINUTES:-6}                   # training wall time; the probe, setup and export come on top (~1 min)
+CLOCK_MARGIN=${CLOCK_MARGIN:-1.2}        # each run stops by the clock at CLOCK_MARGIN x its minutes at the latest
 PRIOR_SHARE=${PRIOR_SHARE:-0.15}        # RECIPE=scratch: the share of MINUTES for the motion-prior stage
 BATCH=${BATCH:-256}
 LR=${LR:-$([ "$RECIPE" = scratch ] && echo 5e-4 || echo 3e-4)}  # the preset's from scratch; lower to go on
@@ -95,7 +96,7 @@ train_for() {  # OUT_DIR MINUTES [--set ...]: a run sized to the minutes, export
   if [ "$VALIDATIONS" -gt 0 ]; then val_every=$(( (steps + VALIDATIONS - 1) / VALIDATIONS )); fi
   rm -rf "$out"
   astra train "${settings[@]}" "$@" --out "$out" --set steps="$steps" --set val_every="$val_every" \
-    --set save_every="$steps" --set log_every=10 --set max_minutes="$(calc "$minutes * 1.2")"
+    --set save_every="$steps" --set log_every=10 --set max_minutes="$(calc "$minutes * $CLOCK_MARGIN")"
 }
 if [ "$RECIPE" = continue ]; then
   train_for "$WORK/run" "$MINUTES" "${first[@]}"

@@ -41,7 +41,7 @@ def test_the_gpu_script_unpacks_sizes_trains_and_exports_without_an_install(tmp_
     (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
            "PACK": " ".join(map(str, packs)), "PRESET": "astra-tiny", "RECIPE": "continue", "INIT": str(start),
-           "MINUTES": "0.05", "BATCH": "2", "PROBE_STEPS": "4", "VALIDATIONS": "1", "WORK": str(tmp_path / "work"),
+           "MINUTES": "0.05", "CLOCK_MARGIN": "40", "BATCH": "2", "PROBE_STEPS": "4", "VALIDATIONS": "1", "WORK": str(tmp_path / "work"),
            "OUT": str(tmp_path / "out"), "EXTRA": "model_overrides.text_dim=0 model_overrides.text_len=0"}  # fmt: skip
     done = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -65,7 +65,7 @@ def test_the_gpu_scripts_default_recipe_trains_from_scratch_then_fits_the_prior(
                  split="train", progress=False)  # fmt: skip
     overrides = "model_overrides.text_dim=0 model_overrides.text_len=0 model_overrides.motion_prior=true copy_prior=true"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PACK": str(tmp_path / "p.pack"),
-           "PRESET": "astra-tiny", "MINUTES": "0.05", "BATCH": "2", "PROBE_STEPS": "4",
+           "PRESET": "astra-tiny", "MINUTES": "0.05", "CLOCK_MARGIN": "40", "BATCH": "2", "PROBE_STEPS": "4",
            "VALIDATIONS": "2", "MOTION_FIT_BATCHES": "2", "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"),
            "EXTRA": overrides}  # fmt: skip
     done = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
