@@ -18,3 +18,18 @@ def test_cli_resume_and_export_use_the_runs_saved_settings(tmp_path, capsys):
     assert main([*train, "--resume", "--set", "steps=3"]) == 0  # the step count may grow
     assert astra_metadata(tmp_path / "run" / "export")["step"] == 3
     assert astra_metadata(tmp_path / "run" / "export")["train_config"]["lr"] == 0.003
+
+
+def test_the_bf16_hint_names_the_setting_only_for_an_auto_cpu_run_on_a_cpu_with_amx(monkeypatch):
+    import torch
+
+    from astra.train.cli import cpu_bf16_hint
+    from astra.train.config import get_preset
+
+    auto, cpu = get_preset("astra-tiny"), torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert "--set mixed_precision=bf16" in cpu_bf16_hint(auto, cpu)
+    assert cpu_bf16_hint(auto.replace(mixed_precision="no"), cpu) is None  # the user chose
+    assert cpu_bf16_hint(auto, torch.device("cuda")) is None  # auto is bf16 there already
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert cpu_bf16_hint(auto, cpu) is None
