@@ -76,6 +76,15 @@ class HeadAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
 
+    @staticmethod
+    def _qk_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The q/k RMSNorm computed in float32 whatever the model or autocast dtype (as Wan does), returned in x's
+        dtype; also keeps bf16 autocast on the fused kernel, which needs input and weight of one dtype."""
+        if isinstance(norm, nn.RMSNorm):
+            weight = None if norm.weight is None else norm.weight.float()
+            return F.rms_norm(x.float(), norm.normalized_shape, weight, norm.eps).type_as(x)
+        return norm(x)
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, dim] -> [B, heads, N, head_dim]."""
         return x.unflatten(2, (self.num_heads, -1)).transpose(1, 2)
@@ -100,8 +109,8 @@ class SelfAttention(HeadAttention):
         Returns the output and this call's (keys after RoPE, values), [B, heads, N, head_dim] each.
         """
         cos, sin = rope
-        query = apply_rope(self._heads(self.norm_q(self.q(x))), cos, sin)
-        new_keys = apply_rope(self._heads(self.norm_k(self.k(x))), cos, sin)
+        query = apply_rope(self._heads(self._qk_norm(self.norm_q, self.q(x))), cos, sin)
+        new_keys = apply_rope(self._heads(self._qk_norm(self.norm_k, self.k(x))), cos, sin)
         new_values = self._heads(self.v(x))
         keys, values = new_keys, new_values
         if past is not None:
@@ -114,8 +123,8 @@ class CrossAttention(HeadAttention):
     """Wan text cross-attention: queries from video tokens, keys/values from text states, no RoPE, no mask."""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        query = self._heads(self.norm_q(self.q(x)))
-        keys = self._heads(self.norm_k(self.k(context)))
+        query = self._heads(self._qk_norm(self.norm_q, self.q(x)))
+        keys = self._heads(self._qk_norm(self.norm_k, self.k(context)))
         values = self._heads(self.v(context))
         return self._output(F.scaled_dot_product_attention(query, keys, values))
 

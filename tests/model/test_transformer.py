@@ -170,3 +170,19 @@ def test_timesteps_given_as_a_list_land_on_the_latents_device():
     """A list or CPU tensor of flow times would meet the latents' device tensors later (meta stands in for a GPU)."""
     timesteps = make_model()._check_timesteps("target_timesteps", [0.5], 1, 2, torch.device("meta"))
     assert timesteps.device.type == "meta" and timesteps.shape == (1, 2) and timesteps.dtype == torch.float32
+
+
+def test_bf16_autocast_keeps_the_qk_norm_in_float32_and_warns_nothing():
+    """Under CPU bf16 autocast (`mixed_precision=bf16`) the q/k RMSNorm got a bf16 input and a float32 weight, which
+    fell off the fused kernel with a warning; it is computed in float32 now, as Wan does, and the output stays close
+    to the float32 forward."""
+    import warnings
+
+    model = make_model(seed=5)
+    target, history = torch.randn(2, 4, 1, 4, 6), torch.randn(2, 4, 2, 4, 6)
+    text = torch.randn(2, 5, CONFIG.text_dim)
+    full = model(target, torch.tensor([0.3, 0.8]), history_latents=history, text=text).velocity
+    with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("error")
+        mixed = model(target, torch.tensor([0.3, 0.8]), history_latents=history, text=text).velocity
+    assert (mixed.float() - full).abs().max() < 0.05 * full.abs().max()
