@@ -122,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
     from astra.train.trainer import Trainer
 
     info = init_distributed()
-    if info.is_main and not (args.validate or args.export) and cpu_bf16_hint(config, info.device):
-        print(cpu_bf16_hint(config, info.device))
+    if info.is_main and not (args.validate or args.export) and (hint := cpu_bf16_hint(config, info.device)):
+        print(hint)
     finished = False
     try:
         resume = args.resume or args.export  # --export goes on from the newest checkpoint too
